@@ -1,0 +1,134 @@
+/*
+ * dispatch.c - choose the kernel table once, from cpuid + xgetbv (the OS
+ * must have enabled the vector registers), or from DASHKV_SIMD.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "krn.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+enum krn_level krn_cpu_level(void)
+{
+	uint32_t a, b, c, d;
+
+	if (!__get_cpuid(1, &a, &b, &c, &d))
+		return KRN_SCALAR;
+	int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+	int popcnt = (c >> 23) & 1;
+	if (!osxsave || !fma || !f16c || !popcnt)
+		return KRN_SCALAR;
+	uint64_t xcr0 = xgetbv0();
+	if ((xcr0 & 0x6) != 0x6) /* SSE + AVX state */
+		return KRN_SCALAR;
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return KRN_SCALAR;
+	int avx2 = (b >> 5) & 1;
+	int avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1;
+	int avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+	int vpopcntdq = (c >> 14) & 1;
+	if (!avx2)
+		return KRN_SCALAR;
+	if (avx512f && avx512dq && avx512bw && avx512vl && vpopcntdq &&
+	    (xcr0 & 0xe6) == 0xe6) /* opmask + ZMM state */
+		return KRN_AVX512;
+	return KRN_AVX2;
+}
+#else
+enum krn_level krn_cpu_level(void)
+{
+	return KRN_SCALAR;
+}
+#endif
+
+static const struct krn_ops *built_level(enum krn_level level)
+{
+	switch (level) {
+	case KRN_SCALAR:
+		return &krn_ops_scalar;
+#ifdef DKV_HAVE_AVX2
+	case KRN_AVX2:
+		return &krn_ops_avx2;
+#endif
+#ifdef DKV_HAVE_AVX512
+	case KRN_AVX512:
+		return &krn_ops_avx512;
+#endif
+	default:
+		return NULL;
+	}
+}
+
+const struct krn_ops *krn_get_level(enum krn_level level)
+{
+	if (level > krn_cpu_level())
+		return NULL;
+	return built_level(level);
+}
+
+static const struct krn_ops *active;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static char init_err[160];
+static int init_rc;
+
+static void init_once(void)
+{
+	const char *env = getenv("DASHKV_SIMD");
+	enum krn_level want;
+
+	if (env && *env) {
+		if (!strcmp(env, "scalar"))
+			want = KRN_SCALAR;
+		else if (!strcmp(env, "avx2"))
+			want = KRN_AVX2;
+		else if (!strcmp(env, "avx512"))
+			want = KRN_AVX512;
+		else {
+			snprintf(init_err, sizeof(init_err),
+				 "DASHKV_SIMD=%s: expected scalar, avx2 or avx512", env);
+			init_rc = -1;
+			active = &krn_ops_scalar;
+			return;
+		}
+		active = krn_get_level(want);
+		if (!active) {
+			snprintf(init_err, sizeof(init_err),
+				 "DASHKV_SIMD=%s: this %s lacks that level", env,
+				 built_level(want) ? "CPU" : "build");
+			init_rc = -1;
+			active = &krn_ops_scalar;
+		}
+		return;
+	}
+	for (int l = krn_cpu_level(); l >= 0; l--) {
+		active = built_level((enum krn_level)l);
+		if (active)
+			return;
+	}
+}
+
+int krn_init(char *err, size_t errlen)
+{
+	pthread_once(&once, init_once);
+	if (init_rc && err && errlen)
+		snprintf(err, errlen, "%s", init_err);
+	return init_rc;
+}
+
+const struct krn_ops *krn_get(void)
+{
+	pthread_once(&once, init_once);
+	return active;
+}

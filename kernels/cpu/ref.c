@@ -1,0 +1,183 @@
+/*
+ * ref.c - scalar reference kernels.  Every SIMD variant is tested against
+ * these; they favour clarity over speed.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "krn.h"
+#include "cpu_common.h"
+
+static float dot1(const float *a, const float *b, uint32_t dim)
+{
+	float s = 0.0f;
+	for (uint32_t d = 0; d < dim; d++)
+		s += a[d] * b[d];
+	return s;
+}
+
+static void ref_encode(const float *P, uint32_t bits, uint32_t dim,
+		       const float *x, size_t ld_x, uint32_t n, uint64_t *codes)
+{
+	uint32_t words = bits / 64;
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t *c = codes + (size_t)i * words;
+		memset(c, 0, words * sizeof(*c));
+		for (uint32_t j = 0; j < bits; j++)
+			if (dot1(P + (size_t)j * dim, x + i * ld_x, dim) > 0.0f)
+				c[j / 64] |= (uint64_t)1 << (j % 64);
+	}
+}
+
+static uint32_t ham1(const uint64_t *a, const uint64_t *b, uint32_t words)
+{
+	uint32_t h = 0;
+	for (uint32_t w = 0; w < words; w++)
+		h += (uint32_t)__builtin_popcountll(a[w] ^ b[w]);
+	return h;
+}
+
+static void ref_hamming(const uint64_t *q, const uint64_t *codes,
+			uint32_t words, uint32_t n, uint16_t *dist)
+{
+	for (uint32_t i = 0; i < n; i++)
+		dist[i] = (uint16_t)ham1(q, codes + (size_t)i * words, words);
+}
+
+static void ref_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
+		       const uint64_t *codes, const float *norms, uint32_t words,
+		       uint32_t n, float *out, size_t ld_out)
+{
+	uint32_t tlen = 64 * words + 1;
+
+	for (uint32_t j = 0; j < nq; j++)
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t h = ham1(qc + (size_t)j * words,
+					  codes + (size_t)i * words, words);
+			out[j * ld_out + i] = norms[i] * tab[j * tlen + h];
+		}
+}
+
+static void ref_dot(const float *q, uint32_t nq, const float *k, size_t ld_k,
+		    uint32_t n, uint32_t dim, float *out, size_t ld_out)
+{
+	for (uint32_t j = 0; j < nq; j++)
+		for (uint32_t i = 0; i < n; i++)
+			out[j * ld_out + i] = dot1(q + (size_t)j * dim, k + i * ld_k, dim);
+}
+
+static void ref_attend_logits(const float *logit, const float *v, size_t ld,
+			      uint32_t n, uint32_t dim, struct krn_part *st)
+{
+	float bm = -INFINITY;
+
+	for (uint32_t i = 0; i < n; i++)
+		bm = logit[i] > bm ? logit[i] : bm;
+	if (bm == -INFINITY)
+		return;
+	float m = st->m > bm ? st->m : bm;
+	float c = expf(st->m - m); /* 0 when the state was empty */
+	st->s *= c;
+	for (uint32_t d = 0; d < dim; d++)
+		st->acc[d] *= c;
+	for (uint32_t i = 0; i < n; i++) {
+		float p = expf(logit[i] - m);
+		st->s += p;
+		for (uint32_t d = 0; d < dim; d++)
+			st->acc[d] += p * v[i * ld + d];
+	}
+	st->m = m;
+}
+
+static void ref_attend(const float *q, uint32_t nq, const float *k,
+		       const float *v, size_t ld, uint32_t n, uint32_t dim,
+		       float scale, struct krn_part *st)
+{
+	float logit[KRN_BLOCK];
+
+	for (uint32_t j = 0; j < nq; j++) {
+		for (uint32_t i = 0; i < n; i++)
+			logit[i] = scale * dot1(q + (size_t)j * dim, k + i * ld, dim);
+		ref_attend_logits(logit, v, ld, n, dim, &st[j]);
+	}
+}
+
+static void ref_merge(struct krn_part *a, const struct krn_part *b, uint32_t dim)
+{
+	if (b->m == -INFINITY)
+		return;
+	float m = a->m > b->m ? a->m : b->m;
+	float ca = expf(a->m - m), cb = expf(b->m - m);
+	a->s = a->s * ca + b->s * cb;
+	for (uint32_t d = 0; d < dim; d++)
+		a->acc[d] = a->acc[d] * ca + b->acc[d] * cb;
+	a->m = m;
+}
+
+static float ref_exp_sum(const float *x, uint32_t n, float m)
+{
+	float s = 0.0f;
+	for (uint32_t i = 0; i < n; i++)
+		s += expf(x[i] - m);
+	return s;
+}
+
+static float ref_max(const float *x, uint32_t n)
+{
+	float m = -INFINITY;
+	for (uint32_t i = 0; i < n; i++)
+		m = x[i] > m ? x[i] : m;
+	return m;
+}
+
+static void ref_f16_to_f32(const uint16_t *in, float *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = krn_f16_to_f32_1(in[i]);
+}
+
+static void ref_f32_to_f16(const float *in, uint16_t *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = krn_f32_to_f16_1(in[i]);
+}
+
+static void ref_bf16_to_f32(const uint16_t *in, float *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = krn_bf16_to_f32_1(in[i]);
+}
+
+static void ref_f32_to_bf16(const float *in, uint16_t *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = krn_f32_to_bf16_1(in[i]);
+}
+
+static int ref_all_finite(const float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(x[i]))
+			return 0;
+	return 1;
+}
+
+const struct krn_ops krn_ops_scalar = {
+	.name = "scalar",
+	.level = KRN_SCALAR,
+	.encode = ref_encode,
+	.hamming = ref_hamming,
+	.coarse = ref_coarse,
+	.dot = ref_dot,
+	.attend = ref_attend,
+	.attend_logits = ref_attend_logits,
+	.merge = ref_merge,
+	.exp_sum = ref_exp_sum,
+	.max = ref_max,
+	.f16_to_f32 = ref_f16_to_f32,
+	.f32_to_f16 = ref_f32_to_f16,
+	.bf16_to_f32 = ref_bf16_to_f32,
+	.f32_to_bf16 = ref_f32_to_bf16,
+	.all_finite = ref_all_finite,
+};

@@ -1,0 +1,140 @@
+/*
+ * krn.h - DASH-KV compute kernels (stateless).
+ *
+ * Every kernel has a scalar reference (kernels/cpu/ref.c) and may have
+ * AVX2 and AVX-512 variants.  krn_get() returns the table chosen once at
+ * run time from cpuid + xgetbv, or forced by DASHKV_SIMD.  Kernels never
+ * allocate and never start threads.
+ *
+ * Conventions: row-major f32 arrays; "ld" is a row stride in elements;
+ * codes are packed little-endian bit strings of `words` uint64 (64 bits per
+ * word, bit j of the code is bit (j % 64) of word j / 64).
+ */
+#ifndef DKV_KRN_H
+#define DKV_KRN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum krn_level { KRN_SCALAR = 0, KRN_AVX2 = 1, KRN_AVX512 = 2, KRN_NLEVELS };
+
+/* Online-softmax partial attention state for one query. */
+struct krn_part {
+	float m;   /* running max of the scaled logits (-INFINITY when empty) */
+	float s;   /* sum of exp(logit - m) */
+	float *acc; /* [dim]: sum of exp(logit - m) * v */
+};
+
+struct krn_ops {
+	const char *name;
+	enum krn_level level;
+
+	/*
+	 * encode: codes[i] = sign bits of P x_i for n rows x (ld_x apart):
+	 * bit j is 1 when dot(P[j], x_i) > 0.  P is [bits][dim].
+	 * bits is 64, 128 or 256; codes has bits/64 words per row.
+	 */
+	void (*encode)(const float *P, uint32_t bits, uint32_t dim,
+		       const float *x, size_t ld_x, uint32_t n, uint64_t *codes);
+
+	/* hamming: dist[i] = popcount(q ^ codes[i]), codes `words` per row. */
+	void (*hamming)(const uint64_t *q, const uint64_t *codes,
+			uint32_t words, uint32_t n, uint16_t *dist);
+
+	/*
+	 * coarse: estimated logits of nq queries against n coded keys.
+	 * out[j * ld_out + i] = norms[i] * tab[j * (64 * words + 1) + h]
+	 * with h = popcount(qc[j] ^ codes[i]); qc is [nq][words].
+	 * tab holds, per query, the estimate for every Hamming distance.
+	 * Must be bit-identical to the reference (one multiply per output).
+	 */
+	void (*coarse)(const uint64_t *qc, uint32_t nq, const float *tab,
+		       const uint64_t *codes, const float *norms, uint32_t words,
+		       uint32_t n, float *out, size_t ld_out);
+
+	/* dot: out[j * ld_out + i] = dot(q[j], k[i]), q [nq][dim], k rows ld_k apart. */
+	void (*dot)(const float *q, uint32_t nq, const float *k, size_t ld_k,
+		    uint32_t n, uint32_t dim, float *out, size_t ld_out);
+
+	/*
+	 * attend: fold n rows (k, v: rows ld apart, f32) into the online-softmax
+	 * states st[0..nq) of nq queries q [nq][dim] with logit = scale * q.k.
+	 * n <= KRN_BLOCK.  An empty state has m = -INFINITY, s = 0, acc = 0.
+	 */
+	void (*attend)(const float *q, uint32_t nq, const float *k,
+		       const float *v, size_t ld, uint32_t n, uint32_t dim,
+		       float scale, struct krn_part *st);
+
+	/*
+	 * attend_logits: like attend for one query, with the logits given
+	 * (already scaled): fold rows v[i] with weights exp(logit[i] - m).
+	 * n <= KRN_BLOCK.
+	 */
+	void (*attend_logits)(const float *logit, const float *v, size_t ld,
+			      uint32_t n, uint32_t dim, struct krn_part *st);
+
+	/* merge: fold state b into a (log-sum-exp merge), dim floats of acc. */
+	void (*merge)(struct krn_part *a, const struct krn_part *b, uint32_t dim);
+
+	/* exp_sum: sum of exp(x[i] - m) over n values (-INFINITY adds 0). */
+	float (*exp_sum)(const float *x, uint32_t n, float m);
+
+	/* max of n floats (-INFINITY for n == 0). */
+	float (*max)(const float *x, uint32_t n);
+
+	/* conversions; round to nearest even, NaN stays NaN */
+	void (*f16_to_f32)(const uint16_t *in, float *out, size_t n);
+	void (*f32_to_f16)(const float *in, uint16_t *out, size_t n);
+	void (*bf16_to_f32)(const uint16_t *in, float *out, size_t n);
+	void (*f32_to_bf16)(const float *in, uint16_t *out, size_t n);
+
+	/* all_finite: 1 if no NaN or Inf among n floats, else 0. */
+	int (*all_finite)(const float *x, size_t n);
+};
+
+/* Largest n that attend / attend_logits take in one call. */
+#define KRN_BLOCK 256
+
+/* The active kernel table (never NULL). */
+const struct krn_ops *krn_get(void);
+
+/*
+ * The table of a given level, or NULL when this build or this CPU lacks it.
+ * Tests use it to compare each variant with the scalar reference.
+ */
+const struct krn_ops *krn_get_level(enum krn_level level);
+
+/* The highest level this CPU and OS can run (cpuid + xgetbv). */
+enum krn_level krn_cpu_level(void);
+
+/*
+ * Choose the active level from DASHKV_SIMD (scalar, avx2, avx512) or the
+ * CPU.  Returns 0, or -1 with a message in err when the variable names a
+ * level this CPU or build lacks (no silent fallback).  Called once by
+ * the runtime; krn_get() calls it lazily with the default.
+ */
+int krn_init(char *err, size_t errlen);
+
+/* The level tables, defined in kernels/cpu/{ref,avx2,avx512}.c. */
+extern const struct krn_ops krn_ops_scalar;
+extern const struct krn_ops krn_ops_avx2;
+extern const struct krn_ops krn_ops_avx512;
+
+/*
+ * Selection (kernels/cpu/select.c; one implementation, linear time).
+ * krn_select_top: the indices of the k largest of x[0..n) (k <= n),
+ * written to idx in increasing index order.  Ties are broken by the
+ * lower index, so the result is a pure function of the input.
+ * -INFINITY values are never selected when k <= the number of finite
+ * values.  scratch must hold n uint32.  Returns the count written (k).
+ */
+uint32_t krn_select_top(const float *x, uint32_t n, uint32_t k,
+			uint32_t *idx, uint32_t *scratch);
+
+/* f16/bf16 scalar helpers (kernels/cpu/convert.c) */
+float krn_f16_to_f32_1(uint16_t h);
+uint16_t krn_f32_to_f16_1(float f);
+float krn_bf16_to_f32_1(uint16_t h);
+uint16_t krn_f32_to_bf16_1(float f);
+
+#endif /* DKV_KRN_H */

@@ -1,0 +1,28 @@
+/*
+ * trace.h - internal hooks for tests and dashkv-bench (not installed): what
+ * the last dkv_step of an embedded sequence took exactly, so quality can
+ * be measured (mass recall, recall@K, needle hits) against exact attention.
+ */
+#ifndef DKV_TRACE_H
+#define DKV_TRACE_H
+
+#include <stdint.h>
+
+#include "dashkv.h"
+
+/* Turn recording on (1) or off (0) for an embedded sequence. */
+int rt_seq_set_trace(dkv_seq *s, int on);
+
+/*
+ * After a dkv_step with tracing on: the token positions (sorted, no
+ * duplicates) that query head `qhead` of the LAST query of that step took
+ * on the exact path (sinks, recent window, top-K).  *idx points into the
+ * sequence's memory, valid until the next dkv_step.  Returns the count, or
+ * a negative DKV_E_* code.
+ */
+int rt_seq_trace_exact(const dkv_seq *s, uint32_t qhead, const uint32_t **idx);
+
+/* The kernel level the engine runs ("scalar", "avx2", "avx512"). */
+const char *rt_kernel_name(void);
+
+#endif
