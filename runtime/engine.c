@@ -1,0 +1,978 @@
+/*
+ * engine.c - sequences, the per-layer step and memory accounting.
+ *
+ * A step is: validate everything (shapes, finite values, limits), reserve
+ * every byte it will need (pages and scratch), then append and attend,
+ * which cannot fail.  So an append is all or nothing.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "hash.h"
+#include "krn.h"
+#include "search.h"
+#include "store.h"
+
+/* Tokens sampled per query head to calibrate the tail estimate. */
+#define RT_TAIL_SAMPLES 128u
+
+struct rt_engine {
+	pthread_mutex_t lock;
+	uint64_t used;
+	uint64_t limit; /* 0 = none */
+};
+
+struct rt_layer {
+	struct shard_layer store;
+	struct rt_hash *hash; /* [n_kv_heads] */
+};
+
+/* Per-step scratch, grown before the append so attention cannot fail. */
+struct rt_scratch {
+	float *qf;         /* [n_q_heads][dim]: one query position */
+	float *vrow;       /* [dim]: one value row */
+	size_t est_cap;    /* floats per query head in est; uint32 in sel */
+	float *est;        /* [group][est_cap] */
+	uint32_t *sel;     /* select scratch */
+	uint32_t *cand;    /* [candidates] */
+	float *cand_logit; /* [candidates] */
+	uint32_t *top;     /* [top_k] indices into cand */
+	uint32_t *top_pos; /* [top_k] positions */
+	float *top_logit;  /* [top_k] */
+	uint64_t *qc;      /* [group][words] */
+	float *tab;        /* [group][bits + 1] */
+	float *shift;      /* [group] */
+	float *qg;         /* [group][dim] queries of one kv head */
+	struct krn_part *part; /* [group] exact partials */
+	float *acc;        /* [group][dim] */
+	uint32_t *samp_pos;  /* [RT_TAIL_SAMPLES] */
+	float *samp_logit;   /* [RT_TAIL_SAMPLES] */
+	struct krn_part tail;
+	float *tail_acc;   /* [dim] */
+	float *enc_tmp;    /* [KRN_BLOCK][dim] */
+	float *enc_keys;   /* [KRN_BLOCK][dim] */
+	uint64_t *enc_codes; /* [KRN_BLOCK][words] */
+	float *enc_norms;  /* [KRN_BLOCK] */
+	float *outf;       /* [n_q_heads][dim] */
+	struct shard_bufs bufs;
+	size_t fixed_bytes;
+	size_t grow_bytes;
+};
+
+struct rt_seq {
+	struct rt_engine *eng;
+	dkv_seq_config cfg;
+	struct shard_geom geom;
+	uint32_t group;
+	float *P;
+	struct rt_layer *layers;
+	struct rt_scratch sc;
+	uint64_t pages_bytes;
+	dkv_stats st;
+	int trace;
+	uint32_t *trace_idx;  /* [n_q_heads][trace_cap] */
+	uint32_t *trace_n;    /* [n_q_heads] */
+	uint32_t trace_cap;
+};
+
+static int fail(char *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err) {
+		va_start(ap, fmt);
+		vsnprintf(err, RT_ERRLEN, fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- engine and memory accounting ---- */
+
+int rt_engine_new(struct rt_engine **out, char *err)
+{
+	struct rt_engine *e = calloc(1, sizeof(*e));
+	char kerr[160];
+
+	if (krn_init(kerr, sizeof(kerr)))
+		return fail(err, DKV_E_INVAL, "%s", kerr);
+	if (!e)
+		return fail(err, DKV_E_NOMEM, "out of memory for the engine");
+	pthread_mutex_init(&e->lock, NULL);
+	*out = e;
+	return DKV_OK;
+}
+
+void rt_engine_free(struct rt_engine *e)
+{
+	if (!e)
+		return;
+	pthread_mutex_destroy(&e->lock);
+	free(e);
+}
+
+void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes)
+{
+	pthread_mutex_lock(&e->lock);
+	e->limit = bytes;
+	pthread_mutex_unlock(&e->lock);
+}
+
+uint64_t rt_engine_used(const struct rt_engine *e)
+{
+	return __atomic_load_n(&e->used, __ATOMIC_RELAXED);
+}
+
+/* Take `bytes` from the limit; 0 or -1 when it would be exceeded. */
+static int mem_take(struct rt_engine *e, uint64_t bytes)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&e->lock);
+	if (e->limit && e->used + bytes > e->limit)
+		rc = -1;
+	else
+		__atomic_store_n(&e->used, e->used + bytes, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&e->lock);
+	return rc;
+}
+
+static void mem_give(struct rt_engine *e, uint64_t bytes)
+{
+	pthread_mutex_lock(&e->lock);
+	__atomic_store_n(&e->used, e->used - bytes, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- configuration ---- */
+
+void rt_config_defaults(dkv_seq_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->struct_size = sizeof(*cfg);
+	cfg->dtype = DKV_F32;
+	cfg->max_tokens = RT_DEF_MAX_TOKENS;
+	cfg->hash_bits = RT_DEF_HASH_BITS;
+	cfg->hash = DKV_HASH_SIMHASH;
+	cfg->train_tokens = RT_DEF_TRAIN_TOKENS;
+	cfg->top_k = RT_DEF_TOP_K;
+	cfg->candidates = RT_DEF_CANDIDATES;
+	cfg->sink_tokens = RT_DEF_SINKS;
+	cfg->recent_window = RT_DEF_WINDOW;
+	cfg->mass_target = 0.0f;
+	cfg->tail_estimate = RT_DEF_TAIL;
+	cfg->scale = 0.0f;
+	cfg->exact = 0;
+}
+
+static int check_geometry(const dkv_seq_config *c, char *err)
+{
+	if (c->n_layers < 1 || c->n_layers > DKV_MAX_LAYERS)
+		return fail(err, DKV_E_INVAL, "n_layers %u out of range [1, %u]",
+			    c->n_layers, DKV_MAX_LAYERS);
+	if (c->n_kv_heads < 1 || c->n_kv_heads > DKV_MAX_HEADS)
+		return fail(err, DKV_E_INVAL, "n_kv_heads %u out of range [1, %u]",
+			    c->n_kv_heads, DKV_MAX_HEADS);
+	if (c->n_q_heads < 1 || c->n_q_heads > DKV_MAX_HEADS ||
+	    c->n_q_heads % c->n_kv_heads)
+		return fail(err, DKV_E_INVAL,
+			    "n_q_heads %u must be a multiple of n_kv_heads %u, at most %u",
+			    c->n_q_heads, c->n_kv_heads, DKV_MAX_HEADS);
+	if (c->head_dim < 8 || c->head_dim > DKV_MAX_HEAD_DIM || c->head_dim % 8)
+		return fail(err, DKV_E_INVAL,
+			    "head_dim %u must be a multiple of 8 in [8, %u]",
+			    c->head_dim, DKV_MAX_HEAD_DIM);
+	if (c->dtype != DKV_F32 && c->dtype != DKV_F16 && c->dtype != DKV_BF16)
+		return fail(err, DKV_E_INVAL, "dtype %d is not DKV_F32, DKV_F16 or DKV_BF16",
+			    c->dtype);
+	return DKV_OK;
+}
+
+static int resolve_knobs(dkv_seq_config *c, char *err)
+{
+	if (!c->max_tokens)
+		c->max_tokens = RT_DEF_MAX_TOKENS;
+	if (c->max_tokens > RT_MAX_MAX_TOKENS)
+		return fail(err, DKV_E_INVAL, "max_tokens %llu above %llu",
+			    (unsigned long long)c->max_tokens, RT_MAX_MAX_TOKENS);
+	if (!c->hash_bits)
+		c->hash_bits = RT_DEF_HASH_BITS;
+	if (c->hash_bits != 64 && c->hash_bits != 128 && c->hash_bits != 256)
+		return fail(err, DKV_E_INVAL, "hash_bits %u is not 64, 128 or 256", c->hash_bits);
+	if (!c->hash)
+		c->hash = DKV_HASH_SIMHASH;
+	if (c->hash == DKV_HASH_LEARNED)
+		return fail(err, DKV_E_UNSUPPORTED, "DKV_HASH_LEARNED is not in this release");
+	if (c->hash != DKV_HASH_SIMHASH)
+		return fail(err, DKV_E_INVAL, "hash %d is not a DKV_HASH_* value", c->hash);
+	if (!c->train_tokens)
+		c->train_tokens = RT_DEF_TRAIN_TOKENS;
+	if (!c->top_k)
+		c->top_k = RT_DEF_TOP_K;
+	if (c->top_k > (1u << 20))
+		return fail(err, DKV_E_INVAL, "top_k %u above %u", c->top_k, 1u << 20);
+	if (!c->candidates)
+		c->candidates = c->top_k * 8 > RT_DEF_CANDIDATES ? c->top_k * 8 : RT_DEF_CANDIDATES;
+	if (c->candidates < c->top_k || c->candidates > (1u << 24))
+		return fail(err, DKV_E_INVAL, "candidates %u must lie in [top_k %u, %u]",
+			    c->candidates, c->top_k, 1u << 24);
+	if (!c->sink_tokens)
+		c->sink_tokens = RT_DEF_SINKS;
+	if (!c->recent_window)
+		c->recent_window = RT_DEF_WINDOW;
+	if (c->sink_tokens > (1u << 20) || c->recent_window > (1u << 20))
+		return fail(err, DKV_E_INVAL, "sink_tokens %u / recent_window %u above %u",
+			    c->sink_tokens, c->recent_window, 1u << 20);
+	if (!(c->mass_target >= 0.0f && c->mass_target < 1.0f))
+		return fail(err, DKV_E_INVAL, "mass_target %g outside [0, 1)", (double)c->mass_target);
+	if (c->mass_target > 0.0f)
+		return fail(err, DKV_E_UNSUPPORTED, "adaptive K (mass_target) is not in this release");
+	if (c->tail_estimate == -1)
+		c->tail_estimate = RT_DEF_TAIL;
+	if (c->exact == -1)
+		c->exact = 0;
+	if ((c->tail_estimate != 0 && c->tail_estimate != 1) || (c->exact != 0 && c->exact != 1))
+		return fail(err, DKV_E_INVAL, "tail_estimate %d / exact %d must be -1, 0 or 1",
+			    c->tail_estimate, c->exact);
+	if (!(c->scale >= 0.0f) || isinf(c->scale))
+		return fail(err, DKV_E_INVAL, "scale %g must be finite and >= 0", (double)c->scale);
+	if (c->scale == 0.0f)
+		c->scale = 1.0f / sqrtf((float)c->head_dim);
+	return DKV_OK;
+}
+
+int rt_config_resolve(const dkv_seq_config *cfg, dkv_seq_config *out, char *err)
+{
+	dkv_seq_config c;
+	size_t known = offsetof(dkv_seq_config, reserved);
+
+	if (!cfg)
+		return fail(err, DKV_E_INVAL, "config is NULL");
+	if (cfg->struct_size < known || cfg->struct_size > sizeof(c))
+		return fail(err, DKV_E_INVAL,
+			    "struct_size %u unknown: call dkv_seq_config_init() first",
+			    cfg->struct_size);
+	memset(&c, 0, sizeof(c));
+	memcpy(&c, cfg, cfg->struct_size);
+	for (size_t i = 0; i < sizeof(c.reserved) / sizeof(c.reserved[0]); i++)
+		if (c.reserved[i])
+			return fail(err, DKV_E_INVAL, "reserved[%zu] must be zero", i);
+	int rc = check_geometry(&c, err);
+	if (rc == DKV_OK)
+		rc = resolve_knobs(&c, err);
+	if (rc == DKV_OK) {
+		c.struct_size = sizeof(c);
+		*out = c;
+	}
+	return rc;
+}
+
+/* ---- scratch ---- */
+
+static void scratch_free(struct rt_scratch *sc)
+{
+	free(sc->qf);
+	free(sc->vrow);
+	free(sc->est);
+	free(sc->sel);
+	free(sc->cand);
+	free(sc->cand_logit);
+	free(sc->top);
+	free(sc->top_pos);
+	free(sc->top_logit);
+	free(sc->qc);
+	free(sc->tab);
+	free(sc->shift);
+	free(sc->qg);
+	free(sc->part);
+	free(sc->acc);
+	free(sc->tail_acc);
+	free(sc->samp_pos);
+	free(sc->samp_logit);
+	free(sc->enc_tmp);
+	free(sc->enc_keys);
+	free(sc->enc_codes);
+	free(sc->enc_norms);
+	free(sc->outf);
+	free(sc->bufs.kbuf);
+	free(sc->bufs.vbuf);
+	free(sc->bufs.rows);
+	memset(sc, 0, sizeof(*sc));
+}
+
+/* The scratch whose size depends only on the geometry and knobs. */
+static int scratch_fixed(struct rt_seq *s)
+{
+	struct rt_scratch *sc = &s->sc;
+	const dkv_seq_config *c = &s->cfg;
+	size_t dim = c->head_dim, g = s->group, words = s->geom.words;
+	size_t blk = KRN_BLOCK * dim * sizeof(float);
+
+	sc->cand = malloc(c->candidates * sizeof(uint32_t));
+	sc->cand_logit = malloc(c->candidates * sizeof(float));
+	sc->top = malloc(c->top_k * sizeof(uint32_t));
+	sc->top_pos = malloc(c->top_k * sizeof(uint32_t));
+	sc->top_logit = malloc(c->top_k * sizeof(float));
+	sc->qc = malloc(g * words * sizeof(uint64_t));
+	sc->tab = malloc(g * (c->hash_bits + 1) * sizeof(float));
+	sc->shift = malloc(g * sizeof(float));
+	sc->qg = malloc(g * dim * sizeof(float));
+	sc->part = malloc(g * sizeof(struct krn_part));
+	sc->acc = malloc(g * dim * sizeof(float));
+	sc->tail_acc = malloc(dim * sizeof(float));
+	sc->enc_tmp = malloc(blk);
+	sc->enc_keys = malloc(blk);
+	sc->enc_codes = malloc(KRN_BLOCK * words * sizeof(uint64_t));
+	sc->enc_norms = malloc(KRN_BLOCK * sizeof(float));
+	sc->outf = malloc((size_t)c->n_q_heads * dim * sizeof(float));
+	sc->qf = malloc((size_t)c->n_q_heads * dim * sizeof(float));
+	sc->vrow = malloc(dim * sizeof(float));
+	sc->bufs.kbuf = malloc(blk);
+	sc->bufs.vbuf = malloc(blk);
+	sc->bufs.rows = malloc(KRN_BLOCK * sizeof(uint32_t));
+	sc->samp_pos = malloc(RT_TAIL_SAMPLES * sizeof(uint32_t));
+	sc->samp_logit = malloc(RT_TAIL_SAMPLES * sizeof(float));
+	sc->tail.acc = sc->tail_acc;
+	sc->fixed_bytes = (size_t)c->candidates * 8 + (size_t)c->top_k * 12 +
+			  g * (words * 8 + (c->hash_bits + 1) * 4 + 4 + dim * 8) +
+			  4 * blk + KRN_BLOCK * (words * 8 + 4) + c->n_q_heads * dim * 8 + dim * 4;
+	if (!sc->cand || !sc->cand_logit || !sc->top || !sc->top_pos ||
+	    !sc->top_logit || !sc->qc || !sc->tab || !sc->shift || !sc->qg ||
+	    !sc->part || !sc->acc || !sc->tail_acc || !sc->enc_tmp ||
+	    !sc->enc_keys || !sc->enc_codes || !sc->enc_norms || !sc->outf ||
+	    !sc->qf || !sc->vrow || !sc->samp_pos || !sc->samp_logit ||
+	    !sc->bufs.kbuf || !sc->bufs.vbuf || !sc->bufs.rows)
+		return -1;
+	for (size_t j = 0; j < g; j++)
+		sc->part[j].acc = sc->acc + j * dim;
+	return 0;
+}
+
+static size_t round_cap(size_t want)
+{
+	size_t cap = 4096;
+	while (cap < want)
+		cap *= 2;
+	return cap;
+}
+
+/* Grow a buffer to n elements of size sz; 0 or -1 (nothing changed). */
+static int grow(void **p, size_t n, size_t sz)
+{
+	void *q = realloc(*p, n * sz);
+	if (!q)
+		return -1;
+	*p = q;
+	return 0;
+}
+
+/*
+ * Make the step's scratch big enough for a layer of `tokens` tokens.
+ * Growth is charged to the engine's limit.
+ */
+static int scratch_reserve(struct rt_seq *s, uint64_t tokens, char *err)
+{
+	struct rt_scratch *sc = &s->sc;
+	size_t want = tokens > s->cfg.candidates ? tokens : s->cfg.candidates;
+
+	if (want <= sc->est_cap)
+		return DKV_OK;
+	size_t cap = round_cap(want);
+	size_t bytes = cap * (s->group * 4 + 4);
+	if (mem_take(s->eng, bytes - sc->grow_bytes))
+		return fail(err, DKV_E_NOSPACE,
+			    "memory limit: %zu more scratch bytes would exceed it",
+			    bytes - sc->grow_bytes);
+	if (grow((void **)&sc->est, cap * s->group, sizeof(float)) ||
+	    grow((void **)&sc->sel, cap, sizeof(uint32_t))) {
+		/* a buffer that did grow stays valid; the old cap stays */
+		mem_give(s->eng, bytes - sc->grow_bytes);
+		return fail(err, DKV_E_NOMEM, "out of memory for step scratch");
+	}
+	sc->grow_bytes = bytes;
+	sc->est_cap = cap;
+	return DKV_OK;
+}
+
+/* ---- open / close ---- */
+
+static void seq_free(struct rt_seq *s)
+{
+	if (s->layers) {
+		for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
+			shard_layer_free(&s->layers[l].store);
+			if (s->layers[l].hash)
+				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
+					rt_hash_free(&s->layers[l].hash[h]);
+			free(s->layers[l].hash);
+		}
+		free(s->layers);
+	}
+	scratch_free(&s->sc);
+	free(s->P);
+	free(s->trace_idx);
+	free(s->trace_n);
+	free(s);
+}
+
+static int layers_init(struct rt_seq *s)
+{
+	const dkv_seq_config *c = &s->cfg;
+
+	s->layers = calloc(c->n_layers, sizeof(*s->layers));
+	if (!s->layers)
+		return -1;
+	for (uint32_t l = 0; l < c->n_layers; l++) {
+		struct rt_layer *L = &s->layers[l];
+		shard_layer_init(&L->store, &s->geom);
+		L->hash = calloc(c->n_kv_heads, sizeof(*L->hash));
+		if (!L->hash)
+			return -1;
+		for (uint32_t h = 0; h < c->n_kv_heads; h++)
+			if (rt_hash_init(&L->hash[h], s->P, c->hash_bits, c->head_dim))
+				return -1;
+	}
+	return 0;
+}
+
+static uint64_t seq_fixed_bytes(const struct rt_seq *s)
+{
+	const dkv_seq_config *c = &s->cfg;
+	return s->sc.fixed_bytes + (uint64_t)c->hash_bits * c->head_dim * 4 +
+	       (uint64_t)c->n_layers * c->n_kv_heads * (c->head_dim + c->hash_bits + 1) * 4;
+}
+
+int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
+		struct rt_seq **out, char *err)
+{
+	struct rt_seq *s;
+	int rc;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return fail(err, DKV_E_NOMEM, "out of memory for the sequence");
+	rc = rt_config_resolve(cfg, &s->cfg, err);
+	if (rc) {
+		free(s);
+		return rc;
+	}
+	s->eng = e;
+	s->group = s->cfg.n_q_heads / s->cfg.n_kv_heads;
+	s->geom.n_kv_heads = s->cfg.n_kv_heads;
+	s->geom.head_dim = s->cfg.head_dim;
+	s->geom.dtype = (uint32_t)s->cfg.dtype;
+	s->geom.elt_size = s->cfg.dtype == DKV_F32 ? 4 : 2;
+	s->geom.words = s->cfg.hash_bits / 64;
+	s->trace_cap = s->cfg.sink_tokens + s->cfg.recent_window + s->cfg.top_k;
+	s->P = rt_hash_projection(s->cfg.hash_bits, s->cfg.head_dim,
+				  0x44415348ull * 1000003u + s->cfg.head_dim);
+	s->trace_n = calloc(s->cfg.n_q_heads, sizeof(uint32_t));
+	if (!s->P || !s->trace_n || layers_init(s) || scratch_fixed(s)) {
+		seq_free(s);
+		return fail(err, DKV_E_NOMEM, "out of memory opening the sequence");
+	}
+	if (mem_take(e, seq_fixed_bytes(s))) {
+		seq_free(s);
+		return fail(err, DKV_E_NOSPACE, "memory limit reached opening the sequence");
+	}
+	s->st.struct_size = sizeof(s->st);
+	s->st.n_layers = s->cfg.n_layers;
+	*out = s;
+	return DKV_OK;
+}
+
+void rt_seq_close(struct rt_seq *s)
+{
+	if (!s)
+		return;
+	mem_give(s->eng, seq_fixed_bytes(s) + s->pages_bytes + s->sc.grow_bytes);
+	seq_free(s);
+}
+
+const dkv_seq_config *rt_seq_config(const struct rt_seq *s)
+{
+	return &s->cfg;
+}
+
+/* ---- input checks and conversion ---- */
+
+static void to_f32(int dtype, const void *in, size_t n, float *out)
+{
+	const struct krn_ops *ops = krn_get();
+
+	if (!n)
+		return;
+	if (dtype == DKV_F16)
+		ops->f16_to_f32(in, out, n);
+	else if (dtype == DKV_BF16)
+		ops->bf16_to_f32(in, out, n);
+	else
+		memcpy(out, in, n * sizeof(float));
+}
+
+static void from_f32(int dtype, const float *in, size_t n, void *out)
+{
+	const struct krn_ops *ops = krn_get();
+
+	if (dtype == DKV_F16)
+		ops->f32_to_f16(in, out, n);
+	else if (dtype == DKV_BF16)
+		ops->f32_to_bf16(in, out, n);
+	else
+		memcpy(out, in, n * sizeof(float));
+}
+
+static int check_args(const struct rt_seq *s, uint32_t layer, const void *q,
+		      uint32_t n_q, const void *k, const void *v, uint32_t n_new,
+		      const void *out, char *err)
+{
+	const dkv_seq_config *c = &s->cfg;
+
+	if (layer >= c->n_layers)
+		return fail(err, DKV_E_INVAL, "layer %u out of range [0, %u)", layer, c->n_layers);
+	if (n_new && (!k || !v))
+		return fail(err, DKV_E_INVAL, "k and v must not be NULL when n_new is %u", n_new);
+	if (n_q && (!q || !out))
+		return fail(err, DKV_E_INVAL, "q and out must not be NULL when n_q is %u", n_q);
+	uint64_t len = s->layers[layer].store.len;
+	if (n_q > len + n_new)
+		return fail(err, DKV_E_INVAL,
+			    "n_q %u exceeds the %llu tokens the layer holds after the append",
+			    n_q, (unsigned long long)(len + n_new));
+	if (len + n_new > c->max_tokens)
+		return fail(err, DKV_E_NOSPACE,
+			    "layer %u: %llu + %u tokens exceed max_tokens %llu", layer,
+			    (unsigned long long)len, n_new, (unsigned long long)c->max_tokens);
+	return DKV_OK;
+}
+
+/* 1 when n values of the dtype are all finite (no NaN, no Inf). */
+static int all_finite(int dtype, const void *x, size_t n)
+{
+	const uint16_t *h = x;
+	uint16_t expmask = dtype == DKV_F16 ? 0x7c00 : 0x7f80;
+
+	if (dtype == DKV_F32)
+		return krn_get()->all_finite(x, n);
+	for (size_t i = 0; i < n; i++)
+		if ((h[i] & expmask) == expmask)
+			return 0;
+	return 1;
+}
+
+static int check_finite(const struct rt_seq *s, const void *q, uint32_t n_q,
+			const void *k, const void *v, uint32_t n_new, char *err)
+{
+	const dkv_seq_config *c = &s->cfg;
+	size_t nq = (size_t)n_q * c->n_q_heads * c->head_dim;
+	size_t nk = (size_t)n_new * c->n_kv_heads * c->head_dim;
+
+	if (!all_finite(c->dtype, q, nq))
+		return fail(err, DKV_E_BADINPUT, "a query holds NaN or Inf; nothing was stored");
+	if (!all_finite(c->dtype, k, nk))
+		return fail(err, DKV_E_BADINPUT, "a key holds NaN or Inf; nothing was stored");
+	if (!all_finite(c->dtype, v, nk))
+		return fail(err, DKV_E_BADINPUT, "a value holds NaN or Inf; nothing was stored");
+	return DKV_OK;
+}
+
+/* Allocate the pages the append needs, charged to the memory limit. */
+static int reserve_pages(struct rt_seq *s, struct shard_layer *L, uint64_t tokens, char *err)
+{
+	struct shard_page_bytes pb;
+	uint32_t more = shard_layer_pages_short(L, tokens);
+	uint64_t bytes;
+
+	if (!more)
+		return DKV_OK;
+	shard_page_bytes(&s->geom, &pb);
+	bytes = (uint64_t)more * pb.total;
+	if (mem_take(s->eng, bytes))
+		return fail(err, DKV_E_NOSPACE,
+			    "memory limit: %u more pages (%llu bytes) would exceed it", more,
+			    (unsigned long long)bytes);
+	if (shard_layer_reserve(L, tokens)) {
+		mem_give(s->eng, bytes);
+		return fail(err, DKV_E_NOMEM, "out of memory for %u pages", more);
+	}
+	s->pages_bytes += bytes;
+	return DKV_OK;
+}
+
+/* ---- append ---- */
+
+/* Encode the stored keys [t0, t1) of head h with its current model. */
+static void encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
+			 uint64_t t0, uint64_t t1)
+{
+	struct rt_scratch *sc = &s->sc;
+	struct shard_layer *st = &L->store;
+	uint32_t words = s->geom.words, dim = s->cfg.head_dim;
+
+	for (uint64_t t = t0; t < t1;) {
+		uint64_t page_end = (t / SHARD_PAGE + 1) * SHARD_PAGE;
+		uint64_t end = page_end < t1 ? page_end : t1;
+		uint32_t n = end - t < KRN_BLOCK ? (uint32_t)(end - t) : KRN_BLOCK;
+		shard_rows_f32(&s->geom, shard_key(st, h, t), n, sc->enc_keys);
+		rt_hash_keys(&L->hash[h], sc->enc_keys, n, sc->enc_codes,
+			     sc->enc_norms, sc->enc_tmp);
+		memcpy(shard_code(st, h, t), sc->enc_codes, (size_t)n * words * 8);
+		memcpy(shard_norm(st, h, t), sc->enc_norms, (size_t)n * 4);
+		(void)dim;
+		t += n;
+	}
+}
+
+/* Fix head h's mean key from the stored keys after the sinks. */
+static void fix_mean(struct rt_seq *s, struct rt_layer *L, uint32_t h)
+{
+	struct shard_layer *st = &L->store;
+	struct rt_hash *hm = &L->hash[h];
+	uint32_t dim = s->cfg.head_dim;
+	uint64_t t0 = st->len > s->cfg.sink_tokens ? s->cfg.sink_tokens : 0;
+	double acc[DKV_MAX_HEAD_DIM] = { 0 };
+
+	for (uint64_t t = t0; t < st->len; t++) {
+		shard_rows_f32(&s->geom, shard_key(st, h, t), 1, s->sc.enc_keys);
+		for (uint32_t d = 0; d < dim; d++)
+			acc[d] += s->sc.enc_keys[d];
+	}
+	for (uint32_t d = 0; d < dim; d++)
+		hm->mu[d] = (float)(acc[d] / (double)(st->len - t0));
+	hm->mu_set = 1;
+}
+
+static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
+		   const void *v, uint32_t n_new)
+{
+	struct shard_layer *st = &L->store;
+	const dkv_seq_config *c = &s->cfg;
+	uint32_t H = c->n_kv_heads, dim = c->head_dim, es = s->geom.elt_size;
+	uint64_t len0 = st->len;
+
+	for (uint32_t i = 0; i < n_new; i++)
+		for (uint32_t h = 0; h < H; h++) {
+			uint64_t t = len0 + i;
+			size_t off = ((size_t)i * H + h) * dim;
+			const void *vsrc = (const uint8_t *)v + off * es;
+			float *vf = s->sc.vrow;
+			float *sum = shard_vsum(st, h, t);
+			memcpy(shard_key(st, h, t), (const uint8_t *)k + off * es, (size_t)dim * es);
+			memcpy(shard_value(st, h, t), vsrc, (size_t)dim * es);
+			to_f32(c->dtype, vsrc, dim, vf);
+			if (t % SHARD_BLOCK == 0)
+				memset(sum, 0, dim * sizeof(float));
+			for (uint32_t d = 0; d < dim; d++)
+				sum[d] += vf[d];
+		}
+	st->len = len0 + n_new;
+	for (uint32_t h = 0; h < H; h++) {
+		if (!L->hash[h].mu_set && st->len >= RT_MU_TOKENS) {
+			fix_mean(s, L, h);
+			encode_range(s, L, h, 0, st->len);
+		} else {
+			encode_range(s, L, h, len0, st->len);
+		}
+	}
+}
+
+/* ---- attention ---- */
+
+static void part_reset(struct krn_part *p, uint32_t dim)
+{
+	p->m = -INFINITY;
+	p->s = 0.0f;
+	memset(p->acc, 0, dim * sizeof(float));
+}
+
+/* Record the exact set of query head qh: sinks, top-K, window (sorted). */
+static void trace_exact(struct rt_seq *s, uint32_t qh, uint64_t sink_end,
+			const uint32_t *top_pos, uint32_t n_top, uint64_t w0, uint64_t p1)
+{
+	uint32_t *out, n = 0;
+
+	if (!s->trace)
+		return;
+	out = s->trace_idx + (size_t)qh * s->trace_cap;
+	for (uint64_t t = 0; t < sink_end; t++)
+		out[n++] = (uint32_t)t;
+	for (uint32_t i = 0; i < n_top; i++)
+		out[n++] = top_pos[i];
+	for (uint64_t t = w0; t < p1; t++)
+		out[n++] = (uint32_t)t;
+	s->trace_n[qh] = n;
+}
+
+struct step_counts {
+	double cand, exact, est;
+};
+
+/*
+ * Calibrate the coarse estimates of one query head into logits.  A fixed,
+ * evenly spaced sample of the middle gets exact logits; a least-squares
+ * line maps estimate to logit, and the smearing factor mean(exp(residual))
+ * makes sum(exp(.)) unbiased for the mass even where the codes say little
+ * (Duan's smearing estimate).  est[0..n) is rewritten in place as
+ * calibrated logits.
+ */
+static void calibrate(struct rt_seq *s, struct shard_layer *st, uint32_t h,
+		      const float *qj, float *est, uint64_t m0, uint32_t n, float shift)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t ns = n < RT_TAIL_SAMPLES ? n : RT_TAIL_SAMPLES;
+	double sx = 0, sy = 0, sxx = 0, sxy = 0, a = 0, b, rmax = -INFINITY, rs = 0;
+
+	for (uint32_t i = 0; i < ns; i++)
+		sc->samp_pos[i] = (uint32_t)(m0 + ((uint64_t)i * n + n / (2 * ns)) / ns);
+	shard_fine(st, h, qj, sc->samp_pos, ns, s->cfg.scale, sc->samp_logit, &sc->bufs);
+	for (uint32_t i = 0; i < ns; i++) {
+		double x = est[sc->samp_pos[i] - m0], y = sc->samp_logit[i];
+		sx += x;
+		sy += y;
+		sxx += x * x;
+		sxy += x * y;
+	}
+	double vx = sxx - sx * sx / ns;
+	if (vx > 1e-12 * (sxx + 1e-30))
+		a = (sxy - sx * sy / ns) / vx;
+	b = (sy - a * sx) / ns;
+	for (uint32_t i = 0; i < ns; i++) {
+		double r = sc->samp_logit[i] - (a * est[sc->samp_pos[i] - m0] + b);
+		rmax = r > rmax ? r : rmax;
+	}
+	for (uint32_t i = 0; i < ns; i++) {
+		double r = sc->samp_logit[i] - (a * est[sc->samp_pos[i] - m0] + b);
+		rs += exp(r - rmax);
+	}
+	b += rmax + log(rs / ns);
+	(void)shift;
+	float fa = (float)a, fb = (float)b;
+	for (uint32_t i = 0; i < n; i++)
+		est[i] = fa * est[i] + fb;
+}
+
+/*
+ * The approximate middle [m0, m1) for query head j of the group: coarse
+ * estimates are in est; fine-rank the candidates, attend the top-K exactly
+ * into part, and estimate the rest into the tail.
+ */
+static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
+			  uint32_t j, const float *qj, uint64_t m0, uint64_t m1,
+			  struct step_counts *cnt)
+{
+	struct rt_scratch *sc = &s->sc;
+	const dkv_seq_config *c = &s->cfg;
+	uint32_t n_mid = (uint32_t)(m1 - m0);
+	float *est = sc->est + (size_t)j * sc->est_cap;
+	uint32_t n_cand = krn_select_top(est, n_mid, c->candidates, sc->cand, sc->sel);
+
+	for (uint32_t i = 0; i < n_cand; i++)
+		sc->cand[i] += (uint32_t)m0;
+	shard_fine(st, h, qj, sc->cand, n_cand, c->scale, sc->cand_logit, &sc->bufs);
+	uint32_t n_top = krn_select_top(sc->cand_logit, n_cand, c->top_k, sc->top, sc->sel);
+	for (uint32_t i = 0; i < n_top; i++) {
+		sc->top_pos[i] = sc->cand[sc->top[i]];
+		sc->top_logit[i] = sc->cand_logit[sc->top[i]];
+	}
+	shard_attend_list(st, h, sc->top_pos, sc->top_logit, n_top, &sc->part[j], &sc->bufs);
+	cnt->cand += n_cand;
+	cnt->exact += n_top;
+	if (!c->tail_estimate)
+		return;
+	calibrate(s, st, h, qj, est, m0, n_mid, sc->shift[j]);
+	/* candidates get their exact logit, the top-K leave the tail */
+	for (uint32_t i = 0; i < n_cand; i++)
+		est[sc->cand[i] - m0] = sc->cand_logit[i];
+	for (uint32_t i = 0; i < n_top; i++)
+		est[sc->top_pos[i] - m0] = -INFINITY;
+	shard_tail(st, h, est, 0.0f, m0, m1, &sc->tail);
+	krn_get()->merge(&sc->part[j], &sc->tail, c->head_dim);
+	cnt->est += n_mid - n_top;
+}
+
+/* Attention of the group of kv head h for the query at position p. */
+static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
+			 uint64_t p, struct step_counts *cnt)
+{
+	struct rt_scratch *sc = &s->sc;
+	struct shard_layer *st = &L->store;
+	const dkv_seq_config *c = &s->cfg;
+	uint32_t g = s->group, dim = c->head_dim, words = s->geom.words;
+	uint64_t p1 = p + 1;
+	uint64_t sink_end = c->sink_tokens < p1 ? c->sink_tokens : p1;
+	uint64_t w0 = p1 > c->recent_window ? p1 - c->recent_window : 0;
+
+	for (uint32_t j = 0; j < g; j++)
+		part_reset(&sc->part[j], dim);
+	if (w0 < sink_end)
+		w0 = sink_end;
+	if (c->exact || w0 - sink_end <= c->top_k) {
+		shard_attend_range(st, h, sc->qg, g, 0, p1, c->scale, sc->part, &sc->bufs);
+		for (uint32_t j = 0; j < g; j++) {
+			/* the trace holds at most sinks + top_k + window tokens */
+			if (p1 <= s->trace_cap)
+				trace_exact(s, h * g + j, p1, NULL, 0, p1, p1);
+			else if (s->trace)
+				s->trace_n[h * g + j] = 0;
+			cnt->exact += (double)p1;
+		}
+		return;
+	}
+	for (uint32_t j = 0; j < g; j++)
+		rt_hash_query(&L->hash[h], sc->qg + (size_t)j * dim, c->scale,
+			      sc->qc + (size_t)j * words,
+			      sc->tab + (size_t)j * (c->hash_bits + 1), &sc->shift[j]);
+	shard_coarse(st, h, sc->qc, g, sc->tab, sink_end, w0, sc->est, sc->est_cap);
+	for (uint32_t j = 0; j < g; j++) {
+		attend_middle(s, st, h, j, sc->qg + (size_t)j * dim, sink_end, w0, cnt);
+		trace_exact(s, h * g + j, sink_end, sc->top_pos,
+			    c->top_k < w0 - sink_end ? c->top_k : (uint32_t)(w0 - sink_end), w0, p1);
+	}
+	shard_attend_range(st, h, sc->qg, g, 0, sink_end, c->scale, sc->part, &sc->bufs);
+	shard_attend_range(st, h, sc->qg, g, w0, p1, c->scale, sc->part, &sc->bufs);
+	for (uint32_t j = 0; j < g; j++)
+		cnt->exact += (double)(sink_end + (p1 - w0));
+}
+
+static void attend_query(struct rt_seq *s, struct rt_layer *L, const float *q,
+			 uint64_t p, void *out, struct step_counts *cnt)
+{
+	struct rt_scratch *sc = &s->sc;
+	const dkv_seq_config *c = &s->cfg;
+	uint32_t g = s->group, dim = c->head_dim;
+
+	for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+		memcpy(sc->qg, q + (size_t)h * g * dim, (size_t)g * dim * sizeof(float));
+		attend_group(s, L, h, p, cnt);
+		for (uint32_t j = 0; j < g; j++) {
+			const struct krn_part *pt = &sc->part[j];
+			float *o = sc->outf + ((size_t)h * g + j) * dim;
+			float inv = pt->s > 0.0f ? 1.0f / pt->s : 0.0f;
+			for (uint32_t d = 0; d < dim; d++)
+				o[d] = pt->acc[d] * inv;
+		}
+	}
+	from_f32(c->dtype, sc->outf, (size_t)c->n_q_heads * dim, out);
+}
+
+/* ---- the step ---- */
+
+static int reserve_step(struct rt_seq *s, struct shard_layer *L, const void *q,
+			uint32_t n_q, const void *k, const void *v, uint32_t n_new,
+			char *err)
+{
+	int rc;
+
+	rc = check_finite(s, q, n_q, k, v, n_new, err);
+	if (rc == DKV_OK)
+		rc = scratch_reserve(s, L->len + n_new, err);
+	if (rc == DKV_OK)
+		rc = reserve_pages(s, L, L->len + n_new, err);
+	return rc;
+}
+
+int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
+		const void *k, const void *v, uint32_t n_new, void *out, char *err)
+{
+	uint64_t t0 = now_ns(), t1;
+	struct step_counts cnt = { 0, 0, 0 };
+	const dkv_seq_config *c = &s->cfg;
+	struct rt_layer *L;
+	int rc;
+
+	rc = check_args(s, layer, q, n_q, k, v, n_new, out, err);
+	if (rc)
+		return rc;
+	L = &s->layers[layer];
+	rc = reserve_step(s, &L->store, q, n_q, k, v, n_new, err);
+	if (rc)
+		return rc;
+	if (s->trace && !s->trace_idx) {
+		s->trace_idx = malloc((size_t)c->n_q_heads * s->trace_cap * sizeof(uint32_t));
+		if (!s->trace_idx)
+			return fail(err, DKV_E_NOMEM, "out of memory for the trace");
+	}
+	append(s, L, k, v, n_new);
+	t1 = now_ns();
+	size_t qstride = (size_t)c->n_q_heads * c->head_dim;
+	size_t bstride = qstride * s->geom.elt_size;
+	for (uint32_t i = 0; i < n_q; i++) {
+		to_f32(c->dtype, (const uint8_t *)q + i * bstride, qstride, s->sc.qf);
+		attend_query(s, L, s->sc.qf, L->store.len - n_q + i,
+			     (uint8_t *)out + i * bstride, &cnt);
+	}
+	uint64_t t2 = now_ns();
+	double nqh = (double)n_q * c->n_q_heads;
+	s->st.steps++;
+	s->st.last_step_ns = t2 - t0;
+	s->st.last_append_ns = t1 - t0;
+	s->st.last_attend_ns = t2 - t1;
+	s->st.last_queries = (uint32_t)nqh;
+	s->st.last_exact_mode = (uint32_t)c->exact;
+	s->st.last_candidates = nqh > 0 ? cnt.cand / nqh : 0;
+	s->st.last_exact_tokens = nqh > 0 ? cnt.exact / nqh : 0;
+	s->st.last_estimated_tokens = nqh > 0 ? cnt.est / nqh : 0;
+	return DKV_OK;
+}
+
+int rt_seq_len(const struct rt_seq *s, uint32_t layer, uint64_t *tokens, char *err)
+{
+	if (layer >= s->cfg.n_layers)
+		return fail(err, DKV_E_INVAL, "layer %u out of range [0, %u)", layer,
+			    s->cfg.n_layers);
+	*tokens = s->layers[layer].store.len;
+	return DKV_OK;
+}
+
+int rt_seq_train_now(struct rt_seq *s, char *err)
+{
+	/* SimHash has nothing to fit. */
+	(void)s;
+	(void)err;
+	return DKV_OK;
+}
+
+void rt_seq_get_stats(const struct rt_seq *s, dkv_stats *st)
+{
+	struct shard_page_bytes pb;
+
+	*st = s->st;
+	shard_page_bytes(&s->geom, &pb);
+	st->bytes_full = st->bytes_codes = st->bytes_summaries = 0;
+	for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
+		const struct shard_layer *L = &s->layers[l].store;
+		st->layer_tokens[l] = L->len;
+		st->bytes_full += (uint64_t)L->n_pages * pb.full;
+		st->bytes_codes += (uint64_t)L->n_pages * pb.codes;
+		st->bytes_summaries += (uint64_t)L->n_pages * pb.summaries;
+	}
+}
+
+void rt_seq_trace_on(struct rt_seq *s, int on)
+{
+	s->trace = on;
+}
+
+int rt_seq_trace_get(const struct rt_seq *s, uint32_t qhead, const uint32_t **idx)
+{
+	if (qhead >= s->cfg.n_q_heads || !s->trace || !s->trace_idx)
+		return DKV_E_INVAL;
+	*idx = s->trace_idx + (size_t)qhead * s->trace_cap;
+	return (int)s->trace_n[qhead];
+}

@@ -1,0 +1,59 @@
+/*
+ * engine.h - the DASH-KV engine: sequence registry, per-layer step, memory
+ * accounting.  Used in-process by the embedded transport of
+ * libdashkv-client (and by dashkvd).  Errors: a DKV_E_* status plus a
+ * message written to the caller's buffer.
+ */
+#ifndef DKV_RT_ENGINE_H
+#define DKV_RT_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dashkv.h"
+
+#define RT_ERRLEN 256
+
+/* Documented defaults (dashkv(7), dkv_seq_config_init(3)). */
+#define RT_DEF_MAX_TOKENS (1ull << 20)
+#define RT_MAX_MAX_TOKENS (1ull << 31)
+#define RT_DEF_HASH_BITS 128u
+#define RT_DEF_TRAIN_TOKENS 4096u
+#define RT_DEF_TOP_K 256u
+#define RT_DEF_CANDIDATES 2048u
+#define RT_DEF_SINKS 4u
+#define RT_DEF_WINDOW 64u
+#define RT_DEF_TAIL 1
+
+struct rt_engine;
+struct rt_seq;
+
+int rt_engine_new(struct rt_engine **out, char *err);
+void rt_engine_free(struct rt_engine *e);
+/* Total bytes the engine may hold for sequences; 0 = no limit. */
+void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes);
+uint64_t rt_engine_used(const struct rt_engine *e);
+
+/* Fill every knob's default (geometry left zero). */
+void rt_config_defaults(dkv_seq_config *cfg);
+/*
+ * Validate cfg and resolve "0 = default" into *out.  Returns DKV_OK or a
+ * DKV_E_* code with a message in err.
+ */
+int rt_config_resolve(const dkv_seq_config *cfg, dkv_seq_config *out, char *err);
+
+int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
+		struct rt_seq **out, char *err);
+void rt_seq_close(struct rt_seq *s);
+int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
+		const void *k, const void *v, uint32_t n_new, void *out, char *err);
+int rt_seq_len(const struct rt_seq *s, uint32_t layer, uint64_t *tokens, char *err);
+int rt_seq_train_now(struct rt_seq *s, char *err);
+void rt_seq_get_stats(const struct rt_seq *s, dkv_stats *st);
+const dkv_seq_config *rt_seq_config(const struct rt_seq *s);
+
+/* Tracing of the exact path (see trace.h). */
+void rt_seq_trace_on(struct rt_seq *s, int on);
+int rt_seq_trace_get(const struct rt_seq *s, uint32_t qhead, const uint32_t **idx);
+
+#endif

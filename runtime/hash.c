@@ -1,0 +1,96 @@
+/* hash.c - SimHash key/query encoding (see hash.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hash.h"
+#include "krn.h"
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1]. */
+static double unit(uint64_t *s)
+{
+	return ((splitmix64(s) >> 11) + 1) * 0x1p-53;
+}
+
+float *rt_hash_projection(uint32_t bits, uint32_t dim, uint64_t seed)
+{
+	size_t n = (size_t)bits * dim;
+	float *P = malloc(n * sizeof(*P));
+	uint64_t s = seed;
+
+	if (!P)
+		return NULL;
+	for (size_t i = 0; i < n; i += 2) {
+		/* Box-Muller: two normals per pair of uniforms */
+		double r = sqrt(-2.0 * log(unit(&s)));
+		double t = 2.0 * M_PI * unit(&s);
+		P[i] = (float)(r * cos(t));
+		if (i + 1 < n)
+			P[i + 1] = (float)(r * sin(t));
+	}
+	return P;
+}
+
+int rt_hash_init(struct rt_hash *hm, const float *P, uint32_t bits, uint32_t dim)
+{
+	hm->bits = bits;
+	hm->dim = dim;
+	hm->P = P;
+	hm->mu = calloc(dim, sizeof(float));
+	hm->cosine = malloc((bits + 1) * sizeof(float));
+	hm->mu_set = 0;
+	if (!hm->mu || !hm->cosine) {
+		rt_hash_free(hm);
+		return -1;
+	}
+	for (uint32_t h = 0; h <= bits; h++)
+		hm->cosine[h] = (float)cos(M_PI * h / bits);
+	return 0;
+}
+
+void rt_hash_free(struct rt_hash *hm)
+{
+	free(hm->mu);
+	free(hm->cosine);
+	hm->mu = NULL;
+	hm->cosine = NULL;
+}
+
+void rt_hash_keys(const struct rt_hash *hm, const float *k, uint32_t n,
+		  uint64_t *codes, float *norms, float *tmp)
+{
+	const struct krn_ops *ops = krn_get();
+	uint32_t dim = hm->dim;
+
+	for (uint32_t i = 0; i < n; i++) {
+		float *c = tmp + (size_t)i * dim;
+		for (uint32_t d = 0; d < dim; d++)
+			c[d] = k[(size_t)i * dim + d] - hm->mu[d];
+		ops->dot(c, 1, c, dim, 1, dim, &norms[i], 1);
+		norms[i] = sqrtf(norms[i]);
+	}
+	ops->encode(hm->P, hm->bits, dim, tmp, dim, n, codes);
+}
+
+void rt_hash_query(const struct rt_hash *hm, const float *q, float scale,
+		   uint64_t *code, float *tab, float *shift)
+{
+	const struct krn_ops *ops = krn_get();
+	float qq, qmu;
+
+	ops->encode(hm->P, hm->bits, hm->dim, q, hm->dim, 1, code);
+	ops->dot(q, 1, q, hm->dim, 1, hm->dim, &qq, 1);
+	ops->dot(q, 1, hm->mu, hm->dim, 1, hm->dim, &qmu, 1);
+	float f = scale * sqrtf(qq);
+	for (uint32_t h = 0; h <= hm->bits; h++)
+		tab[h] = f * hm->cosine[h];
+	*shift = scale * qmu;
+}

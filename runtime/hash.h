@@ -1,0 +1,50 @@
+/*
+ * hash.h - the hash models of the coarse filter, one per (layer, kv head).
+ *
+ * SimHash (the untrained control): one random Gaussian projection P
+ * [bits][dim] for both sides.  Keys are centred by the layer head's mean
+ * key mu before projection: q.(k - mu) = q.k - q.mu differs from the true
+ * logit by a per-query constant, which changes no ranking and is added
+ * back (the "shift") when logits are estimated.  mu is fixed once the
+ * layer holds RT_MU_TOKENS tokens; the keys stored before are re-encoded.
+ *
+ * Estimated logit of key k for query q at Hamming distance h:
+ *   scale * |q| * |k - mu| * cos(pi * h / bits) + scale * q.mu
+ */
+#ifndef DKV_RT_HASH_H
+#define DKV_RT_HASH_H
+
+#include <stdint.h>
+
+#define RT_MU_TOKENS 256u
+
+struct rt_hash {
+	uint32_t bits, dim;
+	const float *P;   /* [bits][dim], shared by the sequence */
+	float *mu;        /* [dim] mean key (zeros until mu_set) */
+	float *cosine;    /* [bits + 1]: cos(pi * h / bits) */
+	int mu_set;
+};
+
+/* A deterministic Gaussian projection [bits][dim] for `seed`; NULL on ENOMEM. */
+float *rt_hash_projection(uint32_t bits, uint32_t dim, uint64_t seed);
+
+int rt_hash_init(struct rt_hash *hm, const float *P, uint32_t bits, uint32_t dim);
+void rt_hash_free(struct rt_hash *hm);
+
+/*
+ * Encode n keys (f32 rows, `dim` apart): codes [n][bits/64] and norms of
+ * the centred keys.  tmp holds n * dim floats.
+ */
+void rt_hash_keys(const struct rt_hash *hm, const float *k, uint32_t n,
+		  uint64_t *codes, float *norms, float *tmp);
+
+/*
+ * Prepare one query: its code [bits/64], the table tab[0..bits] of
+ * estimated (shifted) logits per Hamming distance per unit key norm, and
+ * the shift scale * q.mu.
+ */
+void rt_hash_query(const struct rt_hash *hm, const float *q, float scale,
+		   uint64_t *code, float *tab, float *shift);
+
+#endif

@@ -1,0 +1,151 @@
+/* search.c - per-shard search kernels over the paged store (see search.h). */
+#include <math.h>
+#include <string.h>
+
+#include "dashkv.h"
+#include "search.h"
+
+void shard_rows_f32(const struct shard_geom *g, const void *src, uint32_t n, float *dst)
+{
+	const struct krn_ops *ops = krn_get();
+	size_t cnt = (size_t)n * g->head_dim;
+
+	switch (g->dtype) {
+	case DKV_F16:
+		ops->f16_to_f32(src, dst, cnt);
+		break;
+	case DKV_BF16:
+		ops->bf16_to_f32(src, dst, cnt);
+		break;
+	default:
+		memcpy(dst, src, cnt * sizeof(float));
+	}
+}
+
+/* Tokens from t up to t1 that stay inside t's page, at most `most`. */
+static uint32_t run_len(uint64_t t, uint64_t t1, uint32_t most)
+{
+	uint64_t page_end = (t / SHARD_PAGE + 1) * SHARD_PAGE;
+	uint64_t end = page_end < t1 ? page_end : t1;
+	return end - t < most ? (uint32_t)(end - t) : most;
+}
+
+/* f32 rows of keys (or values) [t, t+n) of head h: in place or converted. */
+static const float *rows_at(const struct shard_layer *l, const void *src,
+			    uint32_t n, float *buf)
+{
+	if (l->g->dtype == DKV_F32)
+		return src;
+	shard_rows_f32(l->g, src, n, buf);
+	return buf;
+}
+
+void shard_attend_range(const struct shard_layer *l, uint32_t h,
+			const float *q, uint32_t nq, uint64_t t0, uint64_t t1,
+			float scale, struct krn_part *st, struct shard_bufs *b)
+{
+	const struct krn_ops *ops = krn_get();
+	uint32_t dim = l->g->head_dim;
+
+	for (uint64_t t = t0; t < t1;) {
+		uint32_t n = run_len(t, t1, KRN_BLOCK);
+		const float *k = rows_at(l, shard_key(l, h, t), n, b->kbuf);
+		const float *v = rows_at(l, shard_value(l, h, t), n, b->vbuf);
+		ops->attend(q, nq, k, v, dim, n, dim, scale, st);
+		t += n;
+	}
+}
+
+void shard_coarse(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
+		  uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
+		  float *est, size_t ld)
+{
+	const struct krn_ops *ops = krn_get();
+
+	for (uint64_t t = t0; t < t1;) {
+		uint32_t n = run_len(t, t1, SHARD_PAGE);
+		ops->coarse(qc, nq, tab, shard_code(l, h, t), shard_norm(l, h, t),
+			    l->g->words, n, est + (t - t0), ld);
+		t += n;
+	}
+}
+
+/* Gather the rows at pos[0..n) (n <= KRN_BLOCK) of keys or values as f32. */
+static void gather(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
+		   uint32_t n, int values, float *dst)
+{
+	uint32_t dim = l->g->head_dim;
+
+	for (uint32_t i = 0; i < n; i++) {
+		const void *src = values ? shard_value(l, h, pos[i]) : shard_key(l, h, pos[i]);
+		shard_rows_f32(l->g, src, 1, dst + (size_t)i * dim);
+	}
+}
+
+void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
+		const uint32_t *pos, uint32_t n, float scale, float *logit,
+		struct shard_bufs *b)
+{
+	const struct krn_ops *ops = krn_get();
+	uint32_t dim = l->g->head_dim;
+
+	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
+		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
+		gather(l, h, pos + i, m, 0, b->kbuf);
+		ops->dot(q, 1, b->kbuf, dim, m, dim, logit + i, m);
+		for (uint32_t j = 0; j < m; j++)
+			logit[i + j] *= scale;
+	}
+}
+
+void shard_attend_list(const struct shard_layer *l, uint32_t h,
+		       const uint32_t *pos, const float *logit, uint32_t n,
+		       struct krn_part *st, struct shard_bufs *b)
+{
+	const struct krn_ops *ops = krn_get();
+	uint32_t dim = l->g->head_dim;
+
+	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
+		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
+		gather(l, h, pos + i, m, 1, b->vbuf);
+		ops->attend_logits(logit + i, b->vbuf, dim, m, dim, st);
+	}
+}
+
+/* Fold one block's estimated weight w times its mean value into out. */
+static void add_block(const struct shard_layer *l, uint32_t h, uint64_t t,
+		      float w, struct krn_part *out)
+{
+	uint32_t dim = l->g->head_dim;
+	uint64_t blk0 = t - t % SHARD_BLOCK;
+	uint64_t cnt = l->len - blk0 < SHARD_BLOCK ? l->len - blk0 : SHARD_BLOCK;
+	const float *sum = shard_vsum(l, h, t);
+	float f = w / (float)cnt;
+
+	out->s += w;
+	for (uint32_t d = 0; d < dim; d++)
+		out->acc[d] += f * sum[d];
+}
+
+void shard_tail(const struct shard_layer *l, uint32_t h, const float *est,
+		float shift, uint64_t t0, uint64_t t1, struct krn_part *out)
+{
+	const struct krn_ops *ops = krn_get();
+	uint32_t dim = l->g->head_dim;
+	float m = ops->max(est, (uint32_t)(t1 - t0));
+
+	out->m = -INFINITY;
+	out->s = 0.0f;
+	memset(out->acc, 0, dim * sizeof(float));
+	if (m == -INFINITY)
+		return;
+	for (uint64_t t = t0; t < t1;) {
+		uint64_t blk_end = (t / SHARD_BLOCK + 1) * SHARD_BLOCK;
+		uint32_t n = (uint32_t)((blk_end < t1 ? blk_end : t1) - t);
+		float w = ops->exp_sum(est + (t - t0), n, m);
+		if (w > 0.0f)
+			add_block(l, h, t, w, out);
+		t += n;
+	}
+	out->m = m + shift;
+}

@@ -1,0 +1,69 @@
+/*
+ * search.h - per-shard search over one kv head of one layer: dense exact
+ * attention over a token range, the coarse filter on binary codes, fine
+ * ranking of candidates, exact attention over a token list, and the tail
+ * estimate from codes and block value summaries.
+ *
+ * Token ranges are [t0, t1) in positions of the layer; every function
+ * reads only tokens already stored.  Buffers come from the caller
+ * (struct shard_bufs), so none of these allocate.
+ */
+#ifndef DKV_SHARD_SEARCH_H
+#define DKV_SHARD_SEARCH_H
+
+#include "krn.h"
+#include "store.h"
+
+/* Caller-owned scratch: kbuf and vbuf hold KRN_BLOCK rows of head_dim. */
+struct shard_bufs {
+	float *kbuf;
+	float *vbuf;
+	uint32_t *rows; /* KRN_BLOCK token positions */
+};
+
+/* Convert n stored rows (dtype of the store) starting at src to f32. */
+void shard_rows_f32(const struct shard_geom *g, const void *src, uint32_t n, float *dst);
+
+/*
+ * Dense exact attention of nq queries (f32 [nq][dim]) over [t0, t1) of kv
+ * head h, folded into st[0..nq).  logit = scale * q.k.
+ */
+void shard_attend_range(const struct shard_layer *l, uint32_t h,
+			const float *q, uint32_t nq, uint64_t t0, uint64_t t1,
+			float scale, struct krn_part *st, struct shard_bufs *b);
+
+/*
+ * Coarse filter: estimated (unshifted) logits of nq queries over [t0, t1)
+ * of kv head h into est[j * ld + (t - t0)].  qc [nq][words]; tab
+ * [nq][64 * words + 1] as for krn_ops.coarse.
+ */
+void shard_coarse(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
+		  uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
+		  float *est, size_t ld);
+
+/*
+ * Fine ranking: exact logits scale * q.k of the keys at positions pos[0..n)
+ * into logit[0..n).
+ */
+void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
+		const uint32_t *pos, uint32_t n, float scale, float *logit,
+		struct shard_bufs *b);
+
+/*
+ * Exact attention over the tokens at pos[0..n) whose logits are given,
+ * folded into st.
+ */
+void shard_attend_list(const struct shard_layer *l, uint32_t h,
+		       const uint32_t *pos, const float *logit, uint32_t n,
+		       struct krn_part *st, struct shard_bufs *b);
+
+/*
+ * Tail estimate over [t0, t1): est[t - t0] + shift estimates each token's
+ * logit (-INFINITY for tokens taken exactly); each SHARD_BLOCK block
+ * contributes sum(exp(logit - m)) times its mean value.  The result is a
+ * fresh partial in out (out->acc has dim floats).
+ */
+void shard_tail(const struct shard_layer *l, uint32_t h, const float *est,
+		float shift, uint64_t t0, uint64_t t1, struct krn_part *out);
+
+#endif

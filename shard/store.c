@@ -1,0 +1,117 @@
+/* store.c - paged key/value/code store (see store.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+/* Each array starts on a 64-byte boundary (cache line, AVX-512 load). */
+static size_t align64(size_t n)
+{
+	return (n + 63) & ~(size_t)63;
+}
+
+void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
+{
+	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
+
+	b->full = 2 * align64(rows * g->head_dim * g->elt_size);
+	b->codes = align64(rows * g->words * sizeof(uint64_t)) +
+		   align64(rows * sizeof(float));
+	b->summaries = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS *
+			       g->head_dim * sizeof(float));
+	b->total = b->full + b->codes + b->summaries;
+}
+
+static struct shard_page *page_new(const struct shard_geom *g)
+{
+	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
+	size_t kv = align64(rows * g->head_dim * g->elt_size);
+	size_t codes = align64(rows * g->words * sizeof(uint64_t));
+	size_t norms = align64(rows * sizeof(float));
+	struct shard_page_bytes b;
+	struct shard_page *p;
+	uint8_t *mem;
+
+	shard_page_bytes(g, &b);
+	p = malloc(sizeof(*p));
+	if (!p)
+		return NULL;
+	mem = aligned_alloc(64, b.total);
+	if (!mem) {
+		free(p);
+		return NULL;
+	}
+	p->k = mem;
+	p->v = mem + kv;
+	p->codes = (uint64_t *)(mem + 2 * kv);
+	p->norms = (float *)(mem + 2 * kv + codes);
+	p->vsum = (float *)(mem + 2 * kv + codes + norms);
+	memset(p->vsum, 0, b.summaries);
+	return p;
+}
+
+static void page_free(struct shard_page *p)
+{
+	if (p) {
+		free(p->k);
+		free(p);
+	}
+}
+
+void shard_layer_init(struct shard_layer *l, const struct shard_geom *g)
+{
+	memset(l, 0, sizeof(*l));
+	l->g = g;
+}
+
+void shard_layer_free(struct shard_layer *l)
+{
+	for (uint32_t i = 0; i < l->n_pages; i++)
+		page_free(l->pages[i]);
+	free(l->pages);
+	l->pages = NULL;
+	l->n_pages = l->cap_pages = 0;
+	l->len = 0;
+}
+
+uint32_t shard_layer_pages_short(const struct shard_layer *l, uint64_t tokens)
+{
+	uint64_t want = (tokens + SHARD_PAGE - 1) / SHARD_PAGE;
+	return want > l->n_pages ? (uint32_t)(want - l->n_pages) : 0;
+}
+
+static int grow_table(struct shard_layer *l, uint32_t want)
+{
+	if (want <= l->cap_pages)
+		return 0;
+	uint32_t cap = l->cap_pages ? l->cap_pages : 4;
+	while (cap < want)
+		cap *= 2;
+	struct shard_page **t = realloc(l->pages, cap * sizeof(*t));
+	if (!t)
+		return -1;
+	l->pages = t;
+	l->cap_pages = cap;
+	return 0;
+}
+
+int shard_layer_reserve(struct shard_layer *l, uint64_t tokens)
+{
+	uint32_t more = shard_layer_pages_short(l, tokens);
+	uint32_t have = l->n_pages;
+
+	if (!more)
+		return 0;
+	if (grow_table(l, have + more))
+		return -1;
+	for (uint32_t i = 0; i < more; i++) {
+		l->pages[have + i] = page_new(l->g);
+		if (!l->pages[have + i]) {
+			while (i-- > 0)
+				page_free(l->pages[have + i]);
+			return -1;
+		}
+	}
+	l->n_pages = have + more;
+	return 0;
+}

@@ -1,0 +1,104 @@
+/*
+ * store.h - the paged key/value/code store of one layer of one sequence on
+ * one shard.
+ *
+ * Tokens live in fixed-size pages (SHARD_PAGE tokens); a page holds, for
+ * every kv head, the keys and values at full precision (the sequence's
+ * dtype), the binary key codes, the key norms and the per-block value sums
+ * used for tail estimation.  Growth allocates new pages and grows only the
+ * page-pointer table, never copying stored tokens.
+ */
+#ifndef DKV_SHARD_STORE_H
+#define DKV_SHARD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHARD_PAGE 4096u       /* tokens per page */
+#define SHARD_BLOCK 64u        /* tokens per value summary block */
+#define SHARD_PAGE_BLOCKS (SHARD_PAGE / SHARD_BLOCK)
+
+/* Geometry shared by all layers of a sequence. */
+struct shard_geom {
+	uint32_t n_kv_heads;
+	uint32_t head_dim;
+	uint32_t dtype;     /* DKV_F32, DKV_F16 or DKV_BF16 */
+	uint32_t elt_size;  /* bytes per key/value element: 4 or 2 */
+	uint32_t words;     /* code words (hash_bits / 64) */
+};
+
+/* One page; its arrays are carved from one allocation. */
+struct shard_page {
+	uint8_t *k;       /* [head][SHARD_PAGE][dim] elements */
+	uint8_t *v;       /* same */
+	uint64_t *codes;  /* [head][SHARD_PAGE][words] */
+	float *norms;     /* [head][SHARD_PAGE] */
+	float *vsum;      /* [head][SHARD_PAGE_BLOCKS][dim]: sums of f32 values */
+};
+
+struct shard_layer {
+	const struct shard_geom *g;
+	uint64_t len;            /* tokens stored */
+	uint32_t n_pages;        /* pages allocated */
+	uint32_t cap_pages;      /* slots in the page table */
+	struct shard_page **pages;
+};
+
+/* Bytes of one page, split the way dkv_stats reports them. */
+struct shard_page_bytes {
+	size_t full, codes, summaries, total;
+};
+
+void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b);
+
+void shard_layer_init(struct shard_layer *l, const struct shard_geom *g);
+void shard_layer_free(struct shard_layer *l);
+
+/* Pages needed beyond those allocated to hold `tokens` tokens. */
+uint32_t shard_layer_pages_short(const struct shard_layer *l, uint64_t tokens);
+
+/*
+ * Make room for `tokens` tokens: allocate the missing pages.  All or
+ * nothing: on failure no page is added.  Returns 0 or -1 (out of memory).
+ */
+int shard_layer_reserve(struct shard_layer *l, uint64_t tokens);
+
+/* Addresses of token t of kv head h (t < pages allocated * SHARD_PAGE). */
+static inline struct shard_page *shard_page_of(const struct shard_layer *l, uint64_t t)
+{
+	return l->pages[t / SHARD_PAGE];
+}
+
+static inline void *shard_key(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	const struct shard_geom *g = l->g;
+	size_t row = (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+	return shard_page_of(l, t)->k + row * g->head_dim * g->elt_size;
+}
+
+static inline void *shard_value(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	const struct shard_geom *g = l->g;
+	size_t row = (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+	return shard_page_of(l, t)->v + row * g->head_dim * g->elt_size;
+}
+
+static inline uint64_t *shard_code(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	size_t row = (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+	return shard_page_of(l, t)->codes + row * l->g->words;
+}
+
+static inline float *shard_norm(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	return shard_page_of(l, t)->norms + (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+}
+
+/* Value sum of the block holding token t (blocks are SHARD_BLOCK aligned). */
+static inline float *shard_vsum(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	size_t blk = (size_t)h * SHARD_PAGE_BLOCKS + (t % SHARD_PAGE) / SHARD_BLOCK;
+	return shard_page_of(l, t)->vsum + blk * l->g->head_dim;
+}
+
+#endif
