@@ -52,6 +52,24 @@ struct krn_ops {
 		       const uint64_t *codes, const float *norms, uint32_t words,
 		       uint32_t n, float *out, size_t ld_out);
 
+	/*
+	 * scan: the coarse filter's fused pass over n coded keys for nq
+	 * queries.  For query j and key i let
+	 *   e = norms[i] * tab[j * (64 * words + 1) + popcount(qc[j] ^ codes[i])]
+	 * (the same product as coarse).  When e >= thr[j] the key is a hit:
+	 * base + i is written to hit[j * hit_cap + n_hit[j]] if n_hit[j] <
+	 * hit_cap, and n_hit[j] is incremented either way (hits are written
+	 * in increasing i).  Otherwise exp(ca[j] * e + cb[j]) is added to
+	 * blk[j * ld_blk + (off + i) / 64], the tail mass of its 64-token
+	 * block (skipped when blk is NULL).  Variants may differ from the reference only in the last
+	 * bits of blk (a vectorised exp); hits must be identical.
+	 */
+	void (*scan)(const uint64_t *qc, uint32_t nq, const float *tab,
+		     const uint64_t *codes, const float *norms, uint32_t words,
+		     uint32_t n, const float *thr, const float *ca, const float *cb,
+		     uint32_t base, uint32_t off, uint32_t *hit, uint32_t hit_cap,
+		     uint32_t *n_hit, float *blk, size_t ld_blk);
+
 	/* dot: out[j * ld_out + i] = dot(q[j], k[i]), q [nq][dim], k rows ld_k apart. */
 	void (*dot)(const float *q, uint32_t nq, const float *k, size_t ld_k,
 		    uint32_t n, uint32_t dim, float *out, size_t ld_out);

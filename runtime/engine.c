@@ -35,14 +35,26 @@ struct rt_layer {
 
 /* Per-step scratch, grown before the append so attention cannot fail. */
 struct rt_scratch {
+	void *arena;       /* the fixed part, carved by scratch_layout */
 	float *qf;         /* [n_q_heads][dim]: one query position */
 	float *vrow;       /* [dim]: one value row */
-	size_t est_cap;    /* floats per query head in est; uint32 in sel */
-	float *est;        /* [group][est_cap] */
-	uint32_t *sel;     /* select scratch */
-	uint32_t *cand;    /* [candidates] */
-	float *cand_logit; /* [candidates] */
-	uint32_t *top;     /* [top_k] indices into cand */
+	size_t blk_cap;    /* tail blocks per query head in blk */
+	float *blk;        /* [group][blk_cap] tail mass per 64-token block */
+	uint32_t hit_cap;  /* hits kept per query head */
+	uint32_t *hit;     /* [group][hit_cap] coarse-filter survivors */
+	uint32_t *n_hit;   /* [group] */
+	float *hit_logit;  /* [hit_cap] exact logits of one head's hits */
+	uint32_t *sel;     /* select scratch: max(hit_cap, samp_max) */
+	uint32_t samp_max; /* keys sampled per group for thresholds */
+	uint32_t *samp_pos;    /* [samp_max] */
+	uint64_t *samp_codes;  /* [samp_max][words] */
+	float *samp_norms;     /* [samp_max] */
+	float *samp_e;         /* [group][samp_max] estimates */
+	uint32_t *samp_idx;    /* [samp_max] */
+	uint32_t *cal_pos;     /* [RT_TAIL_SAMPLES] */
+	float *cal_logit;      /* [RT_TAIL_SAMPLES] */
+	float *thr, *ca, *cb, *mref; /* [group] per query head of the group */
+	uint32_t *top;     /* [top_k] indices into hit */
 	uint32_t *top_pos; /* [top_k] positions */
 	float *top_logit;  /* [top_k] */
 	uint64_t *qc;      /* [group][words] */
@@ -51,8 +63,6 @@ struct rt_scratch {
 	float *qg;         /* [group][dim] queries of one kv head */
 	struct krn_part *part; /* [group] exact partials */
 	float *acc;        /* [group][dim] */
-	uint32_t *samp_pos;  /* [RT_TAIL_SAMPLES] */
-	float *samp_logit;   /* [RT_TAIL_SAMPLES] */
 	struct krn_part tail;
 	float *tail_acc;   /* [dim] */
 	float *enc_tmp;    /* [KRN_BLOCK][dim] */
@@ -229,9 +239,9 @@ static int resolve_knobs(dkv_seq_config *c, char *err)
 		return fail(err, DKV_E_INVAL, "top_k %u above %u", c->top_k, 1u << 20);
 	if (!c->candidates)
 		c->candidates = c->top_k * 8 > RT_DEF_CANDIDATES ? c->top_k * 8 : RT_DEF_CANDIDATES;
-	if (c->candidates < c->top_k || c->candidates > (1u << 24))
+	if (c->candidates < c->top_k || c->candidates > (1u << 20))
 		return fail(err, DKV_E_INVAL, "candidates %u must lie in [top_k %u, %u]",
-			    c->candidates, c->top_k, 1u << 24);
+			    c->candidates, c->top_k, 1u << 20);
 	if (!c->sink_tokens)
 		c->sink_tokens = RT_DEF_SINKS;
 	if (!c->recent_window)
@@ -287,80 +297,94 @@ int rt_config_resolve(const dkv_seq_config *cfg, dkv_seq_config *out, char *err)
 
 static void scratch_free(struct rt_scratch *sc)
 {
-	free(sc->qf);
-	free(sc->vrow);
-	free(sc->est);
-	free(sc->sel);
-	free(sc->cand);
-	free(sc->cand_logit);
-	free(sc->top);
-	free(sc->top_pos);
-	free(sc->top_logit);
-	free(sc->qc);
-	free(sc->tab);
-	free(sc->shift);
-	free(sc->qg);
-	free(sc->part);
-	free(sc->acc);
-	free(sc->tail_acc);
-	free(sc->samp_pos);
-	free(sc->samp_logit);
-	free(sc->enc_tmp);
-	free(sc->enc_keys);
-	free(sc->enc_codes);
-	free(sc->enc_norms);
-	free(sc->outf);
-	free(sc->bufs.kbuf);
-	free(sc->bufs.vbuf);
-	free(sc->bufs.rows);
+	free(sc->arena);
+	free(sc->blk);
 	memset(sc, 0, sizeof(*sc));
+}
+
+/* Carves the fixed scratch out of one allocation (sizing pass: base NULL). */
+struct carver {
+	uint8_t *base;
+	size_t off;
+};
+
+static void *carve(struct carver *cv, size_t bytes)
+{
+	void *p = cv->base ? cv->base + cv->off : NULL;
+	cv->off += (bytes + 63) & ~(size_t)63;
+	return p;
+}
+
+/* Keys sampled per query position to place thresholds (see pick_thresholds). */
+static uint32_t samp_max_of(uint32_t group)
+{
+	uint32_t m = (4u << 20) / group;
+	return m > 65536 ? 65536 : m < 1024 ? 1024 : m;
+}
+
+static void scratch_layout(struct rt_seq *s, struct carver *cv)
+{
+	struct rt_scratch *sc = &s->sc;
+	const dkv_seq_config *c = &s->cfg;
+	size_t dim = c->head_dim, g = s->group, words = s->geom.words, f = sizeof(float);
+	size_t blk = KRN_BLOCK * dim * f, u = sizeof(uint32_t);
+
+	sc->hit = carve(cv, g * sc->hit_cap * u);
+	sc->n_hit = carve(cv, g * u);
+	sc->hit_logit = carve(cv, sc->hit_cap * f);
+	sc->sel = carve(cv, (sc->hit_cap > sc->samp_max ? sc->hit_cap : sc->samp_max) * u);
+	sc->samp_pos = carve(cv, sc->samp_max * u);
+	sc->samp_codes = carve(cv, sc->samp_max * words * sizeof(uint64_t));
+	sc->samp_norms = carve(cv, sc->samp_max * f);
+	sc->samp_e = carve(cv, g * sc->samp_max * f);
+	sc->samp_idx = carve(cv, sc->samp_max * u);
+	sc->cal_pos = carve(cv, RT_TAIL_SAMPLES * u);
+	sc->cal_logit = carve(cv, RT_TAIL_SAMPLES * f);
+	sc->thr = carve(cv, g * f);
+	sc->ca = carve(cv, g * f);
+	sc->cb = carve(cv, g * f);
+	sc->mref = carve(cv, g * f);
+	sc->top = carve(cv, c->top_k * u);
+	sc->top_pos = carve(cv, c->top_k * u);
+	sc->top_logit = carve(cv, c->top_k * f);
+	sc->qc = carve(cv, g * words * sizeof(uint64_t));
+	sc->tab = carve(cv, g * (c->hash_bits + 1) * f);
+	sc->shift = carve(cv, g * f);
+	sc->qg = carve(cv, g * dim * f);
+	sc->part = carve(cv, g * sizeof(struct krn_part));
+	sc->acc = carve(cv, g * dim * f);
+	sc->tail_acc = carve(cv, dim * f);
+	sc->enc_tmp = carve(cv, blk);
+	sc->enc_keys = carve(cv, blk);
+	sc->enc_codes = carve(cv, KRN_BLOCK * words * sizeof(uint64_t));
+	sc->enc_norms = carve(cv, KRN_BLOCK * f);
+	sc->outf = carve(cv, c->n_q_heads * dim * f);
+	sc->qf = carve(cv, c->n_q_heads * dim * f);
+	sc->vrow = carve(cv, dim * f);
+	sc->bufs.kbuf = carve(cv, blk);
+	sc->bufs.vbuf = carve(cv, blk);
+	sc->bufs.rows = carve(cv, KRN_BLOCK * u);
 }
 
 /* The scratch whose size depends only on the geometry and knobs. */
 static int scratch_fixed(struct rt_seq *s)
 {
 	struct rt_scratch *sc = &s->sc;
-	const dkv_seq_config *c = &s->cfg;
-	size_t dim = c->head_dim, g = s->group, words = s->geom.words;
-	size_t blk = KRN_BLOCK * dim * sizeof(float);
+	struct carver cv = { NULL, 0 };
 
-	sc->cand = malloc(c->candidates * sizeof(uint32_t));
-	sc->cand_logit = malloc(c->candidates * sizeof(float));
-	sc->top = malloc(c->top_k * sizeof(uint32_t));
-	sc->top_pos = malloc(c->top_k * sizeof(uint32_t));
-	sc->top_logit = malloc(c->top_k * sizeof(float));
-	sc->qc = malloc(g * words * sizeof(uint64_t));
-	sc->tab = malloc(g * (c->hash_bits + 1) * sizeof(float));
-	sc->shift = malloc(g * sizeof(float));
-	sc->qg = malloc(g * dim * sizeof(float));
-	sc->part = malloc(g * sizeof(struct krn_part));
-	sc->acc = malloc(g * dim * sizeof(float));
-	sc->tail_acc = malloc(dim * sizeof(float));
-	sc->enc_tmp = malloc(blk);
-	sc->enc_keys = malloc(blk);
-	sc->enc_codes = malloc(KRN_BLOCK * words * sizeof(uint64_t));
-	sc->enc_norms = malloc(KRN_BLOCK * sizeof(float));
-	sc->outf = malloc((size_t)c->n_q_heads * dim * sizeof(float));
-	sc->qf = malloc((size_t)c->n_q_heads * dim * sizeof(float));
-	sc->vrow = malloc(dim * sizeof(float));
-	sc->bufs.kbuf = malloc(blk);
-	sc->bufs.vbuf = malloc(blk);
-	sc->bufs.rows = malloc(KRN_BLOCK * sizeof(uint32_t));
-	sc->samp_pos = malloc(RT_TAIL_SAMPLES * sizeof(uint32_t));
-	sc->samp_logit = malloc(RT_TAIL_SAMPLES * sizeof(float));
-	sc->tail.acc = sc->tail_acc;
-	sc->fixed_bytes = (size_t)c->candidates * 8 + (size_t)c->top_k * 12 +
-			  g * (words * 8 + (c->hash_bits + 1) * 4 + 4 + dim * 8) +
-			  4 * blk + KRN_BLOCK * (words * 8 + 4) + c->n_q_heads * dim * 8 + dim * 4;
-	if (!sc->cand || !sc->cand_logit || !sc->top || !sc->top_pos ||
-	    !sc->top_logit || !sc->qc || !sc->tab || !sc->shift || !sc->qg ||
-	    !sc->part || !sc->acc || !sc->tail_acc || !sc->enc_tmp ||
-	    !sc->enc_keys || !sc->enc_codes || !sc->enc_norms || !sc->outf ||
-	    !sc->qf || !sc->vrow || !sc->samp_pos || !sc->samp_logit ||
-	    !sc->bufs.kbuf || !sc->bufs.vbuf || !sc->bufs.rows)
+	sc->hit_cap = s->cfg.candidates * 4;
+	sc->samp_max = samp_max_of(s->group);
+	scratch_layout(s, &cv);
+	sc->arena = aligned_alloc(64, cv.off);
+	if (!sc->arena)
 		return -1;
-	for (size_t j = 0; j < g; j++)
-		sc->part[j].acc = sc->acc + j * dim;
+	sc->fixed_bytes = cv.off;
+	cv.base = sc->arena;
+	cv.off = 0;
+	scratch_layout(s, &cv);
+	for (size_t j = 0; j < s->group; j++)
+		sc->part[j].acc = sc->acc + j * s->cfg.head_dim;
+	sc->tail.acc = sc->tail_acc;
 	return 0;
 }
 
@@ -389,24 +413,22 @@ static int grow(void **p, size_t n, size_t sz)
 static int scratch_reserve(struct rt_seq *s, uint64_t tokens, char *err)
 {
 	struct rt_scratch *sc = &s->sc;
-	size_t want = tokens > s->cfg.candidates ? tokens : s->cfg.candidates;
+	size_t want = tokens / SHARD_BLOCK + 2;
 
-	if (want <= sc->est_cap)
+	if (want <= sc->blk_cap)
 		return DKV_OK;
 	size_t cap = round_cap(want);
-	size_t bytes = cap * (s->group * 4 + 4);
+	size_t bytes = cap * s->group * sizeof(float);
 	if (mem_take(s->eng, bytes - sc->grow_bytes))
 		return fail(err, DKV_E_NOSPACE,
 			    "memory limit: %zu more scratch bytes would exceed it",
 			    bytes - sc->grow_bytes);
-	if (grow((void **)&sc->est, cap * s->group, sizeof(float)) ||
-	    grow((void **)&sc->sel, cap, sizeof(uint32_t))) {
-		/* a buffer that did grow stays valid; the old cap stays */
+	if (grow((void **)&sc->blk, cap * s->group, sizeof(float))) {
 		mem_give(s->eng, bytes - sc->grow_bytes);
 		return fail(err, DKV_E_NOMEM, "out of memory for step scratch");
 	}
 	sc->grow_bytes = bytes;
-	sc->est_cap = cap;
+	sc->blk_cap = cap;
 	return DKV_OK;
 }
 
@@ -623,7 +645,7 @@ static void encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 {
 	struct rt_scratch *sc = &s->sc;
 	struct shard_layer *st = &L->store;
-	uint32_t words = s->geom.words, dim = s->cfg.head_dim;
+	uint32_t words = s->geom.words;
 
 	for (uint64_t t = t0; t < t1;) {
 		uint64_t page_end = (t / SHARD_PAGE + 1) * SHARD_PAGE;
@@ -634,7 +656,9 @@ static void encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 			     sc->enc_norms, sc->enc_tmp);
 		memcpy(shard_code(st, h, t), sc->enc_codes, (size_t)n * words * 8);
 		memcpy(shard_norm(st, h, t), sc->enc_norms, (size_t)n * 4);
-		(void)dim;
+		for (uint32_t i = 0; i < n; i++)
+			if (sc->enc_norms[i] > L->hash[h].max_norm)
+				L->hash[h].max_norm = sc->enc_norms[i];
 		t += n;
 	}
 }
@@ -682,9 +706,12 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 				sum[d] += vf[d];
 		}
 	st->len = len0 + n_new;
+	if (c->exact) /* dense attention reads no codes */
+		return;
 	for (uint32_t h = 0; h < H; h++) {
 		if (!L->hash[h].mu_set && st->len >= RT_MU_TOKENS) {
 			fix_mean(s, L, h);
+			L->hash[h].max_norm = 0.0f;
 			encode_range(s, L, h, 0, st->len);
 		} else {
 			encode_range(s, L, h, len0, st->len);
@@ -724,53 +751,157 @@ struct step_counts {
 };
 
 /*
- * Calibrate the coarse estimates of one query head into logits.  A fixed,
- * evenly spaced sample of the middle gets exact logits; a least-squares
- * line maps estimate to logit, and the smearing factor mean(exp(residual))
- * makes sum(exp(.)) unbiased for the mass even where the codes say little
- * (Duan's smearing estimate).  est[0..n) is rewritten in place as
- * calibrated logits.
+ * Sample the middle [m0, m0 + n): ns evenly spaced keys, their estimates
+ * for every query head of the group in samp_e.
  */
-static void calibrate(struct rt_seq *s, struct shard_layer *st, uint32_t h,
-		      const float *qj, float *est, uint64_t m0, uint32_t n, float shift)
+static uint32_t sample_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
+			      uint64_t m0, uint32_t n, uint32_t want)
 {
 	struct rt_scratch *sc = &s->sc;
-	uint32_t ns = n < RT_TAIL_SAMPLES ? n : RT_TAIL_SAMPLES;
-	double sx = 0, sy = 0, sxx = 0, sxy = 0, a = 0, b, rmax = -INFINITY, rs = 0;
+	uint32_t ns = want < n ? want : n;
 
 	for (uint32_t i = 0; i < ns; i++)
 		sc->samp_pos[i] = (uint32_t)(m0 + ((uint64_t)i * n + n / (2 * ns)) / ns);
-	shard_fine(st, h, qj, sc->samp_pos, ns, s->cfg.scale, sc->samp_logit, &sc->bufs);
-	for (uint32_t i = 0; i < ns; i++) {
-		double x = est[sc->samp_pos[i] - m0], y = sc->samp_logit[i];
-		sx += x;
-		sy += y;
-		sxx += x * x;
-		sxy += x * y;
-	}
-	double vx = sxx - sx * sx / ns;
-	if (vx > 1e-12 * (sxx + 1e-30))
-		a = (sxy - sx * sy / ns) / vx;
-	b = (sy - a * sx) / ns;
-	for (uint32_t i = 0; i < ns; i++) {
-		double r = sc->samp_logit[i] - (a * est[sc->samp_pos[i] - m0] + b);
-		rmax = r > rmax ? r : rmax;
-	}
-	for (uint32_t i = 0; i < ns; i++) {
-		double r = sc->samp_logit[i] - (a * est[sc->samp_pos[i] - m0] + b);
-		rs += exp(r - rmax);
-	}
-	b += rmax + log(rs / ns);
-	(void)shift;
-	float fa = (float)a, fb = (float)b;
-	for (uint32_t i = 0; i < n; i++)
-		est[i] = fa * est[i] + fb;
+	shard_estimate(st, h, sc->qc, s->group, sc->tab, sc->samp_pos, ns,
+		       sc->samp_codes, sc->samp_norms, sc->samp_e, sc->samp_max);
+	return ns;
 }
 
 /*
- * The approximate middle [m0, m1) for query head j of the group: coarse
- * estimates are in est; fine-rank the candidates, attend the top-K exactly
- * into part, and estimate the rest into the tail.
+ * Calibrate query head j's estimates into logits: RT_TAIL_SAMPLES of the
+ * ns sampled keys get exact logits; a least-squares line maps estimate to
+ * logit (ca, cb), and the smearing factor mean(exp(residual)) is folded
+ * into cb so that sum(exp(ca * e + cb)) is unbiased for the mass even
+ * where the codes say little (Duan's smearing estimate).
+ */
+static void calibrate(struct rt_seq *s, struct shard_layer *st, uint32_t h,
+		      uint32_t j, const float *qj, uint32_t ns)
+{
+	struct rt_scratch *sc = &s->sc;
+	const float *e = sc->samp_e + (size_t)j * sc->samp_max;
+	uint32_t nc = ns < RT_TAIL_SAMPLES ? ns : RT_TAIL_SAMPLES;
+	double sx = 0, sy = 0, sxx = 0, sxy = 0, a = 0, b, rmax = -INFINITY, rs = 0;
+	float x[RT_TAIL_SAMPLES];
+
+	for (uint32_t i = 0; i < nc; i++) {
+		uint32_t k = (uint32_t)(((uint64_t)i * ns + ns / (2 * nc)) / nc);
+		sc->cal_pos[i] = sc->samp_pos[k];
+		x[i] = e[k];
+	}
+	shard_fine(st, h, qj, sc->cal_pos, nc, s->cfg.scale, sc->cal_logit, &sc->bufs);
+	for (uint32_t i = 0; i < nc; i++) {
+		double y = sc->cal_logit[i];
+		sx += x[i];
+		sy += y;
+		sxx += (double)x[i] * x[i];
+		sxy += x[i] * y;
+	}
+	double vx = sxx - sx * sx / nc;
+	if (vx > 1e-12 * (sxx + 1e-30))
+		a = (sxy - sx * sy / nc) / vx;
+	b = (sy - a * sx) / nc;
+	for (uint32_t i = 0; i < nc; i++) {
+		double r = sc->cal_logit[i] - (a * x[i] + b);
+		rmax = r > rmax ? r : rmax;
+	}
+	for (uint32_t i = 0; i < nc; i++)
+		rs += exp(sc->cal_logit[i] - (a * x[i] + b) - rmax);
+	sc->ca[j] = (float)a;
+	sc->cb[j] = (float)(b + rmax + log(rs / nc));
+}
+
+/*
+ * Query head j's coarse threshold: the rank-th largest sampled estimate,
+ * so that about rank / ns of the middle passes (Floyd-Rivest style
+ * selection: a sample places the cut, one pass collects).
+ */
+static float threshold(struct rt_scratch *sc, uint32_t j, uint32_t ns, uint32_t rank)
+{
+	const float *e = sc->samp_e + (size_t)j * sc->samp_max;
+	float t = INFINITY;
+
+	if (rank >= ns)
+		return -INFINITY;
+	uint32_t n = krn_select_top(e, ns, rank, sc->samp_idx, sc->sel);
+	for (uint32_t i = 0; i < n; i++)
+		t = e[sc->samp_idx[i]] < t ? e[sc->samp_idx[i]] : t;
+	return t;
+}
+
+/*
+ * The reference logit of the tail: an upper bound of the calibrated
+ * logit of every key that is not a hit, so exp() never overflows.
+ */
+static float tail_ref(const struct rt_hash *hm, const float *tab, float thr,
+		      float ca, float cb)
+{
+	if (ca > 0.0f && thr > -INFINITY)
+		return ca * thr + cb;
+	float emax = fabsf(tab[0]) * hm->max_norm;
+	return fabsf(ca) * emax + cb;
+}
+
+/* Samples and hits of one coarse pass, as pass_ok judges them. */
+enum { PASS_OK, PASS_TOO_MANY, PASS_TOO_FEW };
+
+static int pass_ok(const struct rt_seq *s, uint32_t n_mid)
+{
+	const struct rt_scratch *sc = &s->sc;
+	uint32_t need = s->cfg.top_k < n_mid ? s->cfg.top_k : n_mid;
+
+	for (uint32_t j = 0; j < s->group; j++) {
+		if (sc->n_hit[j] > sc->hit_cap)
+			return PASS_TOO_MANY;
+		if (sc->n_hit[j] < need)
+			return PASS_TOO_FEW;
+	}
+	return PASS_OK;
+}
+
+/*
+ * Coarse filter for the group over the middle [m0, m1): thresholds from a
+ * sample, then one pass; a pass whose hits overflow or fall short of
+ * top_k is repeated with a moved threshold (rare).
+ */
+static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
+			  uint64_t m0, uint64_t m1)
+{
+	struct rt_scratch *sc = &s->sc;
+	const dkv_seq_config *c = &s->cfg;
+	struct shard_layer *st = &L->store;
+	uint32_t g = s->group, n_mid = (uint32_t)(m1 - m0), tl = c->hash_bits + 1;
+	uint64_t target = (uint64_t)c->candidates + c->candidates / 4;
+	uint64_t want = target * 32 > 1024 ? target * 32 : 1024;
+	uint32_t ns = sample_middle(s, st, h, m0, n_mid,
+				    want < sc->samp_max ? (uint32_t)want : sc->samp_max);
+	uint64_t rank = (target * ns + n_mid - 1) / n_mid;
+	struct shard_scan_out o = { sc->hit, sc->hit_cap, sc->n_hit,
+				    c->tail_estimate ? sc->blk : NULL, sc->blk_cap };
+
+	for (uint32_t j = 0; j < g; j++)
+		if (c->tail_estimate)
+			calibrate(s, st, h, j, sc->qg + (size_t)j * c->head_dim, ns);
+	for (int tries = 0;; tries++) {
+		for (uint32_t j = 0; j < g; j++) {
+			sc->thr[j] = threshold(sc, j, ns, (uint32_t)(rank ? rank : 1));
+			sc->mref[j] = tail_ref(&L->hash[h], sc->tab + (size_t)j * tl,
+					       sc->thr[j], sc->ca[j], sc->cb[j]);
+			/* the kernel adds exp(ca * e + cb - mref) */
+			sc->cb[j] -= sc->mref[j];
+		}
+		shard_scan(st, h, sc->qc, g, sc->tab, m0, m1, sc->thr, sc->ca, sc->cb, &o);
+		for (uint32_t j = 0; j < g; j++)
+			sc->cb[j] += sc->mref[j];
+		int v = pass_ok(s, n_mid);
+		if (v == PASS_OK || tries == 3)
+			break;
+		rank = v == PASS_TOO_MANY ? rank / 4 : rank * 4 + 1;
+	}
+}
+
+/*
+ * Query head j after the coarse filter: fine-rank the hits, attend the
+ * top-K exactly into part, and fold the estimated rest in as the tail.
  */
 static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 			  uint32_t j, const float *qj, uint64_t m0, uint64_t m1,
@@ -779,29 +910,28 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 	struct rt_scratch *sc = &s->sc;
 	const dkv_seq_config *c = &s->cfg;
 	uint32_t n_mid = (uint32_t)(m1 - m0);
-	float *est = sc->est + (size_t)j * sc->est_cap;
-	uint32_t n_cand = krn_select_top(est, n_mid, c->candidates, sc->cand, sc->sel);
+	uint32_t *hit = sc->hit + (size_t)j * sc->hit_cap;
+	uint32_t n_hit = sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
 
-	for (uint32_t i = 0; i < n_cand; i++)
-		sc->cand[i] += (uint32_t)m0;
-	shard_fine(st, h, qj, sc->cand, n_cand, c->scale, sc->cand_logit, &sc->bufs);
-	uint32_t n_top = krn_select_top(sc->cand_logit, n_cand, c->top_k, sc->top, sc->sel);
+	shard_fine(st, h, qj, hit, n_hit, c->scale, sc->hit_logit, &sc->bufs);
+	uint32_t n_top = krn_select_top(sc->hit_logit, n_hit, c->top_k, sc->top, sc->sel);
 	for (uint32_t i = 0; i < n_top; i++) {
-		sc->top_pos[i] = sc->cand[sc->top[i]];
-		sc->top_logit[i] = sc->cand_logit[sc->top[i]];
+		sc->top_pos[i] = hit[sc->top[i]];
+		sc->top_logit[i] = sc->hit_logit[sc->top[i]];
+		sc->hit_logit[sc->top[i]] = -INFINITY; /* leaves the tail */
 	}
 	shard_attend_list(st, h, sc->top_pos, sc->top_logit, n_top, &sc->part[j], &sc->bufs);
-	cnt->cand += n_cand;
+	cnt->cand += n_hit;
 	cnt->exact += n_top;
 	if (!c->tail_estimate)
 		return;
-	calibrate(s, st, h, qj, est, m0, n_mid, sc->shift[j]);
-	/* candidates get their exact logit, the top-K leave the tail */
-	for (uint32_t i = 0; i < n_cand; i++)
-		est[sc->cand[i] - m0] = sc->cand_logit[i];
-	for (uint32_t i = 0; i < n_top; i++)
-		est[sc->top_pos[i] - m0] = -INFINITY;
-	shard_tail(st, h, est, 0.0f, m0, m1, &sc->tail);
+	/* hits outside the top-K join the tail with their exact logits */
+	float *blk = sc->blk + (size_t)j * sc->blk_cap;
+	uint64_t b0 = m0 / SHARD_BLOCK;
+	for (uint32_t i = 0; i < n_hit; i++)
+		if (sc->hit_logit[i] > -INFINITY)
+			blk[hit[i] / SHARD_BLOCK - b0] += expf(sc->hit_logit[i] - sc->mref[j]);
+	shard_tail(st, h, blk, m0, m1, sc->mref[j], &sc->tail);
 	krn_get()->merge(&sc->part[j], &sc->tail, c->head_dim);
 	cnt->est += n_mid - n_top;
 }
@@ -838,7 +968,7 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		rt_hash_query(&L->hash[h], sc->qg + (size_t)j * dim, c->scale,
 			      sc->qc + (size_t)j * words,
 			      sc->tab + (size_t)j * (c->hash_bits + 1), &sc->shift[j]);
-	shard_coarse(st, h, sc->qc, g, sc->tab, sink_end, w0, sc->est, sc->est_cap);
+	coarse_filter(s, L, h, sink_end, w0);
 	for (uint32_t j = 0; j < g; j++) {
 		attend_middle(s, st, h, j, sc->qg + (size_t)j * dim, sink_end, w0, cnt);
 		trace_exact(s, h * g + j, sink_end, sc->top_pos,

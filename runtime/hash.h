@@ -24,6 +24,7 @@ struct rt_hash {
 	float *mu;        /* [dim] mean key (zeros until mu_set) */
 	float *cosine;    /* [bits + 1]: cos(pi * h / bits) */
 	int mu_set;
+	float max_norm;   /* largest |k - mu| encoded so far */
 };
 
 /* A deterministic Gaussian projection [bits][dim] for `seed`; NULL on ENOMEM. */

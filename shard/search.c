@@ -56,16 +56,40 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-void shard_coarse(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
-		  uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
-		  float *est, size_t ld)
+void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
+		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
+		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld)
+{
+	uint32_t words = l->g->words;
+
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(codes_buf + (size_t)i * words, shard_code(l, h, pos[i]),
+		       words * sizeof(uint64_t));
+		norms_buf[i] = *shard_norm(l, h, pos[i]);
+	}
+	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
+}
+
+void shard_scan(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
+		uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
+		const float *thr, const float *ca, const float *cb,
+		struct shard_scan_out *o)
 {
 	const struct krn_ops *ops = krn_get();
+	uint64_t b0 = t0 / SHARD_BLOCK;
 
+	memset(o->n_hit, 0, nq * sizeof(uint32_t));
+	if (o->blk)
+		for (uint32_t j = 0; j < nq; j++)
+			memset(o->blk + j * o->ld_blk, 0,
+			       ((t1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0) * sizeof(float));
 	for (uint64_t t = t0; t < t1;) {
 		uint32_t n = run_len(t, t1, SHARD_PAGE);
-		ops->coarse(qc, nq, tab, shard_code(l, h, t), shard_norm(l, h, t),
-			    l->g->words, n, est + (t - t0), ld);
+		float *blk = o->blk ? o->blk + (t / SHARD_BLOCK - b0) : NULL;
+		ops->scan(qc, nq, tab, shard_code(l, h, t), shard_norm(l, h, t),
+			  l->g->words, n, thr, ca, cb, (uint32_t)t,
+			  (uint32_t)(t % SHARD_BLOCK), o->hit, o->hit_cap, o->n_hit,
+			  blk, o->ld_blk);
 		t += n;
 	}
 }
@@ -112,40 +136,27 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-/* Fold one block's estimated weight w times its mean value into out. */
-static void add_block(const struct shard_layer *l, uint32_t h, uint64_t t,
-		      float w, struct krn_part *out)
+void shard_tail(const struct shard_layer *l, uint32_t h, const float *blk,
+		uint64_t t0, uint64_t t1, float m, struct krn_part *out)
 {
 	uint32_t dim = l->g->head_dim;
-	uint64_t blk0 = t - t % SHARD_BLOCK;
-	uint64_t cnt = l->len - blk0 < SHARD_BLOCK ? l->len - blk0 : SHARD_BLOCK;
-	const float *sum = shard_vsum(l, h, t);
-	float f = w / (float)cnt;
+	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
 
-	out->s += w;
-	for (uint32_t d = 0; d < dim; d++)
-		out->acc[d] += f * sum[d];
-}
-
-void shard_tail(const struct shard_layer *l, uint32_t h, const float *est,
-		float shift, uint64_t t0, uint64_t t1, struct krn_part *out)
-{
-	const struct krn_ops *ops = krn_get();
-	uint32_t dim = l->g->head_dim;
-	float m = ops->max(est, (uint32_t)(t1 - t0));
-
-	out->m = -INFINITY;
+	out->m = m;
 	out->s = 0.0f;
 	memset(out->acc, 0, dim * sizeof(float));
-	if (m == -INFINITY)
-		return;
-	for (uint64_t t = t0; t < t1;) {
-		uint64_t blk_end = (t / SHARD_BLOCK + 1) * SHARD_BLOCK;
-		uint32_t n = (uint32_t)((blk_end < t1 ? blk_end : t1) - t);
-		float w = ops->exp_sum(est + (t - t0), n, m);
-		if (w > 0.0f)
-			add_block(l, h, t, w, out);
-		t += n;
+	for (uint64_t b = b0; b < b1; b++) {
+		float w = blk[b - b0];
+		if (!(w > 0.0f))
+			continue;
+		uint64_t t = b * SHARD_BLOCK;
+		uint64_t cnt = l->len - t < SHARD_BLOCK ? l->len - t : SHARD_BLOCK;
+		const float *sum = shard_vsum(l, h, t);
+		float f = w / (float)cnt;
+		out->s += w;
+		for (uint32_t d = 0; d < dim; d++)
+			out->acc[d] += f * sum[d];
 	}
-	out->m = m + shift;
+	if (out->s == 0.0f)
+		out->m = -INFINITY;
 }

@@ -33,13 +33,32 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 			float scale, struct krn_part *st, struct shard_bufs *b);
 
 /*
- * Coarse filter: estimated (unshifted) logits of nq queries over [t0, t1)
- * of kv head h into est[j * ld + (t - t0)].  qc [nq][words]; tab
- * [nq][64 * words + 1] as for krn_ops.coarse.
+ * Estimated (unshifted) logits of nq queries for the keys at pos[0..n):
+ * gathers their codes and norms into codes_buf [n][words] / norms_buf [n]
+ * and writes est[j * ld + i].
  */
-void shard_coarse(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
-		  uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
-		  float *est, size_t ld);
+void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
+		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
+		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld);
+
+/* What one coarse pass over [t0, t1) collects per query (see krn_ops.scan). */
+struct shard_scan_out {
+	uint32_t *hit;     /* [nq][hit_cap] token positions */
+	uint32_t hit_cap;
+	uint32_t *n_hit;   /* [nq] */
+	float *blk;        /* [nq][ld_blk] tail mass per 64-token block from t0 / 64; NULL = none */
+	size_t ld_blk;
+};
+
+/*
+ * The coarse filter's one pass over the codes of [t0, t1) of kv head h:
+ * hits (estimate >= thr[j]) and the tail mass of the other keys per block
+ * (exp(ca[j] * e + cb[j])).  Resets n_hit and blk first.
+ */
+void shard_scan(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
+		uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
+		const float *thr, const float *ca, const float *cb,
+		struct shard_scan_out *o);
 
 /*
  * Fine ranking: exact logits scale * q.k of the keys at positions pos[0..n)
@@ -58,12 +77,11 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 		       struct krn_part *st, struct shard_bufs *b);
 
 /*
- * Tail estimate over [t0, t1): est[t - t0] + shift estimates each token's
- * logit (-INFINITY for tokens taken exactly); each SHARD_BLOCK block
- * contributes sum(exp(logit - m)) times its mean value.  The result is a
- * fresh partial in out (out->acc has dim floats).
+ * Tail partial over [t0, t1): blk[b] is the mass exp(logit - m) of the
+ * tokens of block t0 / 64 + b that are estimated; each block adds its
+ * mass times its mean value.  out is reset first; out->m = m.
  */
-void shard_tail(const struct shard_layer *l, uint32_t h, const float *est,
-		float shift, uint64_t t0, uint64_t t1, struct krn_part *out);
+void shard_tail(const struct shard_layer *l, uint32_t h, const float *blk,
+		uint64_t t0, uint64_t t1, float m, struct krn_part *out);
 
 #endif

@@ -71,11 +71,47 @@ static const struct krn_ops *built_level(enum krn_level level)
 	}
 }
 
+/*
+ * A variant implements what it accelerates; members it leaves NULL are
+ * the scalar reference's.  merged[] holds the completed tables.
+ */
+static struct krn_ops merged[KRN_NLEVELS];
+static pthread_once_t merge_once = PTHREAD_ONCE_INIT;
+
+#define FILL(t, m) do { if (!(t)->m) (t)->m = krn_ops_scalar.m; } while (0)
+
+static void merge_tables(void)
+{
+	for (int l = 0; l < KRN_NLEVELS; l++) {
+		const struct krn_ops *b = built_level((enum krn_level)l);
+		struct krn_ops *t = &merged[l];
+		if (!b)
+			continue;
+		*t = *b;
+		FILL(t, encode);
+		FILL(t, hamming);
+		FILL(t, coarse);
+		FILL(t, scan);
+		FILL(t, dot);
+		FILL(t, attend);
+		FILL(t, attend_logits);
+		FILL(t, merge);
+		FILL(t, exp_sum);
+		FILL(t, max);
+		FILL(t, f16_to_f32);
+		FILL(t, f32_to_f16);
+		FILL(t, bf16_to_f32);
+		FILL(t, f32_to_bf16);
+		FILL(t, all_finite);
+	}
+}
+
 const struct krn_ops *krn_get_level(enum krn_level level)
 {
-	if (level > krn_cpu_level())
+	if (level >= KRN_NLEVELS || level > krn_cpu_level() || !built_level(level))
 		return NULL;
-	return built_level(level);
+	pthread_once(&merge_once, merge_tables);
+	return &merged[level];
 }
 
 static const struct krn_ops *active;
@@ -113,7 +149,7 @@ static void init_once(void)
 		return;
 	}
 	for (int l = krn_cpu_level(); l >= 0; l--) {
-		active = built_level((enum krn_level)l);
+		active = krn_get_level((enum krn_level)l);
 		if (active)
 			return;
 	}

@@ -59,6 +59,29 @@ static void ref_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
 		}
 }
 
+static void ref_scan(const uint64_t *qc, uint32_t nq, const float *tab,
+		     const uint64_t *codes, const float *norms, uint32_t words,
+		     uint32_t n, const float *thr, const float *ca, const float *cb,
+		     uint32_t base, uint32_t off, uint32_t *hit, uint32_t hit_cap,
+		     uint32_t *n_hit, float *blk, size_t ld_blk)
+{
+	uint32_t tlen = 64 * words + 1;
+
+	for (uint32_t j = 0; j < nq; j++)
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t h = ham1(qc + (size_t)j * words,
+					  codes + (size_t)i * words, words);
+			float e = norms[i] * tab[j * tlen + h];
+			if (e >= thr[j]) {
+				if (n_hit[j] < hit_cap)
+					hit[(size_t)j * hit_cap + n_hit[j]] = base + i;
+				n_hit[j]++;
+			} else if (blk) {
+				blk[j * ld_blk + (off + i) / 64] += expf(ca[j] * e + cb[j]);
+			}
+		}
+}
+
 static void ref_dot(const float *q, uint32_t nq, const float *k, size_t ld_k,
 		    uint32_t n, uint32_t dim, float *out, size_t ld_out)
 {
@@ -169,6 +192,7 @@ const struct krn_ops krn_ops_scalar = {
 	.encode = ref_encode,
 	.hamming = ref_hamming,
 	.coarse = ref_coarse,
+	.scan = ref_scan,
 	.dot = ref_dot,
 	.attend = ref_attend,
 	.attend_logits = ref_attend_logits,
