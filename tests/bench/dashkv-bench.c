@@ -1,0 +1,1379 @@
+/*
+ * dashkv-bench - quality and speed of DASH-KV against exact attention,
+ * measured side by side in one run on the realistic generator
+ * (tests/gen/kvgen.h).  See dashkv-bench(1).
+ *
+ *   dashkv-bench quality [options]   recall and output error vs exact
+ *   dashkv-bench speed [options]     decode step vs exact mode, memory
+ *                                    bandwidth, coarse scan bytes/s
+ *
+ * The engine runs embedded (dkv_connect("embedded")); runtime/trace.h
+ * tells which tokens a query took exactly.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dashkv.h"
+#include "krn.h"
+#include "trace.h"
+#include "gen/kvgen.h"
+#include "ref_attn.h"
+
+#define MAX_NS 32
+#define CHUNK 4096
+
+struct opts {
+	const char *cmd;
+	uint64_t tokens[MAX_NS];
+	uint32_t n_tokens;
+	uint32_t top_k, candidates, sinks, window, bits;
+	int32_t hash, tail, dtype;
+	uint32_t heads, kv_heads, dim, queries, reps;
+	uint64_t seed;
+	uint32_t bw_mib, scan_tokens;
+	int json;
+};
+
+/* ---- small helpers ---- */
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+
+	if (!p) {
+		fprintf(stderr, "dashkv-bench: out of memory (%zu bytes)\n", n);
+		exit(1);
+	}
+	return p;
+}
+
+static void *xcalloc(size_t n, size_t sz)
+{
+	void *p = calloc(n ? n : 1, sz);
+
+	if (!p) {
+		fprintf(stderr, "dashkv-bench: out of memory (%zu bytes)\n", n * sz);
+		exit(1);
+	}
+	return p;
+}
+
+static const char *dtype_name(int32_t dt)
+{
+	return dt == DKV_F16 ? "f16" : dt == DKV_BF16 ? "bf16" : "f32";
+}
+
+static size_t dtype_size(int32_t dt)
+{
+	return dt == DKV_F32 ? 4 : 2;
+}
+
+/*
+ * x [n] f32 -> out in dtype; x is overwritten with the value the engine
+ * will see (rounded through the dtype), so references use the same data.
+ */
+static void to_dtype(float *x, size_t n, int32_t dt, void *out)
+{
+	uint16_t *h = out;
+
+	if (dt == DKV_F32) {
+		memcpy(out, x, n * sizeof(float));
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (dt == DKV_F16) {
+			h[i] = krn_f32_to_f16_1(x[i]);
+			x[i] = krn_f16_to_f32_1(h[i]);
+		} else {
+			h[i] = krn_f32_to_bf16_1(x[i]);
+			x[i] = krn_bf16_to_f32_1(h[i]);
+		}
+	}
+}
+
+static void from_dtype(const void *in, size_t n, int32_t dt, float *x)
+{
+	const uint16_t *h = in;
+
+	if (dt == DKV_F32) {
+		memcpy(x, in, n * sizeof(float));
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		x[i] = dt == DKV_F16 ? krn_f16_to_f32_1(h[i]) : krn_bf16_to_f32_1(h[i]);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+struct summary {
+	double median, p10, p90, mean;
+};
+
+/* summary of x[0..n) (sorts x) */
+static struct summary summarize(double *x, size_t n)
+{
+	struct summary s = { NAN, NAN, NAN, NAN };
+	double sum = 0;
+
+	if (!n)
+		return s;
+	qsort(x, n, sizeof(*x), cmp_double);
+	for (size_t i = 0; i < n; i++)
+		sum += x[i];
+	s.median = n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+	s.p10 = x[(size_t)floor(0.1 * (n - 1) + 0.5)];
+	s.p90 = x[(size_t)floor(0.9 * (n - 1) + 0.5)];
+	s.mean = sum / n;
+	return s;
+}
+
+static double median_of(double *x, size_t n)
+{
+	return summarize(x, n).median;
+}
+
+static void die_dkv(const char *what, int rc, const dkv_client *c)
+{
+	fprintf(stderr, "dashkv-bench: %s: %s%s%s\n", what, dkv_strerror(rc),
+		c ? ": " : "", c ? dkv_errmsg(c) : "");
+	exit(rc == DKV_E_UNSUPPORTED ? 3 : 1);
+}
+
+/* ---- sequences ---- */
+
+static void seq_config(const struct opts *o, uint64_t max_tokens, int exact,
+		       dkv_seq_config *cfg)
+{
+	dkv_seq_config_init(cfg);
+	cfg->n_layers = 1;
+	cfg->n_q_heads = o->heads;
+	cfg->n_kv_heads = o->kv_heads;
+	cfg->head_dim = o->dim;
+	cfg->dtype = o->dtype;
+	cfg->max_tokens = max_tokens;
+	if (o->top_k)
+		cfg->top_k = o->top_k;
+	if (o->candidates)
+		cfg->candidates = o->candidates;
+	else if (cfg->candidates < 8 * cfg->top_k)
+		cfg->candidates = 8 * cfg->top_k;
+	if (o->sinks)
+		cfg->sink_tokens = o->sinks;
+	if (o->window)
+		cfg->recent_window = o->window;
+	if (o->bits)
+		cfg->hash_bits = o->bits;
+	if (o->hash)
+		cfg->hash = o->hash;
+	if (o->tail >= 0)
+		cfg->tail_estimate = o->tail;
+	cfg->exact = exact;
+}
+
+static struct kvgen *make_gen(const struct opts *o)
+{
+	struct kvgen_params p;
+	struct kvgen *g;
+
+	kvgen_params_init(&p);
+	p.seed = o->seed;
+	p.n_q_heads = o->heads;
+	p.n_kv_heads = o->kv_heads;
+	p.head_dim = o->dim;
+	g = kvgen_new(&p);
+	if (!g) {
+		fprintf(stderr, "dashkv-bench: bad geometry for the generator "
+			"(heads %u, kv heads %u, dim %u)\n", o->heads, o->kv_heads, o->dim);
+		exit(2);
+	}
+	return g;
+}
+
+static double cfg_scale(const dkv_seq_config *cfg)
+{
+	return cfg->scale > 0 ? cfg->scale : 1.0 / sqrt((double)cfg->head_dim);
+}
+
+static const char *on_off(int32_t v)
+{
+	return v ? "on" : "off";
+}
+
+/* ---- JSON and text output ---- */
+
+static void json_summary(const char *name, const struct summary *s, int comma)
+{
+	printf("    \"%s\": {\"median\": %.6g, \"p10\": %.6g, \"p90\": %.6g, "
+	       "\"mean\": %.6g}%s\n", name, s->median, s->p10, s->p90, s->mean,
+	       comma ? "," : "");
+}
+
+static void text_summary(const char *name, const struct summary *s)
+{
+	printf("  %-24s %10.4f %10.4f %10.4f %10.4f\n", name, s->median,
+	       s->p10, s->p90, s->mean);
+}
+
+static void json_config(const dkv_seq_config *cfg)
+{
+	printf("  \"config\": {\"hash\": \"%s\", \"hash_bits\": %u, \"top_k\": %u, "
+	       "\"candidates\": %u, \"sink_tokens\": %u, \"recent_window\": %u, "
+	       "\"tail_estimate\": %s, \"dtype\": \"%s\", \"n_q_heads\": %u, "
+	       "\"n_kv_heads\": %u, \"head_dim\": %u},\n",
+	       cfg->hash == DKV_HASH_LEARNED ? "learned" : "simhash",
+	       cfg->hash_bits, cfg->top_k, cfg->candidates, cfg->sink_tokens,
+	       cfg->recent_window, cfg->tail_estimate ? "true" : "false",
+	       dtype_name(cfg->dtype), cfg->n_q_heads, cfg->n_kv_heads,
+	       cfg->head_dim);
+}
+
+/* ================= quality ================= */
+
+struct quality {
+	const struct opts *o;
+	struct kvgen *g;
+	dkv_client *c;
+	dkv_seq *s;
+	dkv_seq_config cfg;
+	uint32_t n;          /* tokens */
+	float *K, *V;        /* [n][kv][dim], as the engine stores them */
+	/* per query head scratch */
+	double *logit, *p, *scr, *oex, *oor;
+	uint8_t *mark;
+	uint32_t *top;
+	/* samples per (query, head) */
+	double *mass, *rec, *err, *omass, *oerr, *nex, *conc;
+	size_t n_s, n_conc;
+	uint32_t needle_hits, needle_trials, needle_queries;
+	double *step_ms;
+	uint32_t budget;
+};
+
+static void quality_fill(struct quality *b)
+{
+	const struct opts *o = b->o;
+	size_t tok = (size_t)o->kv_heads * o->dim;
+	void *kd = xmalloc(CHUNK * tok * dtype_size(o->dtype));
+	void *vd = xmalloc(CHUNK * tok * dtype_size(o->dtype));
+	int rc;
+
+	for (uint32_t i = 0; i < b->n; i += CHUNK) {
+		uint32_t m = b->n - i < CHUNK ? b->n - i : CHUNK;
+		float *k = b->K + (size_t)i * tok, *v = b->V + (size_t)i * tok;
+		kvgen_kv(b->g, i, m, k, v);
+		to_dtype(k, m * tok, o->dtype, kd);
+		to_dtype(v, m * tok, o->dtype, vd);
+		rc = dkv_step(b->s, 0, NULL, 0, kd, vd, m, NULL);
+		if (rc)
+			die_dkv("append", rc, b->c);
+	}
+	free(kd);
+	free(vd);
+}
+
+static void quality_open(struct quality *b)
+{
+	const struct opts *o = b->o;
+	int rc;
+
+	seq_config(o, b->n, 0, &b->cfg);
+	rc = dkv_connect("embedded", &b->c);
+	if (rc)
+		die_dkv("connect", rc, NULL);
+	rc = dkv_seq_open(b->c, &b->cfg, &b->s);
+	if (rc)
+		die_dkv("open", rc, b->c);
+	rc = rt_seq_set_trace(b->s, 1);
+	if (rc)
+		die_dkv("trace", rc, b->c);
+}
+
+static void quality_alloc(struct quality *b)
+{
+	const struct opts *o = b->o;
+	size_t n = b->n, tok = (size_t)o->kv_heads * o->dim;
+	size_t ns = (size_t)o->queries * o->heads;
+
+	b->K = xmalloc(n * tok * sizeof(float));
+	b->V = xmalloc(n * tok * sizeof(float));
+	b->logit = xmalloc(n * sizeof(double));
+	b->p = xmalloc(n * sizeof(double));
+	b->scr = xmalloc(n * sizeof(double));
+	b->mark = xcalloc(n, 1);
+	b->top = xmalloc(n * sizeof(uint32_t));
+	b->oex = xmalloc(o->dim * sizeof(double));
+	b->oor = xmalloc(o->dim * sizeof(double));
+	b->mass = xmalloc(ns * sizeof(double));
+	b->rec = xmalloc(ns * sizeof(double));
+	b->err = xmalloc(ns * sizeof(double));
+	b->omass = xmalloc(ns * sizeof(double));
+	b->oerr = xmalloc(ns * sizeof(double));
+	b->nex = xmalloc(ns * sizeof(double));
+	b->conc = xmalloc(ns * sizeof(double));
+	b->step_ms = xmalloc(o->queries * sizeof(double));
+}
+
+static void quality_free(struct quality *b)
+{
+	free(b->K);
+	free(b->V);
+	free(b->logit);
+	free(b->p);
+	free(b->scr);
+	free(b->mark);
+	free(b->top);
+	free(b->oex);
+	free(b->oor);
+	free(b->mass);
+	free(b->rec);
+	free(b->err);
+	free(b->omass);
+	free(b->oerr);
+	free(b->nex);
+	free(b->conc);
+	free(b->step_ms);
+}
+
+/* the k-th largest of x[0..n) (1 <= k <= n); scratch holds n doubles */
+static double kth_largest(const double *x, uint32_t n, uint32_t k, double *scr)
+{
+	uint32_t lo = 0, hi = n;
+
+	memcpy(scr, x, (size_t)n * sizeof(*scr));
+	while (hi - lo > 1) {
+		double piv = scr[lo + (hi - lo) / 2];
+		uint32_t lt = lo, i = lo, gt = hi;
+		while (i < gt) {
+			double t = scr[i];
+			if (t > piv) {
+				scr[i++] = scr[lt];
+				scr[lt++] = t;
+			} else if (t < piv) {
+				scr[i] = scr[--gt];
+				scr[gt] = t;
+			} else {
+				i++;
+			}
+		}
+		if (k <= lt)
+			hi = lt;
+		else if (k <= gt)
+			return piv;
+		else
+			lo = gt;
+	}
+	return scr[lo];
+}
+
+/* indices of the k largest logits (ties by lower index) into idx */
+static uint32_t top_indices(const double *x, uint32_t n, uint32_t k,
+			    uint32_t *idx, double *scr)
+{
+	double t;
+	uint32_t m = 0, ties = k;
+
+	if (k > n)
+		k = ties = n;
+	if (!k)
+		return 0;
+	t = kth_largest(x, n, k, scr);
+	for (uint32_t i = 0; i < n; i++)
+		ties -= x[i] > t;
+	for (uint32_t i = 0; i < n && m < k; i++) {
+		if (x[i] > t) {
+			idx[m++] = i;
+		} else if (x[i] == t && ties > 0) {
+			idx[m++] = i;
+			ties--;
+		}
+	}
+	return m;
+}
+
+/* exact softmax p[] and output oex of query head qh (q rounded f32) */
+static void exact_head(struct quality *b, const float *qv, uint32_t qh)
+{
+	const struct opts *o = b->o;
+	uint32_t kvh = qh / (o->heads / o->kv_heads), d = o->dim;
+	double mx = -INFINITY, sum = 0;
+
+	ref_logits(qv, b->K, b->n, o->kv_heads, kvh, d, cfg_scale(&b->cfg), b->logit);
+	for (uint32_t i = 0; i < b->n; i++)
+		mx = b->logit[i] > mx ? b->logit[i] : mx;
+	for (uint32_t i = 0; i < b->n; i++)
+		sum += (b->p[i] = exp(b->logit[i] - mx));
+	for (uint32_t j = 0; j < d; j++)
+		b->oex[j] = 0;
+	for (uint32_t i = 0; i < b->n; i++) {
+		const float *vi = b->V + ((size_t)i * o->kv_heads + kvh) * d;
+		b->p[i] /= sum;
+		for (uint32_t j = 0; j < d; j++)
+			b->oex[j] += b->p[i] * vi[j];
+	}
+}
+
+/* the oracle: top-budget tokens by true logit, softmax over them alone */
+static void oracle_head(struct quality *b, uint32_t qh, double *mass, double *err)
+{
+	const struct opts *o = b->o;
+	uint32_t kvh = qh / (o->heads / o->kv_heads), d = o->dim;
+	uint32_t m = top_indices(b->logit, b->n, b->budget, b->top, b->scr);
+	double sum = 0, num = 0, den = 0;
+
+	for (uint32_t j = 0; j < d; j++)
+		b->oor[j] = 0;
+	for (uint32_t t = 0; t < m; t++) {
+		uint32_t i = b->top[t];
+		const float *vi = b->V + ((size_t)i * o->kv_heads + kvh) * d;
+		sum += b->p[i];
+		for (uint32_t j = 0; j < d; j++)
+			b->oor[j] += b->p[i] * vi[j];
+	}
+	for (uint32_t j = 0; j < d; j++) {
+		double x = b->oor[j] / sum - b->oex[j];
+		num += x * x;
+		den += b->oex[j] * b->oex[j];
+	}
+	*mass = sum;
+	*err = den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* mass recall and recall@K of the engine's exact set for query head qh */
+static void engine_head(struct quality *b, uint32_t qh, double *mass,
+			double *rec, double *nex)
+{
+	const uint32_t *idx;
+	int ne = rt_seq_trace_exact(b->s, qh, &idx);
+	uint32_t k = b->cfg.top_k < b->n ? b->cfg.top_k : b->n, m, hit = 0;
+	double s = 0;
+
+	if (ne < 0)
+		die_dkv("trace", ne, b->c);
+	for (int t = 0; t < ne; t++) {
+		s += b->p[idx[t]];
+		b->mark[idx[t]] = 1;
+	}
+	m = top_indices(b->logit, b->n, k, b->top, b->scr);
+	for (uint32_t t = 0; t < m; t++)
+		hit += b->mark[b->top[t]];
+	for (int t = 0; t < ne; t++)
+		b->mark[idx[t]] = 0;
+	*mass = s;
+	*rec = m ? (double)hit / m : 1.0;
+	*nex = ne;
+}
+
+static int in_trace(const struct quality *b, uint32_t qh, uint64_t pos)
+{
+	const uint32_t *idx;
+	int ne = rt_seq_trace_exact(b->s, qh, &idx);
+
+	for (int t = 0; t < ne; t++)
+		if (idx[t] == pos)
+			return 1;
+	return 0;
+}
+
+/* one query (all heads) through the engine and the reference */
+static void quality_query(struct quality *b, uint32_t r, float *q, void *qd,
+			  void *od, float *out)
+{
+	const struct opts *o = b->o;
+	uint64_t pos = b->n - 1, nn = kvgen_needle_count(b->g, b->n > 64 ? b->n - 64 : 0);
+	size_t all = (size_t)o->heads * o->dim;
+	int needle = nn > 0 && r % 4 == 3;
+	uint64_t ni = needle ? (r / 4) % nn : 0, t0;
+	int rc;
+
+	if (needle)
+		kvgen_needle_queries(b->g, ni, pos, q);
+	else
+		kvgen_queries(b->g, pos, r, q);
+	to_dtype(q, all, o->dtype, qd);
+	t0 = now_ns();
+	rc = dkv_step(b->s, 0, qd, 1, NULL, NULL, 0, od);
+	b->step_ms[r] = (now_ns() - t0) / 1e6;
+	if (rc)
+		die_dkv("step", rc, b->c);
+	from_dtype(od, all, o->dtype, out);
+	b->needle_queries += needle;
+	for (uint32_t qh = 0; qh < o->heads; qh++) {
+		size_t s = b->n_s++;
+		exact_head(b, q + (size_t)qh * o->dim, qh);
+		engine_head(b, qh, &b->mass[s], &b->rec[s], &b->nex[s]);
+		b->err[s] = ref_rel_error(out + (size_t)qh * o->dim, b->oex, o->dim);
+		oracle_head(b, qh, &b->omass[s], &b->oerr[s]);
+		if (needle) {
+			b->needle_trials++;
+			b->needle_hits += in_trace(b, qh, kvgen_needle_pos(b->g, ni));
+		} else {
+			b->conc[b->n_conc++] = kvgen_top_mass(b->logit, b->n, 0.01, b->scr);
+		}
+	}
+}
+
+static void quality_queries(struct quality *b)
+{
+	const struct opts *o = b->o;
+	size_t all = (size_t)o->heads * o->dim;
+	float *q = xmalloc(all * sizeof(float)), *out = xmalloc(all * sizeof(float));
+	void *qd = xmalloc(all * dtype_size(o->dtype));
+	void *od = xmalloc(all * dtype_size(o->dtype));
+
+	for (uint32_t r = 0; r < o->queries; r++)
+		quality_query(b, r, q, qd, od, out);
+	free(q);
+	free(out);
+	free(qd);
+	free(od);
+}
+
+struct quality_result {
+	struct summary mass, rec, err, nex, omass, oerr, step, conc;
+	double cand, est;
+};
+
+static void quality_print_text(const struct quality *b, const struct quality_result *r)
+{
+	const dkv_seq_config *c = &b->cfg;
+
+	printf("dashkv-bench quality: %u tokens, %u q heads / %u kv heads, head_dim %u, %s, seed %llu\n",
+	       b->n, c->n_q_heads, c->n_kv_heads, c->head_dim, dtype_name(c->dtype),
+	       (unsigned long long)b->o->seed);
+	printf("generator: the top 1%% of tokens hold %.1f%% of the exact softmax mass "
+	       "(mean of %zu plain query heads; median %.1f%%)\n",
+	       100 * r->conc.mean, b->n_conc, 100 * r->conc.median);
+	printf("engine: %s %u bits, top_k %u, candidates %u, sinks %u, window %u, tail %s, kernels %s\n",
+	       c->hash == DKV_HASH_LEARNED ? "learned" : "simhash", c->hash_bits,
+	       c->top_k, c->candidates, c->sink_tokens, c->recent_window,
+	       on_off(c->tail_estimate), rt_kernel_name());
+	printf("queries: %u decode queries at position %u (%u aimed at needles), "
+	       "each head against exact attention in double\n",
+	       b->o->queries, b->n - 1, b->needle_queries);
+	printf("\n  %-24s %10s %10s %10s %10s\n", "per query head", "median", "p10", "p90", "mean");
+	text_summary("mass recall", &r->mass);
+	printf("  recall@%-16u %10.4f %10.4f %10.4f %10.4f\n", c->top_k < b->n ? c->top_k : b->n,
+	       r->rec.median, r->rec.p10, r->rec.p90, r->rec.mean);
+	text_summary("output error", &r->err);
+	text_summary("tokens taken exactly", &r->nex);
+	text_summary("oracle mass", &r->omass);
+	text_summary("oracle output error", &r->oerr);
+	printf("\nneedle hit rate: %.3f (%u of %u needle query heads took the needle exactly)\n",
+	       b->needle_trials ? (double)b->needle_hits / b->needle_trials : NAN,
+	       b->needle_hits, b->needle_trials);
+	printf("step time: median %.3f ms, p90 %.3f ms per decode query (%u heads); "
+	       "mean coarse survivors %.0f, estimated tokens %.0f per head (last step)\n",
+	       r->step.median, r->step.p90, c->n_q_heads, r->cand, r->est);
+	printf("oracle: the %u tokens with the largest true logits (top_k + sinks + window),\n"
+	       "        exact softmax over them alone, no tail estimate.\n", b->budget);
+	printf("mass recall: share of the exact softmax mass on the tokens the engine took\n"
+	       "        exactly; output error: ||o - o_exact|| / ||o_exact||.\n");
+}
+
+static void quality_print_json(const struct quality *b, const struct quality_result *r)
+{
+	printf("{\n  \"command\": \"quality\",\n  \"tokens\": %u,\n  \"seed\": %llu,\n",
+	       b->n, (unsigned long long)b->o->seed);
+	json_config(&b->cfg);
+	printf("  \"kernels\": \"%s\",\n  \"queries\": %u,\n  \"needle_queries\": %u,\n",
+	       rt_kernel_name(), b->o->queries, b->needle_queries);
+	printf("  \"concentration_top1pct\": %.6g,\n  \"oracle_budget\": %u,\n",
+	       r->conc.mean, b->budget);
+	printf("  \"engine\": {\n");
+	json_summary("mass_recall", &r->mass, 1);
+	json_summary("recall_at_k", &r->rec, 1);
+	json_summary("output_error", &r->err, 1);
+	json_summary("exact_tokens", &r->nex, 1);
+	json_summary("step_ms", &r->step, 1);
+	printf("    \"needle_hit_rate\": %.6g,\n    \"needle_trials\": %u\n  },\n",
+	       b->needle_trials ? (double)b->needle_hits / b->needle_trials : 0.0,
+	       b->needle_trials);
+	printf("  \"oracle\": {\n");
+	json_summary("mass_recall", &r->omass, 1);
+	json_summary("output_error", &r->oerr, 0);
+	printf("  }\n}\n");
+}
+
+static int cmd_quality(const struct opts *o)
+{
+	struct quality b = { .o = o };
+	struct quality_result r = { .cand = 0 };
+	dkv_stats st = { .struct_size = sizeof(st) };
+
+	b.n = (uint32_t)o->tokens[0];
+	b.g = make_gen(o);
+	quality_alloc(&b);
+	quality_open(&b);
+	b.budget = b.cfg.top_k + b.cfg.sink_tokens + b.cfg.recent_window;
+	quality_fill(&b);
+	quality_queries(&b);
+	if (dkv_seq_stats(b.s, &st) == DKV_OK) {
+		r.cand = st.last_candidates;
+		r.est = st.last_estimated_tokens;
+	}
+	r.mass = summarize(b.mass, b.n_s);
+	r.rec = summarize(b.rec, b.n_s);
+	r.err = summarize(b.err, b.n_s);
+	r.nex = summarize(b.nex, b.n_s);
+	r.omass = summarize(b.omass, b.n_s);
+	r.oerr = summarize(b.oerr, b.n_s);
+	r.step = summarize(b.step_ms, o->queries);
+	r.conc = summarize(b.conc, b.n_conc);
+	if (o->json)
+		quality_print_json(&b, &r);
+	else
+		quality_print_text(&b, &r);
+	dkv_seq_close(b.s);
+	dkv_disconnect(b.c);
+	quality_free(&b);
+	kvgen_free(b.g);
+	return 0;
+}
+
+/* ================= speed ================= */
+
+struct speed_row {
+	uint64_t n;
+	uint32_t reps;
+	int rc;                  /* DKV_OK, or why the row was skipped */
+	char why[160];
+	double fill_dash_s, fill_exact_s, gen_s;
+	double dash_ms, exact_ms, dash_att_ms, exact_att_ms;
+	double err, cand, nexact;
+	uint64_t bytes_dash, bytes_exact;
+};
+
+struct speed {
+	const struct opts *o;
+	struct kvgen *g;
+	dkv_client *c;
+	dkv_seq *s[2];           /* 0: DASH-KV, 1: exact mode */
+	dkv_seq_config cfg[2];
+	size_t tok, all;         /* floats per token (k or v), per query */
+	float *k, *v, *q, *out[2];
+	void *kd, *vd, *qd, *od[2];
+};
+
+static void speed_alloc(struct speed *b)
+{
+	const struct opts *o = b->o;
+	size_t es = dtype_size(o->dtype);
+
+	b->tok = (size_t)o->kv_heads * o->dim;
+	b->all = (size_t)o->heads * o->dim;
+	b->k = xmalloc(CHUNK * b->tok * sizeof(float));
+	b->v = xmalloc(CHUNK * b->tok * sizeof(float));
+	b->kd = xmalloc(CHUNK * b->tok * es);
+	b->vd = xmalloc(CHUNK * b->tok * es);
+	b->q = xmalloc(b->all * sizeof(float));
+	b->qd = xmalloc(b->all * es);
+	for (int m = 0; m < 2; m++) {
+		b->out[m] = xmalloc(b->all * sizeof(float));
+		b->od[m] = xmalloc(b->all * es);
+	}
+}
+
+static void speed_free(struct speed *b)
+{
+	free(b->k);
+	free(b->v);
+	free(b->kd);
+	free(b->vd);
+	free(b->q);
+	free(b->qd);
+	for (int m = 0; m < 2; m++) {
+		free(b->out[m]);
+		free(b->od[m]);
+	}
+}
+
+static int row_fail(struct speed_row *row, const char *what, int rc,
+		    const dkv_client *c)
+{
+	row->rc = rc;
+	snprintf(row->why, sizeof(row->why), "%s: %s: %s", what,
+		 dkv_strerror(rc), dkv_errmsg(c));
+	return rc;
+}
+
+static void speed_close(struct speed *b)
+{
+	for (int m = 0; m < 2; m++) {
+		if (b->s[m])
+			dkv_seq_close(b->s[m]);
+		b->s[m] = NULL;
+	}
+}
+
+static int speed_open(struct speed *b, struct speed_row *row)
+{
+	int rc;
+
+	for (int m = 0; m < 2; m++) {
+		seq_config(b->o, row->n + row->reps, m, &b->cfg[m]);
+		rc = dkv_seq_open(b->c, &b->cfg[m], &b->s[m]);
+		if (rc)
+			return row_fail(row, m ? "open exact" : "open dash", rc, b->c);
+	}
+	return DKV_OK;
+}
+
+/* append the first n tokens to both sequences */
+static int speed_fill(struct speed *b, struct speed_row *row)
+{
+	const struct opts *o = b->o;
+	uint64_t t0, tg = 0, ta[2] = { 0, 0 };
+	int rc;
+
+	for (uint64_t i = 0; i < row->n; i += CHUNK) {
+		uint32_t m = row->n - i < CHUNK ? (uint32_t)(row->n - i) : CHUNK;
+		t0 = now_ns();
+		kvgen_kv(b->g, i, m, b->k, b->v);
+		to_dtype(b->k, m * b->tok, o->dtype, b->kd);
+		to_dtype(b->v, m * b->tok, o->dtype, b->vd);
+		tg += now_ns() - t0;
+		for (int s = 0; s < 2; s++) {
+			t0 = now_ns();
+			rc = dkv_step(b->s[s], 0, NULL, 0, b->kd, b->vd, m, NULL);
+			ta[s] += now_ns() - t0;
+			if (rc)
+				return row_fail(row, s ? "append exact" : "append dash", rc, b->c);
+		}
+	}
+	row->gen_s = tg / 1e9;
+	row->fill_dash_s = ta[0] / 1e9;
+	row->fill_exact_s = ta[1] / 1e9;
+	return DKV_OK;
+}
+
+/* ||a - b|| / ||b|| in double */
+static double rel_err_f32(const float *a, const float *b, size_t n)
+{
+	double num = 0, den = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		double d = (double)a[i] - b[i];
+		num += d * d;
+		den += (double)b[i] * b[i];
+	}
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* one decode step (append 1 token, attend 1 query) of sequence m */
+static int speed_step(struct speed *b, int m, double *wall, double *att,
+		      struct speed_row *row)
+{
+	dkv_stats st = { .struct_size = sizeof(st) };
+	uint64_t t0 = now_ns();
+	int rc = dkv_step(b->s[m], 0, b->qd, 1, b->kd, b->vd, 1, b->od[m]);
+
+	*wall = (now_ns() - t0) / 1e6;
+	if (rc)
+		return row_fail(row, m ? "step exact" : "step dash", rc, b->c);
+	dkv_seq_stats(b->s[m], &st);
+	*att = st.last_attend_ns / 1e6;
+	if (!m) {
+		row->cand = st.last_candidates;
+		row->nexact = st.last_exact_tokens;
+	}
+	from_dtype(b->od[m], b->all, b->o->dtype, b->out[m]);
+	return DKV_OK;
+}
+
+static int speed_reps(struct speed *b, struct speed_row *row)
+{
+	double *w[2], *a[2], *err = xmalloc(row->reps * sizeof(double));
+	int rc = DKV_OK;
+
+	for (int m = 0; m < 2; m++) {
+		w[m] = xmalloc(row->reps * sizeof(double));
+		a[m] = xmalloc(row->reps * sizeof(double));
+	}
+	for (uint32_t r = 0; r < row->reps && rc == DKV_OK; r++) {
+		uint64_t pos = row->n + r;
+		kvgen_kv(b->g, pos, 1, b->k, b->v);
+		kvgen_queries(b->g, pos, 0, b->q);
+		to_dtype(b->k, b->tok, b->o->dtype, b->kd);
+		to_dtype(b->v, b->tok, b->o->dtype, b->vd);
+		to_dtype(b->q, b->all, b->o->dtype, b->qd);
+		/* alternate which mode goes first */
+		for (int t = 0; t < 2 && rc == DKV_OK; t++) {
+			int m = (int)((r + t) % 2);
+			rc = speed_step(b, m, &w[m][r], &a[m][r], row);
+		}
+		err[r] = rel_err_f32(b->out[0], b->out[1], b->all);
+	}
+	if (rc == DKV_OK) {
+		row->dash_ms = median_of(w[0], row->reps);
+		row->exact_ms = median_of(w[1], row->reps);
+		row->dash_att_ms = median_of(a[0], row->reps);
+		row->exact_att_ms = median_of(a[1], row->reps);
+		row->err = median_of(err, row->reps);
+	}
+	for (int m = 0; m < 2; m++) {
+		free(w[m]);
+		free(a[m]);
+	}
+	free(err);
+	return rc;
+}
+
+static void speed_bytes(struct speed *b, struct speed_row *row)
+{
+	dkv_stats st = { .struct_size = sizeof(st) };
+
+	if (dkv_seq_stats(b->s[0], &st) == DKV_OK)
+		row->bytes_dash = st.bytes_full + st.bytes_codes + st.bytes_summaries;
+	if (dkv_seq_stats(b->s[1], &st) == DKV_OK)
+		row->bytes_exact = st.bytes_full + st.bytes_codes + st.bytes_summaries;
+}
+
+static void speed_one(struct speed *b, struct speed_row *row)
+{
+	if (speed_open(b, row) == DKV_OK && speed_fill(b, row) == DKV_OK) {
+		speed_bytes(b, row);
+		speed_reps(b, row);
+	}
+	speed_close(b);
+	if (!b->o->json)
+		fprintf(stderr, "dashkv-bench: %llu tokens done%s%s\n",
+			(unsigned long long)row->n, row->rc ? ": " : "", row->why);
+}
+
+/* ---- memory bandwidth and the coarse scan ---- */
+
+typedef uint64_t v2u64 __attribute__((vector_size(16)));
+
+static uint64_t read_pass(const v2u64 *x, size_t n)
+{
+	v2u64 a = { 0, 0 }, b = a, c = a, d = a;
+	size_t i;
+
+	for (i = 0; i + 4 <= n; i += 4) {
+		a += x[i];
+		b += x[i + 1];
+		c += x[i + 2];
+		d += x[i + 3];
+	}
+	a += b + c + d;
+	return a[0] + a[1];
+}
+
+struct bw_result {
+	double gbps;
+	uint32_t mib, runs;
+};
+
+/* single-thread streaming read of a buffer much larger than the caches */
+static struct bw_result measure_bw(uint32_t mib)
+{
+	struct bw_result r = { 0, mib, 5 };
+	size_t bytes = (size_t)mib << 20, n = bytes / sizeof(v2u64);
+	v2u64 *x = xmalloc(bytes);
+	double t[5];
+	volatile uint64_t sink = 0;
+
+	memset(x, 1, bytes);
+	sink += read_pass(x, n); /* warm the page tables */
+	for (int i = 0; i < 5; i++) {
+		uint64_t t0 = now_ns();
+		sink += read_pass(x, n);
+		t[i] = (now_ns() - t0) / 1e9;
+	}
+	r.gbps = bytes / median_of(t, 5) / 1e9;
+	free(x);
+	(void)sink;
+	return r;
+}
+
+struct scan_result {
+	double coarse_gbps, coarse_ns_tok;
+	double scan_gbps, scan_ns_tok;
+	uint32_t n, nq, words;
+};
+
+struct scan_data {
+	uint32_t n, nq, words;
+	uint64_t *codes, *qc;
+	float *norms, *tab, *out, *blk, *thr, *ca, *cb;
+	uint32_t *hit, *n_hit;
+};
+
+static uint64_t splitmix(uint64_t *s)
+{
+	uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
+
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+static void scan_setup(struct scan_data *d)
+{
+	uint64_t s = 12345;
+	uint32_t bits = 64 * d->words;
+
+	d->codes = xmalloc((size_t)d->n * d->words * sizeof(uint64_t));
+	d->norms = xmalloc((size_t)d->n * sizeof(float));
+	d->qc = xmalloc((size_t)d->nq * d->words * sizeof(uint64_t));
+	d->tab = xmalloc((size_t)d->nq * (bits + 1) * sizeof(float));
+	d->out = xmalloc((size_t)d->nq * CHUNK * sizeof(float));
+	d->blk = xcalloc((size_t)d->nq * (d->n / 64 + 1), sizeof(float));
+	d->hit = xmalloc((size_t)d->nq * CHUNK * sizeof(uint32_t));
+	d->n_hit = xcalloc(d->nq, sizeof(uint32_t));
+	d->thr = xmalloc(d->nq * sizeof(float));
+	d->ca = xmalloc(d->nq * sizeof(float));
+	d->cb = xmalloc(d->nq * sizeof(float));
+	for (size_t i = 0; i < (size_t)d->n * d->words; i++)
+		d->codes[i] = splitmix(&s);
+	for (uint32_t i = 0; i < d->n; i++)
+		d->norms[i] = 8.0f + (float)(splitmix(&s) % 1000) / 250.0f;
+	for (uint32_t j = 0; j < d->nq * d->words; j++)
+		d->qc[j] = splitmix(&s);
+	for (uint32_t j = 0; j < d->nq; j++) {
+		for (uint32_t h = 0; h <= bits; h++)
+			d->tab[j * (bits + 1) + h] = 0.1f * cosf((float)M_PI * h / bits);
+		/* about 0.1% hits: random codes sit near bits / 2 */
+		d->thr[j] = 0.1f * 12.0f * cosf((float)M_PI * (bits / 2 - 3.1f * sqrtf(bits) / 2) / bits);
+		d->ca[j] = 1.0f;
+		d->cb[j] = -2.0f;
+	}
+}
+
+static void scan_free(struct scan_data *d)
+{
+	free(d->codes);
+	free(d->norms);
+	free(d->qc);
+	free(d->tab);
+	free(d->out);
+	free(d->blk);
+	free(d->hit);
+	free(d->n_hit);
+	free(d->thr);
+	free(d->ca);
+	free(d->cb);
+}
+
+/* one pass of krn coarse over all codes, page by page (out stays in cache) */
+static double coarse_pass(const struct scan_data *d)
+{
+	const struct krn_ops *k = krn_get();
+	uint64_t t0 = now_ns();
+
+	for (uint32_t i = 0; i < d->n; i += CHUNK) {
+		uint32_t m = d->n - i < CHUNK ? d->n - i : CHUNK;
+		k->coarse(d->qc, d->nq, d->tab, d->codes + (size_t)i * d->words,
+			  d->norms + i, d->words, m, d->out, CHUNK);
+	}
+	return (now_ns() - t0) / 1e9;
+}
+
+/* one pass of the fused scan (hits + tail mass per block), page by page */
+static double scan_pass(struct scan_data *d)
+{
+	const struct krn_ops *k = krn_get();
+	size_t ld = d->n / 64 + 1;
+	uint64_t t0 = now_ns();
+
+	for (uint32_t i = 0; i < d->n; i += CHUNK) {
+		uint32_t m = d->n - i < CHUNK ? d->n - i : CHUNK;
+		memset(d->n_hit, 0, d->nq * sizeof(uint32_t));
+		k->scan(d->qc, d->nq, d->tab, d->codes + (size_t)i * d->words,
+			d->norms + i, d->words, m, d->thr, d->ca, d->cb, i, i,
+			d->hit, CHUNK, d->n_hit, d->blk, ld);
+	}
+	return (now_ns() - t0) / 1e9;
+}
+
+static struct scan_result measure_scan(uint32_t n, uint32_t nq)
+{
+	struct scan_data d = { .n = n, .nq = nq, .words = 2 };
+	struct scan_result r = { .n = n, .nq = nq, .words = 2 };
+	double tc[5], ts[5], bytes = (double)n * (2 * 8 + 4);
+
+	scan_setup(&d);
+	coarse_pass(&d);
+	scan_pass(&d);
+	for (int i = 0; i < 5; i++) {
+		tc[i] = coarse_pass(&d);
+		ts[i] = scan_pass(&d);
+	}
+	r.coarse_gbps = bytes / median_of(tc, 5) / 1e9;
+	r.coarse_ns_tok = median_of(tc, 5) * 1e9 / n;
+	r.scan_gbps = bytes / median_of(ts, 5) / 1e9;
+	r.scan_ns_tok = median_of(ts, 5) * 1e9 / n;
+	scan_free(&d);
+	return r;
+}
+
+/* ---- speed output ---- */
+
+static void speed_print_text(const struct speed *b, const struct speed_row *rows,
+			     uint32_t nr, const struct bw_result *bw,
+			     const struct scan_result *sc)
+{
+	const dkv_seq_config *c = &b->cfg[0];
+	const struct opts *o = b->o;
+
+	printf("dashkv-bench speed: one layer, %u q heads / %u kv heads, head_dim %u, %s, seed %llu, kernels %s\n",
+	       o->heads, o->kv_heads, o->dim, dtype_name(o->dtype),
+	       (unsigned long long)o->seed, rt_kernel_name());
+	printf("DASH-KV: simhash %u bits, top_k %u, candidates %u, sinks %u, window %u, tail %s\n",
+	       c->hash_bits, c->top_k, c->candidates, c->sink_tokens,
+	       c->recent_window, on_off(c->tail_estimate));
+	printf("decode step = dkv_step appending 1 token and attending 1 query (all heads);\n"
+	       "a DASH-KV and an exact-mode (exact=1) sequence hold the same data and alternate\n"
+	       "steps; times are medians of wall time (CLOCK_MONOTONIC); attend = the engine's\n"
+	       "last_attend_ns; error = ||o_dash - o_exact|| / ||o_exact|| over all heads.\n\n");
+	printf("%9s %4s %9s %9s %8s %10s %10s %8s %7s %9s %9s %9s\n", "tokens", "reps",
+	       "dash ms", "exact ms", "speedup", "dash att", "exact att", "error",
+	       "cands", "fill d s", "fill e s", "dash MiB");
+	for (uint32_t i = 0; i < nr; i++) {
+		const struct speed_row *r = &rows[i];
+		if (r->rc) {
+			printf("%9llu skipped: %s\n", (unsigned long long)r->n, r->why);
+			continue;
+		}
+		printf("%9llu %4u %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2e %7.0f %9.2f %9.2f %9.1f\n",
+		       (unsigned long long)r->n, r->reps, r->dash_ms, r->exact_ms,
+		       r->exact_ms / r->dash_ms, r->dash_att_ms, r->exact_att_ms, r->err,
+		       r->cand, r->fill_dash_s, r->fill_exact_s, r->bytes_dash / 1048576.0);
+	}
+	printf("\nmemory read bandwidth: %.2f GB/s (one thread, streaming read of %u MiB, median of %u)\n",
+	       bw->gbps, bw->mib, bw->runs);
+	printf("coarse scan (krn %s coarse, %u tokens, %u-bit codes + f32 norms = %u B/token,\n"
+	       "  %u queries per pass, pages of %u): %.2f GB/s of codes+norms, %.3f ns/token, %.0f%% of the bandwidth\n",
+	       krn_get()->name, sc->n, 64 * sc->words, 8 * sc->words + 4, sc->nq, CHUNK,
+	       sc->coarse_gbps, sc->coarse_ns_tok, 100 * sc->coarse_gbps / bw->gbps);
+	printf("fused scan (krn %s scan: hits + tail mass per 64-token block, same data):\n"
+	       "  %.2f GB/s, %.3f ns/token, %.0f%% of the bandwidth\n",
+	       krn_get()->name, sc->scan_gbps, sc->scan_ns_tok, 100 * sc->scan_gbps / bw->gbps);
+}
+
+static void speed_print_json(const struct speed *b, const struct speed_row *rows,
+			     uint32_t nr, const struct bw_result *bw,
+			     const struct scan_result *sc)
+{
+	printf("{\n  \"command\": \"speed\",\n  \"seed\": %llu,\n  \"kernels\": \"%s\",\n",
+	       (unsigned long long)b->o->seed, rt_kernel_name());
+	json_config(&b->cfg[0]);
+	printf("  \"rows\": [\n");
+	for (uint32_t i = 0; i < nr; i++) {
+		const struct speed_row *r = &rows[i];
+		printf("    {\"tokens\": %llu, \"reps\": %u, \"ok\": %s, ",
+		       (unsigned long long)r->n, r->reps, r->rc ? "false" : "true");
+		if (r->rc)
+			printf("\"error\": \"%s\"}", r->why);
+		else
+			printf("\"dash_ms\": %.6g, \"exact_ms\": %.6g, \"speedup\": %.6g, "
+			       "\"dash_attend_ms\": %.6g, \"exact_attend_ms\": %.6g, "
+			       "\"output_error\": %.6g, \"candidates\": %.6g, "
+			       "\"exact_tokens\": %.6g, \"fill_dash_s\": %.6g, "
+			       "\"fill_exact_s\": %.6g, \"gen_s\": %.6g, "
+			       "\"bytes_dash\": %llu, \"bytes_exact\": %llu}",
+			       r->dash_ms, r->exact_ms, r->exact_ms / r->dash_ms,
+			       r->dash_att_ms, r->exact_att_ms, r->err, r->cand, r->nexact,
+			       r->fill_dash_s, r->fill_exact_s, r->gen_s,
+			       (unsigned long long)r->bytes_dash,
+			       (unsigned long long)r->bytes_exact);
+		printf("%s\n", i + 1 < nr ? "," : "");
+	}
+	printf("  ],\n  \"bandwidth\": {\"gbps\": %.6g, \"mib\": %u, \"runs\": %u},\n",
+	       bw->gbps, bw->mib, bw->runs);
+	printf("  \"coarse\": {\"kernel\": \"%s\", \"tokens\": %u, \"bytes_per_token\": %u, "
+	       "\"queries\": %u, \"gbps\": %.6g, \"ns_per_token\": %.6g, "
+	       "\"share_of_bandwidth\": %.6g},\n", krn_get()->name, sc->n,
+	       8 * sc->words + 4, sc->nq, sc->coarse_gbps, sc->coarse_ns_tok,
+	       sc->coarse_gbps / bw->gbps);
+	printf("  \"scan\": {\"gbps\": %.6g, \"ns_per_token\": %.6g, \"share_of_bandwidth\": %.6g}\n}\n",
+	       sc->scan_gbps, sc->scan_ns_tok, sc->scan_gbps / bw->gbps);
+}
+
+static int cmd_speed(const struct opts *o)
+{
+	struct speed b = { .o = o };
+	struct speed_row *rows = xcalloc(o->n_tokens, sizeof(*rows));
+	struct bw_result bw;
+	struct scan_result sc;
+	int rc;
+
+	b.g = make_gen(o);
+	speed_alloc(&b);
+	rc = dkv_connect("embedded", &b.c);
+	if (rc)
+		die_dkv("connect", rc, NULL);
+	for (uint32_t i = 0; i < o->n_tokens; i++) {
+		rows[i].n = o->tokens[i];
+		rows[i].reps = o->reps ? o->reps : o->tokens[i] >= 1000000 ? 5 : 9;
+		speed_one(&b, &rows[i]);
+	}
+	seq_config(o, 1, 0, &b.cfg[0]); /* for printing the knobs */
+	bw = measure_bw(o->bw_mib);
+	sc = measure_scan(o->scan_tokens, o->heads / o->kv_heads);
+	if (o->json)
+		speed_print_json(&b, rows, o->n_tokens, &bw, &sc);
+	else
+		speed_print_text(&b, rows, o->n_tokens, &bw, &sc);
+	rc = 0;
+	for (uint32_t i = 0; i < o->n_tokens; i++)
+		rc |= rows[i].rc != DKV_OK;
+	dkv_disconnect(b.c);
+	speed_free(&b);
+	kvgen_free(b.g);
+	free(rows);
+	return rc ? 1 : 0;
+}
+
+/* ================= options ================= */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: dashkv-bench quality|speed [options]\n"
+"\n"
+"quality  recall and output error of DASH-KV against exact attention in\n"
+"         double on the realistic generator, next to an oracle that takes\n"
+"         the true top tokens with the same exact budget\n"
+"speed    decode step of DASH-KV vs exact mode at several context lengths,\n"
+"         memory read bandwidth and the coarse scan's bytes/s\n"
+"\n"
+"options (defaults: quality | speed):\n"
+"  --tokens N[,N...]   context lengths (32768 | 4096,32768,262144,1048576)\n"
+"  --queries Q         decode queries, every 4th aimed at a needle (64)\n"
+"  --reps R            decode steps per length (9, 5 from 1M tokens)\n"
+"  --heads H           query heads (8 | 32)\n"
+"  --kv-heads H        key/value heads (2 | 8)\n"
+"  --dim D             head_dim (128)\n"
+"  --dtype T           f32, f16 or bf16 (f32 | bf16)\n"
+"  --top-k K           tokens taken exactly after fine ranking\n"
+"  --candidates C      coarse-filter survivors per query\n"
+"  --sinks S           sink tokens\n"
+"  --window W          recent window\n"
+"  --bits B            hash bits: 64, 128 or 256\n"
+"  --hash H            simhash or learned\n"
+"  --tail on|off       estimate the rest from codes and summaries\n"
+"  --seed S            generator seed (1)\n"
+"  --bw-mib M          buffer of the bandwidth measurement (1024)\n"
+"  --scan-tokens N     tokens of the coarse-scan measurement (1048576)\n"
+"  --json              JSON instead of a plain-text table\n"
+"  --help              this text\n"
+"\n"
+"Engine knobs left out take the engine's documented defaults.\n");
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || *s == '-')
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int parse_u32(const char *s, uint32_t *out)
+{
+	uint64_t v;
+
+	if (parse_u64(s, &v) || v > UINT32_MAX)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int parse_list(const char *s, struct opts *o)
+{
+	char buf[512], *tok, *save = NULL;
+
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	strcpy(buf, s);
+	o->n_tokens = 0;
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (o->n_tokens == MAX_NS || parse_u64(tok, &o->tokens[o->n_tokens]) ||
+		    !o->tokens[o->n_tokens] || o->tokens[o->n_tokens] > UINT32_MAX)
+			return -1;
+		o->n_tokens++;
+	}
+	return o->n_tokens ? 0 : -1;
+}
+
+static int parse_word(const char *s, const char *const *names, const int *vals,
+		      int32_t *out)
+{
+	for (int i = 0; names[i]; i++)
+		if (!strcmp(s, names[i])) {
+			*out = vals[i];
+			return 0;
+		}
+	return -1;
+}
+
+static int parse_opt(int c, const char *a, struct opts *o)
+{
+	static const char *const dt[] = { "f32", "f16", "bf16", NULL };
+	static const int dtv[] = { DKV_F32, DKV_F16, DKV_BF16 };
+	static const char *const hs[] = { "simhash", "learned", NULL };
+	static const int hsv[] = { DKV_HASH_SIMHASH, DKV_HASH_LEARNED };
+	static const char *const oo[] = { "on", "off", NULL };
+	static const int oov[] = { 1, 0 };
+
+	switch (c) {
+	case 't': return parse_list(a, o);
+	case 'q': return parse_u32(a, &o->queries);
+	case 'r': return parse_u32(a, &o->reps);
+	case 'H': return parse_u32(a, &o->heads);
+	case 'K': return parse_u32(a, &o->kv_heads);
+	case 'd': return parse_u32(a, &o->dim);
+	case 'T': return parse_word(a, dt, dtv, &o->dtype);
+	case 'k': return parse_u32(a, &o->top_k);
+	case 'c': return parse_u32(a, &o->candidates);
+	case 's': return parse_u32(a, &o->sinks);
+	case 'w': return parse_u32(a, &o->window);
+	case 'b': return parse_u32(a, &o->bits);
+	case 'h': return parse_word(a, hs, hsv, &o->hash);
+	case 'l': return parse_word(a, oo, oov, &o->tail);
+	case 'S': return parse_u64(a, &o->seed);
+	case 'B': return parse_u32(a, &o->bw_mib);
+	case 'N': return parse_u32(a, &o->scan_tokens);
+	}
+	return -1;
+}
+
+static void defaults(struct opts *o, int quality)
+{
+	memset(o, 0, sizeof(*o));
+	o->tail = -1;
+	o->seed = 1;
+	o->dim = 128;
+	o->bw_mib = 1024;
+	o->scan_tokens = 1 << 20;
+	o->queries = 64;
+	if (quality) {
+		o->tokens[0] = 32768;
+		o->n_tokens = 1;
+		o->heads = 8;
+		o->kv_heads = 2;
+		o->dtype = DKV_F32;
+	} else {
+		static const uint64_t def[] = { 4096, 32768, 262144, 1048576 };
+		memcpy(o->tokens, def, sizeof(def));
+		o->n_tokens = 4;
+		o->heads = 32;
+		o->kv_heads = 8;
+		o->dtype = DKV_BF16;
+	}
+}
+
+static int check_opts(const struct opts *o)
+{
+	if (!o->heads || !o->kv_heads || o->heads % o->kv_heads) {
+		fprintf(stderr, "dashkv-bench: --heads must be a multiple of --kv-heads\n");
+		return -1;
+	}
+	if (!strcmp(o->cmd, "quality") && (!o->queries || o->n_tokens != 1)) {
+		fprintf(stderr, "dashkv-bench: quality takes one --tokens value and --queries >= 1\n");
+		return -1;
+	}
+	if (o->bw_mib < 16 || !o->scan_tokens) {
+		fprintf(stderr, "dashkv-bench: --bw-mib must be >= 16, --scan-tokens >= 1\n");
+		return -1;
+	}
+	return 0;
+}
+
+static const struct option longopts[] = {
+	{ "tokens", required_argument, NULL, 't' },
+	{ "queries", required_argument, NULL, 'q' },
+	{ "reps", required_argument, NULL, 'r' },
+	{ "heads", required_argument, NULL, 'H' },
+	{ "kv-heads", required_argument, NULL, 'K' },
+	{ "dim", required_argument, NULL, 'd' },
+	{ "dtype", required_argument, NULL, 'T' },
+	{ "top-k", required_argument, NULL, 'k' },
+	{ "candidates", required_argument, NULL, 'c' },
+	{ "sinks", required_argument, NULL, 's' },
+	{ "window", required_argument, NULL, 'w' },
+	{ "bits", required_argument, NULL, 'b' },
+	{ "hash", required_argument, NULL, 'h' },
+	{ "tail", required_argument, NULL, 'l' },
+	{ "seed", required_argument, NULL, 'S' },
+	{ "bw-mib", required_argument, NULL, 'B' },
+	{ "scan-tokens", required_argument, NULL, 'N' },
+	{ "json", no_argument, NULL, 'j' },
+	{ "help", no_argument, NULL, '?' + 256 },
+	{ NULL, 0, NULL, 0 }
+};
+
+/* 0: run, 1: --help shown, -1: bad usage */
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+	int c, li = 0;
+
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
+		return argc < 2 ? -1 : 1;
+	if (strcmp(argv[1], "quality") && strcmp(argv[1], "speed")) {
+		fprintf(stderr, "dashkv-bench: unknown command '%s'\n", argv[1]);
+		return -1;
+	}
+	defaults(o, !strcmp(argv[1], "quality"));
+	o->cmd = argv[1];
+	optind = 2;
+	while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
+		if (c == '?' + 256)
+			return 1;
+		if (c == 'j') {
+			o->json = 1;
+			continue;
+		}
+		if (c == '?' || parse_opt(c, optarg, o)) {
+			if (c != '?')
+				fprintf(stderr, "dashkv-bench: bad value '%s' for --%s\n",
+					optarg, longopts[li].name);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "dashkv-bench: unexpected argument '%s'\n", argv[optind]);
+		return -1;
+	}
+	return check_opts(o);
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+	int rc = parse_args(argc, argv, &o);
+
+	if (rc > 0 || argc < 2) {
+		usage(rc > 0 ? stdout : stderr);
+		return rc > 0 ? 0 : 2;
+	}
+	if (rc) {
+		fprintf(stderr, "Try 'dashkv-bench --help'.\n");
+		return 2;
+	}
+	return !strcmp(o.cmd, "quality") ? cmd_quality(&o) : cmd_speed(&o);
+}
