@@ -1,0 +1,81 @@
+#!/bin/sh
+# bench.sh - dashkv-bench quality and speed end to end at small sizes:
+# exit status, the expected rows and fields, loose bounds, valid JSON.
+set -u
+: "${top_builddir:=.}"
+bench="$top_builddir/dashkv-bench"
+out=$(mktemp "${TMPDIR:-/tmp}/dkv-bench.XXXXXX") || exit 99
+trap 'rm -f "$out"' EXIT
+
+fail() {
+	echo "bench.sh: FAIL: $*"
+	echo "---- output ----"
+	cat "$out"
+	exit 1
+}
+
+# the value in column $2 of the first line starting with label $1
+field() {
+	awk -v l="$1" -v c="$2" 'index($0, l) == 3 { print $c; exit }' "$out"
+}
+
+# json_check FILE PYTHON-EXPRESSION: valid JSON, and the expression holds
+json_check() {
+	command -v python3 >/dev/null 2>&1 || { grep -q '^{' "$1" || fail "no JSON"; return; }
+	python3 -m json.tool "$1" >/dev/null || fail "invalid JSON"
+	python3 -c "import json, sys; d = json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" \
+		"$1" || fail "JSON check failed: $2"
+}
+
+test -x "$bench" || { echo "bench.sh: $bench is not built"; exit 99; }
+
+"$bench" --help >"$out" 2>&1 || fail "--help exited $?"
+grep -q "quality" "$out" && grep -q "speed" "$out" || fail "--help lists no commands"
+"$bench" nonsense >"$out" 2>&1
+test $? -eq 2 || fail "an unknown command should exit 2"
+"$bench" quality --top-k x >"$out" 2>&1
+test $? -eq 2 || fail "a bad --top-k should exit 2"
+
+# ---- quality ----
+"$bench" quality --tokens 4096 --queries 8 >"$out" 2>&1 || fail "quality exited $?"
+cat "$out"
+grep -q "^generator: the top 1% of tokens hold" "$out" || fail "no concentration line"
+for l in "mass recall" "recall@" "output error" "tokens taken exactly" \
+	 "oracle mass" "oracle output error"; do
+	test -n "$(field "$l" 3)" || fail "no '$l' row"
+done
+grep -q "^needle hit rate: " "$out" || fail "no needle hit rate"
+mass=$(field "mass recall" 3)
+err=$(field "output error" 3)
+conc=$(sed -n 's/^generator: the top 1% of tokens hold \([0-9.]*\)%.*/\1/p' "$out")
+awk -v m="$mass" -v e="$err" -v c="$conc" \
+	'BEGIN { exit !(m > 0.2 && m <= 1.0001 && e >= 0 && e < 0.5 && c > 10 && c < 95) }' ||
+	fail "quality out of bounds: mass recall $mass, output error $err, top-1% mass $conc%"
+
+"$bench" quality --tokens 4096 --queries 4 --json >"$out" 2>/dev/null || fail "quality --json exited $?"
+json_check "$out" 'd["command"] == "quality" and d["tokens"] == 4096 and
+	0 < d["engine"]["mass_recall"]["median"] <= 1.0001 and
+	d["engine"]["output_error"]["median"] < 0.5 and
+	"needle_hit_rate" in d["engine"] and "output_error" in d["oracle"] and
+	0 < d["concentration_top1pct"] < 1'
+
+# ---- speed ----
+sp="--bw-mib 64 --scan-tokens 65536"
+"$bench" speed --tokens 4096,8192 --reps 3 $sp >"$out" 2>&1 || fail "speed exited $?"
+cat "$out"
+for n in 4096 8192; do
+	awk -v n="$n" '$1 == n && $2 == 3 && $3 > 0 && $4 > 0 { f = 1 } END { exit !f }' "$out" ||
+		fail "no timing row for $n tokens"
+done
+grep -q "^memory read bandwidth: [0-9.]* GB/s" "$out" || fail "no bandwidth line"
+grep -q "^coarse scan (krn " "$out" || fail "no coarse scan line"
+grep -q "GB/s of codes+norms" "$out" || fail "no coarse scan bytes/s"
+
+"$bench" speed --tokens 4096 --reps 2 $sp --json >"$out" 2>/dev/null || fail "speed --json exited $?"
+json_check "$out" 'd["command"] == "speed" and len(d["rows"]) == 1 and
+	d["rows"][0]["ok"] and d["rows"][0]["tokens"] == 4096 and
+	d["rows"][0]["dash_ms"] > 0 and d["rows"][0]["exact_ms"] > 0 and
+	d["rows"][0]["output_error"] < 0.5 and d["bandwidth"]["gbps"] > 0 and
+	d["coarse"]["gbps"] > 0 and d["coarse"]["bytes_per_token"] == 20'
+echo "bench.sh: ok"
+exit 0
