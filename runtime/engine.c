@@ -871,7 +871,9 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	struct shard_layer *st = &L->store;
 	uint32_t g = s->group, n_mid = (uint32_t)(m1 - m0), tl = c->hash_bits + 1;
 	uint64_t target = (uint64_t)c->candidates + c->candidates / 4;
-	uint64_t want = target * 32 > 1024 ? target * 32 : 1024;
+	/* enough samples that about 32 of them pass the threshold */
+	uint64_t want = 32 * (uint64_t)n_mid / target;
+	want = want > 1024 ? want : 1024;
 	uint32_t ns = sample_middle(s, st, h, m0, n_mid,
 				    want < sc->samp_max ? (uint32_t)want : sc->samp_max);
 	uint64_t rank = (target * ns + n_mid - 1) / n_mid;

@@ -94,14 +94,34 @@ void shard_scan(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 	}
 }
 
-/* Gather the rows at pos[0..n) (n <= KRN_BLOCK) of keys or values as f32. */
+/* Ask for the row of a key or value ahead of its use (random access). */
+static void prefetch_row(const struct shard_layer *l, uint32_t h, uint32_t pos, int values)
+{
+	const char *p = values ? shard_value(l, h, pos) : shard_key(l, h, pos);
+	size_t bytes = (size_t)l->g->head_dim * l->g->elt_size;
+
+	for (size_t o = 0; o < bytes; o += 64)
+		__builtin_prefetch(p + o);
+}
+
+/* Rows fetched ahead while gathering: covers the DRAM latency. */
+#define PREFETCH_AHEAD 12
+
+/*
+ * Gather the rows at pos[0..n) (n <= KRN_BLOCK) of keys or values as f32;
+ * the next rows after them (pos[n..n_all)) are prefetched.
+ */
 static void gather(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
-		   uint32_t n, int values, float *dst)
+		   uint32_t n, uint32_t n_all, int values, float *dst)
 {
 	uint32_t dim = l->g->head_dim;
 
+	for (uint32_t i = 0; i < PREFETCH_AHEAD && i < n_all; i++)
+		prefetch_row(l, h, pos[i], values);
 	for (uint32_t i = 0; i < n; i++) {
 		const void *src = values ? shard_value(l, h, pos[i]) : shard_key(l, h, pos[i]);
+		if (i + PREFETCH_AHEAD < n_all)
+			prefetch_row(l, h, pos[i + PREFETCH_AHEAD], values);
 		shard_rows_f32(l->g, src, 1, dst + (size_t)i * dim);
 	}
 }
@@ -115,7 +135,7 @@ void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
 
 	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
 		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
-		gather(l, h, pos + i, m, 0, b->kbuf);
+		gather(l, h, pos + i, m, n - i, 0, b->kbuf);
 		ops->dot(q, 1, b->kbuf, dim, m, dim, logit + i, m);
 		for (uint32_t j = 0; j < m; j++)
 			logit[i + j] *= scale;
@@ -131,7 +151,7 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 
 	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
 		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
-		gather(l, h, pos + i, m, 1, b->vbuf);
+		gather(l, h, pos + i, m, n - i, 1, b->vbuf);
 		ops->attend_logits(logit + i, b->vbuf, dim, m, dim, st);
 	}
 }

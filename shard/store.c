@@ -1,10 +1,18 @@
 /* store.c - paged key/value/code store (see store.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "store.h"
 
 /* Each array starts on a 64-byte boundary (cache line, AVX-512 load). */
+/*
+ * Pages of 2 MiB or more start on a 2 MiB boundary and ask for
+ * transparent huge pages: the fine ranking reads rows at random, and with
+ * 4 KiB pages nearly every row costs a TLB miss.
+ */
+#define HUGE_PAGE ((size_t)2 << 20)
+
 static size_t align64(size_t n)
 {
 	return (n + 63) & ~(size_t)63;
@@ -20,6 +28,8 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 	b->summaries = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS *
 			       g->head_dim * sizeof(float));
 	b->total = b->full + b->codes + b->summaries;
+	if (b->total >= HUGE_PAGE)
+		b->total = (b->total + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
 }
 
 static struct shard_page *page_new(const struct shard_geom *g)
@@ -36,11 +46,15 @@ static struct shard_page *page_new(const struct shard_geom *g)
 	p = malloc(sizeof(*p));
 	if (!p)
 		return NULL;
-	mem = aligned_alloc(64, b.total);
+	mem = aligned_alloc(b.total >= HUGE_PAGE ? HUGE_PAGE : 64, b.total);
 	if (!mem) {
 		free(p);
 		return NULL;
 	}
+#ifdef MADV_HUGEPAGE
+	if (b.total >= HUGE_PAGE)
+		madvise(mem, b.total, MADV_HUGEPAGE); /* advice only */
+#endif
 	p->k = mem;
 	p->v = mem + kv;
 	p->codes = (uint64_t *)(mem + 2 * kv);
