@@ -858,7 +858,7 @@ static void speed_one(struct speed *b, struct speed_row *row)
 			(unsigned long long)row->n, row->rc ? ": " : "", row->why);
 }
 
-/* ---- memory bandwidth and the coarse scan ---- */
+/* ---- memory bandwidth and the coarse scan (krn coarse) ---- */
 
 typedef uint64_t v2u64 __attribute__((vector_size(16)));
 
@@ -906,15 +906,13 @@ static struct bw_result measure_bw(uint32_t mib)
 
 struct scan_result {
 	double coarse_gbps, coarse_ns_tok;
-	double scan_gbps, scan_ns_tok;
 	uint32_t n, nq, words;
 };
 
 struct scan_data {
 	uint32_t n, nq, words;
 	uint64_t *codes, *qc;
-	float *norms, *tab, *out, *blk, *thr, *ca, *cb;
-	uint32_t *hit, *n_hit;
+	float *norms, *tab, *out;
 };
 
 static uint64_t splitmix(uint64_t *s)
@@ -936,26 +934,15 @@ static void scan_setup(struct scan_data *d)
 	d->qc = xmalloc((size_t)d->nq * d->words * sizeof(uint64_t));
 	d->tab = xmalloc((size_t)d->nq * (bits + 1) * sizeof(float));
 	d->out = xmalloc((size_t)d->nq * CHUNK * sizeof(float));
-	d->blk = xcalloc((size_t)d->nq * (d->n / 64 + 1), sizeof(float));
-	d->hit = xmalloc((size_t)d->nq * CHUNK * sizeof(uint32_t));
-	d->n_hit = xcalloc(d->nq, sizeof(uint32_t));
-	d->thr = xmalloc(d->nq * sizeof(float));
-	d->ca = xmalloc(d->nq * sizeof(float));
-	d->cb = xmalloc(d->nq * sizeof(float));
 	for (size_t i = 0; i < (size_t)d->n * d->words; i++)
 		d->codes[i] = splitmix(&s);
 	for (uint32_t i = 0; i < d->n; i++)
 		d->norms[i] = 8.0f + (float)(splitmix(&s) % 1000) / 250.0f;
 	for (uint32_t j = 0; j < d->nq * d->words; j++)
 		d->qc[j] = splitmix(&s);
-	for (uint32_t j = 0; j < d->nq; j++) {
+	for (uint32_t j = 0; j < d->nq; j++)
 		for (uint32_t h = 0; h <= bits; h++)
 			d->tab[j * (bits + 1) + h] = 0.1f * cosf((float)M_PI * h / bits);
-		/* about 0.1% hits: random codes sit near bits / 2 */
-		d->thr[j] = 0.1f * 12.0f * cosf((float)M_PI * (bits / 2 - 3.1f * sqrtf(bits) / 2) / bits);
-		d->ca[j] = 1.0f;
-		d->cb[j] = -2.0f;
-	}
 }
 
 static void scan_free(struct scan_data *d)
@@ -965,12 +952,6 @@ static void scan_free(struct scan_data *d)
 	free(d->qc);
 	free(d->tab);
 	free(d->out);
-	free(d->blk);
-	free(d->hit);
-	free(d->n_hit);
-	free(d->thr);
-	free(d->ca);
-	free(d->cb);
 }
 
 /* one pass of krn coarse over all codes, page by page (out stays in cache) */
@@ -987,40 +968,18 @@ static double coarse_pass(const struct scan_data *d)
 	return (now_ns() - t0) / 1e9;
 }
 
-/* one pass of the fused scan (hits + tail mass per block), page by page */
-static double scan_pass(struct scan_data *d)
-{
-	const struct krn_ops *k = krn_get();
-	size_t ld = d->n / 64 + 1;
-	uint64_t t0 = now_ns();
-
-	for (uint32_t i = 0; i < d->n; i += CHUNK) {
-		uint32_t m = d->n - i < CHUNK ? d->n - i : CHUNK;
-		memset(d->n_hit, 0, d->nq * sizeof(uint32_t));
-		k->scan(d->qc, d->nq, d->tab, d->codes + (size_t)i * d->words,
-			d->norms + i, d->words, m, d->thr, d->ca, d->cb, i, i,
-			d->hit, CHUNK, d->n_hit, d->blk, ld);
-	}
-	return (now_ns() - t0) / 1e9;
-}
-
 static struct scan_result measure_scan(uint32_t n, uint32_t nq)
 {
 	struct scan_data d = { .n = n, .nq = nq, .words = 2 };
 	struct scan_result r = { .n = n, .nq = nq, .words = 2 };
-	double tc[5], ts[5], bytes = (double)n * (2 * 8 + 4);
+	double tc[5], bytes = (double)n * (2 * 8 + 4);
 
 	scan_setup(&d);
-	coarse_pass(&d);
-	scan_pass(&d);
-	for (int i = 0; i < 5; i++) {
+	coarse_pass(&d); /* warm up */
+	for (int i = 0; i < 5; i++)
 		tc[i] = coarse_pass(&d);
-		ts[i] = scan_pass(&d);
-	}
 	r.coarse_gbps = bytes / median_of(tc, 5) / 1e9;
 	r.coarse_ns_tok = median_of(tc, 5) * 1e9 / n;
-	r.scan_gbps = bytes / median_of(ts, 5) / 1e9;
-	r.scan_ns_tok = median_of(ts, 5) * 1e9 / n;
 	scan_free(&d);
 	return r;
 }
@@ -1064,9 +1023,6 @@ static void speed_print_text(const struct speed *b, const struct speed_row *rows
 	       "  %u queries per pass, pages of %u): %.2f GB/s of codes+norms, %.3f ns/token, %.0f%% of the bandwidth\n",
 	       krn_get()->name, sc->n, 64 * sc->words, 8 * sc->words + 4, sc->nq, CHUNK,
 	       sc->coarse_gbps, sc->coarse_ns_tok, 100 * sc->coarse_gbps / bw->gbps);
-	printf("fused scan (krn %s scan: hits + tail mass per 64-token block, same data):\n"
-	       "  %.2f GB/s, %.3f ns/token, %.0f%% of the bandwidth\n",
-	       krn_get()->name, sc->scan_gbps, sc->scan_ns_tok, 100 * sc->scan_gbps / bw->gbps);
 }
 
 static void speed_print_json(const struct speed *b, const struct speed_row *rows,
@@ -1101,11 +1057,9 @@ static void speed_print_json(const struct speed *b, const struct speed_row *rows
 	       bw->gbps, bw->mib, bw->runs);
 	printf("  \"coarse\": {\"kernel\": \"%s\", \"tokens\": %u, \"bytes_per_token\": %u, "
 	       "\"queries\": %u, \"gbps\": %.6g, \"ns_per_token\": %.6g, "
-	       "\"share_of_bandwidth\": %.6g},\n", krn_get()->name, sc->n,
+	       "\"share_of_bandwidth\": %.6g}\n}\n", krn_get()->name, sc->n,
 	       8 * sc->words + 4, sc->nq, sc->coarse_gbps, sc->coarse_ns_tok,
 	       sc->coarse_gbps / bw->gbps);
-	printf("  \"scan\": {\"gbps\": %.6g, \"ns_per_token\": %.6g, \"share_of_bandwidth\": %.6g}\n}\n",
-	       sc->scan_gbps, sc->scan_ns_tok, sc->scan_gbps / bw->gbps);
 }
 
 static int cmd_speed(const struct opts *o)
