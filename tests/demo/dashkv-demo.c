@@ -373,8 +373,11 @@ static void summary(const struct demo *d)
 
 	printf("\nSummary over %u decode steps at ~%llu tokens:\n", d->o.steps,
 	       (unsigned long long)d->o.tokens);
-	printf("  median step latency: DASH-KV %.3f ms, exact %.3f ms -> %.1fx %s\n",
-	       md, me, md > 0 ? me / md : 0.0, me >= md ? "faster" : "(slower)");
+	printf("  median step latency: DASH-KV %.3f ms, exact %.3f ms -> ", md, me);
+	if (me >= md)
+		printf("DASH-KV is %.1fx faster\n", md > 0 ? me / md : 0.0);
+	else
+		printf("DASH-KV is %.1fx slower\n", me > 0 ? md / me : 0.0);
 	printf("  median output error vs exact: %.2e (||o - o_exact|| / ||o_exact||)\n", err);
 	memory_line(d, 0);
 	memory_line(d, 1);
