@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <numa.h>
 #include <numaif.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -415,28 +416,83 @@ void shard_plan_print(const struct shard_plan *p, FILE *f)
 
 /* ---- binding and memory ---- */
 
-int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard)
+static hwloc_topology_t local_topo;
+static pthread_once_t local_once = PTHREAD_ONCE_INIT;
+
+static void load_local(void)
+{
+	if (hwloc_topology_init(&local_topo) < 0)
+		return;
+	if (hwloc_topology_load(local_topo) < 0) {
+		hwloc_topology_destroy(local_topo);
+		local_topo = NULL;
+	}
+}
+
+/* The running machine: the plan's own topology, or one loaded once (a
+ * plan made from XML or a synthetic description binds through it). */
+static hwloc_topology_t this_machine(const struct shard_plan *p)
+{
+	if (p->topo->this_system)
+		return p->topo->topo;
+	pthread_once(&local_once, load_local);
+	return local_topo;
+}
+
+static void bind_warning(uint32_t shard, hwloc_const_bitmap_t set,
+			 const char *why)
 {
 	char *list = NULL;
-	int e;
+
+	if (hwloc_bitmap_list_asprintf(&list, set) < 0)
+		list = NULL;
+	fprintf(stderr, "dashkv: warning: shard %u: cpus %s: %s\n",
+		shard, list ? list : "?", why);
+	free(list);
+}
+
+/* Bind to the shard's CPUs that exist here; warn about the others. */
+static int bind_to(hwloc_topology_t topo, uint32_t shard, hwloc_const_bitmap_t set)
+{
+	hwloc_bitmap_t here = hwloc_bitmap_alloc();
+	int ret = -1;
+
+	if (!here || hwloc_bitmap_and(here, set,
+			hwloc_topology_get_allowed_cpuset(topo)) < 0) {
+		bind_warning(shard, set, "out of memory: thread not bound");
+		goto free_here;
+	}
+	if (hwloc_bitmap_iszero(here)) {
+		bind_warning(shard, set, "none of them here: thread not bound");
+		goto free_here;
+	}
+	if (!hwloc_bitmap_isequal(here, set))
+		bind_warning(shard, set, "some absent here: bound to the rest");
+	ret = hwloc_set_cpubind(topo, here, HWLOC_CPUBIND_THREAD);
+	if (ret < 0)
+		bind_warning(shard, here, strerror(errno));
+
+free_here:
+	hwloc_bitmap_free(here);
+	return ret;
+}
+
+int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard)
+{
+	hwloc_topology_t topo;
 
 	if (shard >= p->n) {
 		fprintf(stderr, "dashkv: warning: no shard %u in a plan of %u\n",
 			shard, p->n);
 		return -1;
 	}
-	if (hwloc_set_cpubind(p->topo->topo, p->shards[shard].cpuset,
-			      HWLOC_CPUBIND_THREAD) == 0)
-		return 0;
-	e = errno;
-	if (hwloc_bitmap_list_asprintf(&list, p->shards[shard].cpuset) < 0)
-		list = NULL;
-	errno = e;
-	fprintf(stderr, "dashkv: warning: shard %u: thread not bound to cpus %s: %m%s\n",
-		shard, list ? list : "?",
-		p->topo->this_system ? "" : " (plan made for another machine)");
-	free(list);
-	return -1;
+	topo = this_machine(p);
+	if (!topo) {
+		bind_warning(shard, p->shards[shard].cpuset,
+			     "no topology of this machine: thread not bound");
+		return -1;
+	}
+	return bind_to(topo, shard, p->shards[shard].cpuset);
 }
 
 static int node_usable(int node)
