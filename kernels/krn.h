@@ -25,6 +25,51 @@ struct krn_part {
 	float *acc; /* [dim]: sum of exp(logit - m) * v */
 };
 
+/*
+ * The coarse filter's one pass over n coded keys for nq queries.  For
+ * query j and key i:
+ *  - stage 1, every key: h = popcount(qc[j] ^ codes[i]) over all words;
+ *    the key is a probe when h <= lim[j * 8 + cls[i]], cls[i] being the
+ *    key's norm class (0..7): an integer test, no table, no float;
+ *  - stage 2, probes: e = norms[i] * tab[j * (64 * words + 1) + h] (the
+ *    product coarse computes); e >= thr[j] makes the key a hit: base + i
+ *    is written to hit[j * hit_cap + n_hit[j]] while n_hit[j] < hit_cap,
+ *    and n_hit[j] counts every hit; hits come in increasing i;
+ *  - tail: a key with (off + i) % stride == 0 that is not a hit adds
+ *    stride * exp(ca[j] * e + cb[j]) to blk[j * ld_blk + (off + i) / 64],
+ *    the tail mass of its 64-token block (skipped when blk is NULL).
+ * Variants must give the reference's hits exactly; blk may differ in the
+ * last bits (a vectorised exp, another order of additions).
+ */
+struct krn_scan_q {
+	uint32_t nq;
+	uint32_t words;
+	const uint64_t *qc;  /* [nq][words] */
+	const float *tab;    /* [nq][64 * words + 1] */
+	const int32_t *lim;  /* [nq][8]: stage-1 limits per norm class */
+	const float *thr;    /* [nq] */
+	const float *ca;     /* [nq] */
+	const float *cb;     /* [nq] */
+	uint32_t stride;     /* tail sampling: 1 (every key) or 8 */
+};
+
+struct krn_scan_keys {
+	const uint64_t *codes; /* [n][words] */
+	const uint8_t *cls;    /* [n] */
+	const float *norms;    /* [n] */
+	uint32_t n;
+	uint32_t base;         /* index reported for key 0 */
+	uint32_t off;          /* block offset of key 0 */
+};
+
+struct krn_scan_out {
+	uint32_t *hit;
+	uint32_t hit_cap;
+	uint32_t *n_hit;
+	float *blk;            /* NULL: no tail */
+	size_t ld_blk;
+};
+
 struct krn_ops {
 	const char *name;
 	enum krn_level level;
@@ -52,23 +97,17 @@ struct krn_ops {
 		       const uint64_t *codes, const float *norms, uint32_t words,
 		       uint32_t n, float *out, size_t ld_out);
 
+	/* scan: the coarse filter's pass; see struct krn_scan_q below. */
+	void (*scan)(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+		     struct krn_scan_out *o);
+
 	/*
-	 * scan: the coarse filter's fused pass over n coded keys for nq
-	 * queries.  For query j and key i let
-	 *   e = norms[i] * tab[j * (64 * words + 1) + popcount(qc[j] ^ codes[i])]
-	 * (the same product as coarse).  When e >= thr[j] the key is a hit:
-	 * base + i is written to hit[j * hit_cap + n_hit[j]] if n_hit[j] <
-	 * hit_cap, and n_hit[j] is incremented either way (hits are written
-	 * in increasing i).  Otherwise exp(ca[j] * e + cb[j]) is added to
-	 * blk[j * ld_blk + (off + i) / 64], the tail mass of its 64-token
-	 * block (skipped when blk is NULL).  Variants may differ from the reference only in the last
-	 * bits of blk (a vectorised exp); hits must be identical.
+	 * wsum: acc[j * dim + d] += sum over i of w[j * ld_w + i] *
+	 * rows[i * ld + d], for nq weight vectors over n rows: the tail's
+	 * block values weighted by their estimated mass.
 	 */
-	void (*scan)(const uint64_t *qc, uint32_t nq, const float *tab,
-		     const uint64_t *codes, const float *norms, uint32_t words,
-		     uint32_t n, const float *thr, const float *ca, const float *cb,
-		     uint32_t base, uint32_t off, uint32_t *hit, uint32_t hit_cap,
-		     uint32_t *n_hit, float *blk, size_t ld_blk);
+	void (*wsum)(const float *w, size_t ld_w, uint32_t nq, const float *rows,
+		     size_t ld, uint32_t n, uint32_t dim, float *acc);
 
 	/* dot: out[j * ld_out + i] = dot(q[j], k[i]), q [nq][dim], k rows ld_k apart. */
 	void (*dot)(const float *q, uint32_t nq, const float *k, size_t ld_k,

@@ -54,6 +54,7 @@ struct rt_scratch {
 	uint32_t *cal_pos;     /* [RT_TAIL_SAMPLES] */
 	float *cal_logit;      /* [RT_TAIL_SAMPLES] */
 	float *thr, *ca, *cb, *mref; /* [group] per query head of the group */
+	int32_t *lim;          /* [group][RT_CLASSES] stage-1 limits */
 	uint32_t *top;     /* [top_k] indices into hit */
 	uint32_t *top_pos; /* [top_k] positions */
 	float *top_logit;  /* [top_k] */
@@ -63,8 +64,7 @@ struct rt_scratch {
 	float *qg;         /* [group][dim] queries of one kv head */
 	struct krn_part *part; /* [group] exact partials */
 	float *acc;        /* [group][dim] */
-	struct krn_part tail;
-	float *tail_acc;   /* [dim] */
+	float *tail_acc;   /* [group][dim] */
 	float *enc_tmp;    /* [KRN_BLOCK][dim] */
 	float *enc_keys;   /* [KRN_BLOCK][dim] */
 	uint64_t *enc_codes; /* [KRN_BLOCK][words] */
@@ -344,6 +344,7 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	sc->ca = carve(cv, g * f);
 	sc->cb = carve(cv, g * f);
 	sc->mref = carve(cv, g * f);
+	sc->lim = carve(cv, g * RT_CLASSES * sizeof(int32_t));
 	sc->top = carve(cv, c->top_k * u);
 	sc->top_pos = carve(cv, c->top_k * u);
 	sc->top_logit = carve(cv, c->top_k * f);
@@ -353,7 +354,7 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	sc->qg = carve(cv, g * dim * f);
 	sc->part = carve(cv, g * sizeof(struct krn_part));
 	sc->acc = carve(cv, g * dim * f);
-	sc->tail_acc = carve(cv, dim * f);
+	sc->tail_acc = carve(cv, g * dim * f);
 	sc->enc_tmp = carve(cv, blk);
 	sc->enc_keys = carve(cv, blk);
 	sc->enc_codes = carve(cv, KRN_BLOCK * words * sizeof(uint64_t));
@@ -384,7 +385,6 @@ static int scratch_fixed(struct rt_seq *s)
 	scratch_layout(s, &cv);
 	for (size_t j = 0; j < s->group; j++)
 		sc->part[j].acc = sc->acc + j * s->cfg.head_dim;
-	sc->tail.acc = sc->tail_acc;
 	return 0;
 }
 
@@ -659,6 +659,8 @@ static void encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		for (uint32_t i = 0; i < n; i++)
 			if (sc->enc_norms[i] > L->hash[h].max_norm)
 				L->hash[h].max_norm = sc->enc_norms[i];
+		for (uint32_t i = 0; i < n; i++)
+			shard_cls(st, h, t)[i] = rt_hash_class(&L->hash[h], sc->enc_norms[i]);
 		t += n;
 	}
 }
@@ -680,6 +682,20 @@ static void fix_mean(struct rt_seq *s, struct rt_layer *L, uint32_t h)
 	for (uint32_t d = 0; d < dim; d++)
 		hm->mu[d] = (float)(acc[d] / (double)(st->len - t0));
 	hm->mu_set = 1;
+}
+
+/* Fix head h's class scale from the stored norms, then class every key. */
+static void fix_norm_ref(struct rt_seq *s, struct rt_layer *L, uint32_t h)
+{
+	struct shard_layer *st = &L->store;
+	double sum = 0;
+
+	for (uint64_t t = 0; t < st->len; t++)
+		sum += *shard_norm(st, h, t);
+	L->hash[h].norm_ref = (float)(sum / (double)st->len);
+	for (uint64_t t = 0; t < st->len; t++)
+		*shard_cls(st, h, t) = rt_hash_class(&L->hash[h], *shard_norm(st, h, t));
+	(void)s;
 }
 
 static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
@@ -713,6 +729,7 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			fix_mean(s, L, h);
 			L->hash[h].max_norm = 0.0f;
 			encode_range(s, L, h, 0, st->len);
+			fix_norm_ref(s, L, h);
 		} else {
 			encode_range(s, L, h, len0, st->len);
 		}
@@ -829,16 +846,38 @@ static float threshold(struct rt_scratch *sc, uint32_t j, uint32_t ns, uint32_t 
 }
 
 /*
- * The reference logit of the tail: an upper bound of the calibrated
- * logit of every key that is not a hit, so exp() never overflows.
+ * The reference logit of the tail: no key's calibrated logit should come
+ * near exp()'s range above it.  Keys under the threshold are below
+ * ca * thr + cb; the margin covers the few the first stage lets through
+ * uncounted as hits.
  */
 static float tail_ref(const struct rt_hash *hm, const float *tab, float thr,
 		      float ca, float cb)
 {
 	if (ca > 0.0f && thr > -INFINITY)
-		return ca * thr + cb;
+		return ca * thr + cb + 30.0f;
 	float emax = fabsf(tab[0]) * hm->max_norm;
 	return fabsf(ca) * emax + cb;
+}
+
+/*
+ * Stage-1 limits of one query: for norm class c, the largest distance
+ * with which a key of a norm inside the class can still reach thr.  Keys
+ * beyond it cannot be hits, so stage 1 loses nothing.
+ */
+static void probe_limits(const struct rt_hash *hm, const float *tab, float thr,
+			 int32_t *lim)
+{
+	for (uint32_t c = 0; c < RT_CLASSES; c++) {
+		float lo, hi;
+		rt_hash_class_bounds(hm, c, &lo, &hi);
+		lim[c] = -1;
+		for (uint32_t h = 0; h <= hm->bits; h++) {
+			float best = tab[h] >= 0.0f ? hi * tab[h] : lo * tab[h];
+			if (best >= thr)
+				lim[c] = (int32_t)h;
+		}
+	}
 }
 
 /* Samples and hits of one coarse pass, as pass_ok judges them. */
@@ -857,6 +896,9 @@ static int pass_ok(const struct rt_seq *s, uint32_t n_mid)
 	}
 	return PASS_OK;
 }
+
+/* Middles longer than this estimate their tail from one key in eight. */
+#define RT_TAIL_FULL 65536u
 
 /*
  * Coarse filter for the group over the middle [m0, m1): thresholds from a
@@ -877,21 +919,27 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	uint32_t ns = sample_middle(s, st, h, m0, n_mid,
 				    want < sc->samp_max ? (uint32_t)want : sc->samp_max);
 	uint64_t rank = (target * ns + n_mid - 1) / n_mid;
-	struct shard_scan_out o = { sc->hit, sc->hit_cap, sc->n_hit,
-				    c->tail_estimate ? sc->blk : NULL, sc->blk_cap };
+	struct krn_scan_q q = {
+		.nq = g, .words = s->geom.words, .qc = sc->qc, .tab = sc->tab,
+		.lim = sc->lim, .thr = sc->thr, .ca = sc->ca, .cb = sc->cb,
+		.stride = n_mid > RT_TAIL_FULL ? 8 : 1,
+	};
+	struct krn_scan_out o = { sc->hit, sc->hit_cap, sc->n_hit,
+				  c->tail_estimate ? sc->blk : NULL, sc->blk_cap };
 
 	for (uint32_t j = 0; j < g; j++)
 		if (c->tail_estimate)
 			calibrate(s, st, h, j, sc->qg + (size_t)j * c->head_dim, ns);
 	for (int tries = 0;; tries++) {
 		for (uint32_t j = 0; j < g; j++) {
+			const float *tab = sc->tab + (size_t)j * tl;
 			sc->thr[j] = threshold(sc, j, ns, (uint32_t)(rank ? rank : 1));
-			sc->mref[j] = tail_ref(&L->hash[h], sc->tab + (size_t)j * tl,
-					       sc->thr[j], sc->ca[j], sc->cb[j]);
+			probe_limits(&L->hash[h], tab, sc->thr[j], sc->lim + j * RT_CLASSES);
+			sc->mref[j] = tail_ref(&L->hash[h], tab, sc->thr[j], sc->ca[j], sc->cb[j]);
 			/* the kernel adds exp(ca * e + cb - mref) */
 			sc->cb[j] -= sc->mref[j];
 		}
-		shard_scan(st, h, sc->qc, g, sc->tab, m0, m1, sc->thr, sc->ca, sc->cb, &o);
+		shard_scan(st, h, &q, m0, m1, &o);
 		for (uint32_t j = 0; j < g; j++)
 			sc->cb[j] += sc->mref[j];
 		int v = pass_ok(s, n_mid);
@@ -933,9 +981,36 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 	for (uint32_t i = 0; i < n_hit; i++)
 		if (sc->hit_logit[i] > -INFINITY)
 			blk[hit[i] / SHARD_BLOCK - b0] += expf(sc->hit_logit[i] - sc->mref[j]);
-	shard_tail(st, h, blk, m0, m1, sc->mref[j], &sc->tail);
-	krn_get()->merge(&sc->part[j], &sc->tail, c->head_dim);
 	cnt->est += n_mid - n_top;
+}
+
+/*
+ * The estimated tail of the whole group: block masses times block mean
+ * values, one pass over the value summaries for all query heads, merged
+ * into each head's exact partial.
+ */
+static void attend_tail(struct rt_seq *s, struct shard_layer *st, uint32_t h,
+			uint64_t m0, uint64_t m1)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t g = s->group, dim = s->cfg.head_dim;
+	uint64_t nb = (m1 + SHARD_BLOCK - 1) / SHARD_BLOCK - m0 / SHARD_BLOCK;
+	float mass[DKV_MAX_HEADS];
+
+	for (uint32_t j = 0; j < g; j++) {
+		const float *blk = sc->blk + (size_t)j * sc->blk_cap;
+		double sum = 0;
+		for (uint64_t b = 0; b < nb; b++)
+			sum += blk[b];
+		mass[j] = (float)sum;
+	}
+	memset(sc->tail_acc, 0, (size_t)g * dim * sizeof(float));
+	shard_tail(st, h, sc->blk, sc->blk_cap, g, m0, m1, sc->tail_acc);
+	for (uint32_t j = 0; j < g; j++) {
+		struct krn_part t = { sc->mref[j], mass[j], sc->tail_acc + (size_t)j * dim };
+		if (mass[j] > 0.0f)
+			krn_get()->merge(&sc->part[j], &t, dim);
+	}
 }
 
 /* Attention of the group of kv head h for the query at position p. */
@@ -976,6 +1051,8 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		trace_exact(s, h * g + j, sink_end, sc->top_pos,
 			    c->top_k < w0 - sink_end ? c->top_k : (uint32_t)(w0 - sink_end), w0, p1);
 	}
+	if (c->tail_estimate)
+		attend_tail(s, st, h, sink_end, w0);
 	shard_attend_range(st, h, sc->qg, g, 0, sink_end, c->scale, sc->part, &sc->bufs);
 	shard_attend_range(st, h, sc->qg, g, w0, p1, c->scale, sc->part, &sc->bufs);
 	for (uint32_t j = 0; j < g; j++)

@@ -25,7 +25,20 @@ struct rt_hash {
 	float *cosine;    /* [bits + 1]: cos(pi * h / bits) */
 	int mu_set;
 	float max_norm;   /* largest |k - mu| encoded so far */
+	float norm_ref;   /* mean |k - mu| when mu was fixed: class scale */
 };
+
+/*
+ * Norm classes let the coarse filter's first stage judge a key's norm
+ * with one lane permute: class c holds norms in
+ * [norm_ref * 2^((c - 4) / 2), norm_ref * 2^((c - 3) / 2)), classes 0 and
+ * 7 are open-ended.  Before mu is fixed every key is class 7.
+ */
+#define RT_CLASSES 8
+
+uint8_t rt_hash_class(const struct rt_hash *hm, float norm);
+/* Bounds of class c: [*lo, *hi]. */
+void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float *hi);
 
 /* A deterministic Gaussian projection [bits][dim] for `seed`; NULL on ENOMEM. */
 float *rt_hash_projection(uint32_t bits, uint32_t dim, uint64_t seed);

@@ -70,28 +70,32 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
 }
 
-void shard_scan(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
-		uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
-		const float *thr, const float *ca, const float *cb,
-		struct shard_scan_out *o)
+void shard_scan(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
+		uint64_t t0, uint64_t t1, struct krn_scan_out *o)
 {
 	const struct krn_ops *ops = krn_get();
 	uint64_t b0 = t0 / SHARD_BLOCK;
+	float *blk = o->blk;
 
-	memset(o->n_hit, 0, nq * sizeof(uint32_t));
-	if (o->blk)
-		for (uint32_t j = 0; j < nq; j++)
-			memset(o->blk + j * o->ld_blk, 0,
+	memset(o->n_hit, 0, q->nq * sizeof(uint32_t));
+	if (blk)
+		for (uint32_t j = 0; j < q->nq; j++)
+			memset(blk + j * o->ld_blk, 0,
 			       ((t1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0) * sizeof(float));
 	for (uint64_t t = t0; t < t1;) {
-		uint32_t n = run_len(t, t1, SHARD_PAGE);
-		float *blk = o->blk ? o->blk + (t / SHARD_BLOCK - b0) : NULL;
-		ops->scan(qc, nq, tab, shard_code(l, h, t), shard_norm(l, h, t),
-			  l->g->words, n, thr, ca, cb, (uint32_t)t,
-			  (uint32_t)(t % SHARD_BLOCK), o->hit, o->hit_cap, o->n_hit,
-			  blk, o->ld_blk);
-		t += n;
+		struct krn_scan_keys k = {
+			.codes = shard_code(l, h, t),
+			.cls = shard_cls(l, h, t),
+			.norms = shard_norm(l, h, t),
+			.n = run_len(t, t1, SHARD_PAGE),
+			.base = (uint32_t)t,
+			.off = (uint32_t)(t % SHARD_BLOCK),
+		};
+		o->blk = blk ? blk + (t / SHARD_BLOCK - b0) : NULL;
+		ops->scan(q, &k, o);
+		t += k.n;
 	}
+	o->blk = blk;
 }
 
 /* Ask for the row of a key or value ahead of its use (random access). */
@@ -156,27 +160,25 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-void shard_tail(const struct shard_layer *l, uint32_t h, const float *blk,
-		uint64_t t0, uint64_t t1, float m, struct krn_part *out)
+void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
+		uint32_t nq, uint64_t t0, uint64_t t1, float *acc)
 {
+	const struct krn_ops *ops = krn_get();
 	uint32_t dim = l->g->head_dim;
 	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
 
-	out->m = m;
-	out->s = 0.0f;
-	memset(out->acc, 0, dim * sizeof(float));
+	/* block sums -> means: every block is full except maybe the last stored */
 	for (uint64_t b = b0; b < b1; b++) {
-		float w = blk[b - b0];
-		if (!(w > 0.0f))
-			continue;
-		uint64_t t = b * SHARD_BLOCK;
-		uint64_t cnt = l->len - t < SHARD_BLOCK ? l->len - t : SHARD_BLOCK;
-		const float *sum = shard_vsum(l, h, t);
-		float f = w / (float)cnt;
-		out->s += w;
-		for (uint32_t d = 0; d < dim; d++)
-			out->acc[d] += f * sum[d];
+		uint64_t cnt = l->len - b * SHARD_BLOCK;
+		float f = 1.0f / (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
+		for (uint32_t j = 0; j < nq; j++)
+			w[j * ld_w + (b - b0)] *= f;
 	}
-	if (out->s == 0.0f)
-		out->m = -INFINITY;
+	for (uint64_t b = b0; b < b1;) {
+		uint64_t page_end = (b / SHARD_PAGE_BLOCKS + 1) * SHARD_PAGE_BLOCKS;
+		uint32_t n = (uint32_t)((page_end < b1 ? page_end : b1) - b);
+		ops->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim, n,
+			  dim, acc);
+		b += n;
+	}
 }

@@ -41,24 +41,14 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
 		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld);
 
-/* What one coarse pass over [t0, t1) collects per query (see krn_ops.scan). */
-struct shard_scan_out {
-	uint32_t *hit;     /* [nq][hit_cap] token positions */
-	uint32_t hit_cap;
-	uint32_t *n_hit;   /* [nq] */
-	float *blk;        /* [nq][ld_blk] tail mass per 64-token block from t0 / 64; NULL = none */
-	size_t ld_blk;
-};
-
 /*
- * The coarse filter's one pass over the codes of [t0, t1) of kv head h:
- * hits (estimate >= thr[j]) and the tail mass of the other keys per block
- * (exp(ca[j] * e + cb[j])).  Resets n_hit and blk first.
+ * The coarse filter's one pass over the keys [t0, t1) of kv head h
+ * (krn_ops.scan, page by page): hits and, when o->blk is set, the tail
+ * mass per 64-token block, blk[0] being block t0 / 64.  Resets n_hit and
+ * blk first.
  */
-void shard_scan(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
-		uint32_t nq, const float *tab, uint64_t t0, uint64_t t1,
-		const float *thr, const float *ca, const float *cb,
-		struct shard_scan_out *o);
+void shard_scan(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
+		uint64_t t0, uint64_t t1, struct krn_scan_out *o);
 
 /*
  * Fine ranking: exact logits scale * q.k of the keys at positions pos[0..n)
@@ -77,11 +67,12 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 		       struct krn_part *st, struct shard_bufs *b);
 
 /*
- * Tail partial over [t0, t1): blk[b] is the mass exp(logit - m) of the
- * tokens of block t0 / 64 + b that are estimated; each block adds its
- * mass times its mean value.  out is reset first; out->m = m.
+ * Tail values of nq queries over [t0, t1): w[j * ld_w + b] is query j's
+ * estimated mass of block t0 / 64 + b; acc[j * dim ..] gains the sum of
+ * each block's mass times its mean value.  w is divided in place by the
+ * blocks' token counts.
  */
-void shard_tail(const struct shard_layer *l, uint32_t h, const float *blk,
-		uint64_t t0, uint64_t t1, float m, struct krn_part *out);
+void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
+		uint32_t nq, uint64_t t0, uint64_t t1, float *acc);
 
 #endif

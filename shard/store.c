@@ -24,7 +24,7 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 
 	b->full = 2 * align64(rows * g->head_dim * g->elt_size);
 	b->codes = align64(rows * g->words * sizeof(uint64_t)) +
-		   align64(rows * sizeof(float));
+		   align64(rows * sizeof(float)) + align64(rows);
 	b->summaries = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS *
 			       g->head_dim * sizeof(float));
 	b->total = b->full + b->codes + b->summaries;
@@ -38,6 +38,7 @@ static struct shard_page *page_new(const struct shard_geom *g)
 	size_t kv = align64(rows * g->head_dim * g->elt_size);
 	size_t codes = align64(rows * g->words * sizeof(uint64_t));
 	size_t norms = align64(rows * sizeof(float));
+	size_t cls = align64(rows);
 	struct shard_page_bytes b;
 	struct shard_page *p;
 	uint8_t *mem;
@@ -59,7 +60,8 @@ static struct shard_page *page_new(const struct shard_geom *g)
 	p->v = mem + kv;
 	p->codes = (uint64_t *)(mem + 2 * kv);
 	p->norms = (float *)(mem + 2 * kv + codes);
-	p->vsum = (float *)(mem + 2 * kv + codes + norms);
+	p->cls = mem + 2 * kv + codes + norms;
+	p->vsum = (float *)(mem + 2 * kv + codes + norms + cls);
 	memset(p->vsum, 0, b.summaries);
 	return p;
 }

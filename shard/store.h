@@ -33,6 +33,7 @@ struct shard_page {
 	uint8_t *v;       /* same */
 	uint64_t *codes;  /* [head][SHARD_PAGE][words] */
 	float *norms;     /* [head][SHARD_PAGE] */
+	uint8_t *cls;     /* [head][SHARD_PAGE]: norm class of each key (0..7) */
 	float *vsum;      /* [head][SHARD_PAGE_BLOCKS][dim]: sums of f32 values */
 };
 
@@ -92,6 +93,11 @@ static inline uint64_t *shard_code(const struct shard_layer *l, uint32_t h, uint
 static inline float *shard_norm(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
 	return shard_page_of(l, t)->norms + (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+}
+
+static inline uint8_t *shard_cls(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	return shard_page_of(l, t)->cls + (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
 }
 
 /* Value sum of the block holding token t (blocks are SHARD_BLOCK aligned). */

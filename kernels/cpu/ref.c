@@ -59,26 +59,49 @@ static void ref_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
 		}
 }
 
-static void ref_scan(const uint64_t *qc, uint32_t nq, const float *tab,
-		     const uint64_t *codes, const float *norms, uint32_t words,
-		     uint32_t n, const float *thr, const float *ca, const float *cb,
-		     uint32_t base, uint32_t off, uint32_t *hit, uint32_t hit_cap,
-		     uint32_t *n_hit, float *blk, size_t ld_blk)
+/* Stage 2 of scan for key i and query j: the full estimate. */
+static float scan_est(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+		      uint32_t j, uint32_t i)
 {
-	uint32_t tlen = 64 * words + 1;
+	uint32_t w = q->words;
+	uint32_t h = ham1(q->qc + (size_t)j * w, k->codes + (size_t)i * w, w);
+	return k->norms[i] * q->tab[j * (64 * w + 1) + h];
+}
 
+static int scan_probe(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+		      uint32_t j, uint32_t i)
+{
+	uint32_t w = q->words;
+	uint32_t h = ham1(q->qc + (size_t)j * w, k->codes + (size_t)i * w, w);
+	return (int32_t)h <= q->lim[j * 8 + k->cls[i]];
+}
+
+static void ref_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+		     struct krn_scan_out *o)
+{
+	for (uint32_t j = 0; j < q->nq; j++)
+		for (uint32_t i = 0; i < k->n; i++) {
+			int hit = 0;
+			if (scan_probe(q, k, j, i) && scan_est(q, k, j, i) >= q->thr[j]) {
+				if (o->n_hit[j] < o->hit_cap)
+					o->hit[(size_t)j * o->hit_cap + o->n_hit[j]] = k->base + i;
+				o->n_hit[j]++;
+				hit = 1;
+			}
+			if (!hit && o->blk && (k->off + i) % q->stride == 0)
+				o->blk[j * o->ld_blk + (k->off + i) / 64] += (float)q->stride *
+					expf(q->ca[j] * scan_est(q, k, j, i) + q->cb[j]);
+		}
+}
+
+static void ref_wsum(const float *w, size_t ld_w, uint32_t nq, const float *rows,
+		     size_t ld, uint32_t n, uint32_t dim, float *acc)
+{
 	for (uint32_t j = 0; j < nq; j++)
 		for (uint32_t i = 0; i < n; i++) {
-			uint32_t h = ham1(qc + (size_t)j * words,
-					  codes + (size_t)i * words, words);
-			float e = norms[i] * tab[j * tlen + h];
-			if (e >= thr[j]) {
-				if (n_hit[j] < hit_cap)
-					hit[(size_t)j * hit_cap + n_hit[j]] = base + i;
-				n_hit[j]++;
-			} else if (blk) {
-				blk[j * ld_blk + (off + i) / 64] += expf(ca[j] * e + cb[j]);
-			}
+			float f = w[j * ld_w + i];
+			for (uint32_t d = 0; d < dim; d++)
+				acc[(size_t)j * dim + d] += f * rows[i * ld + d];
 		}
 }
 
@@ -193,6 +216,7 @@ const struct krn_ops krn_ops_scalar = {
 	.hamming = ref_hamming,
 	.coarse = ref_coarse,
 	.scan = ref_scan,
+	.wsum = ref_wsum,
 	.dot = ref_dot,
 	.attend = ref_attend,
 	.attend_logits = ref_attend_logits,
