@@ -63,6 +63,11 @@ static int open_topology(hwloc_topology_t *out, const char *xml_path,
 			synthetic);
 		goto destroy;
 	}
+	/* This machine: PCI from sysfs, not through libpciaccess (slower, and
+	 * it leaks under LeakSanitizer); fine if the component is absent. */
+	if (!xml_path && !synthetic)
+		hwloc_topology_set_components(topo,
+			HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
 	hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
 	if (hwloc_topology_load(topo) < 0) {
 		set_err(err, errlen, "cannot load topology%s%s: %s",
@@ -376,6 +381,34 @@ static int seen_before(hwloc_topology_t topo, hwloc_obj_t os)
 	return 0;
 }
 
+static int has_gpu_osdev(hwloc_obj_t dev)
+{
+	for (hwloc_obj_t c = dev->io_first_child; c; c = c->next_sibling)
+		if (c->type == HWLOC_OBJ_OS_DEVICE && is_gpu_like(c))
+			return 1;
+	return 0;
+}
+
+/* NVIDIA display or 3D controllers without any GPU OS device: hwloc was
+ * built without its CUDA and NVML plugins (as Debian's is), or the driver
+ * was missing when the XML was exported. */
+static int note_bare_nvidia(struct shard_topo *t)
+{
+	char busid[32];
+
+	for (hwloc_obj_t d = NULL; (d = hwloc_get_next_pcidev(t->topo, d));) {
+		if (d->attr->pcidev.vendor_id != 0x10de ||
+		    d->attr->pcidev.class_id >> 8 != 0x03 || has_gpu_osdev(d))
+			continue;
+		format_busid(d, busid, sizeof(busid));
+		t->n_ignored++;
+		if (add_note(t, "ignored NVIDIA GPU at %s: no CUDA or NVML device "
+			     "(hwloc without those plugins, or no driver)", busid) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static int scan_gpus(struct shard_topo *t)
 {
 	hwloc_obj_t os;
@@ -391,7 +424,7 @@ static int scan_gpus(struct shard_topo *t)
 		if (note_ignored(t, device_of(os)) < 0)
 			return -1;
 	}
-	return 0;
+	return note_bare_nvidia(t);
 }
 
 /* ---- GPU locality ---- */

@@ -385,7 +385,7 @@ static const struct xml_facts facts[] = {
 	{ "mpibind-g4dnmetal.xml", 2, 2, 8, 0, NULL,
 	  { 0, 0, 0, 0, 1, 1, 1, 1 }, 1 },
 	{ "mpibind-coral-lassen.xml", 2, 2, 4, 0, NULL, { 0, 0, 8, 8 }, 1 },
-	{ "hwloc-32em64t-2n8c2t-pci-wholeio.xml", 2, 2, 1, 1, "opencl0d1",
+	{ "hwloc-32em64t-2n8c2t-pci-wholeio.xml", 2, 2, 1, 3, "opencl0d1",
 	  { 1 }, 0 },
 	{ "mpibind-eas-tioga.xml", 4, 4, 0, 8, "rsmi", { 0 }, 0 },
 	{ "mpibind-epyc-corona-p2.xml", 2, 2, 0, 8, "rsmi", { 0 }, 0 },
