@@ -65,13 +65,26 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'p': o->plan = 1; break;
-		case 't': o->xml = optarg; break;
-		case 's': o->synthetic = optarg; break;
-		case 'S': o->shards = optarg; break;
-		case 'g': o->gpus = 1; break;
-		case 'h': fputs(usage, stdout); return EXIT_SUCCESS;
-		default: return usage_error("unknown option or missing argument");
+		case 'p':
+			o->plan = 1;
+			break;
+		case 't':
+			o->xml = optarg;
+			break;
+		case 's':
+			o->synthetic = optarg;
+			break;
+		case 'S':
+			o->shards = optarg;
+			break;
+		case 'g':
+			o->gpus = 1;
+			break;
+		case 'h':
+			fputs(usage, stdout);
+			return EXIT_SUCCESS;
+		default:
+			return usage_error("unknown option or missing argument");
 		}
 	}
 	if (optind < argc)
