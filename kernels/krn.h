@@ -27,17 +27,18 @@ struct krn_part {
 
 /*
  * The coarse filter's one pass over n coded keys for nq queries.  For
- * query j and key i:
- *  - stage 1, every key: h = popcount(qc[j] ^ codes[i]) over all words;
+ * query j and key i (in [first, first + n) of struct krn_scan_keys):
+ *  - stage 1, every key: h = popcount(qc[j] ^ code of i) over all words;
  *    the key is a probe when h <= lim[j * 8 + cls[i]], cls[i] being the
  *    key's norm class (0..7): an integer test, no table, no float;
  *  - stage 2, probes: e = norms[i] * tab[j * (64 * words + 1) + h] (the
  *    product coarse computes); e >= thr[j] makes the key a hit: base + i
  *    is written to hit[j * hit_cap + n_hit[j]] while n_hit[j] < hit_cap,
  *    and n_hit[j] counts every hit; hits come in increasing i;
- *  - tail: a key with (off + i) % stride == 0 that is not a hit adds
- *    stride * exp(ca[j] * e + cb[j]) to blk[j * ld_blk + (off + i) / 64],
- *    the tail mass of its 64-token block (skipped when blk is NULL).
+ *  - tail: a key with i % stride == 0 that is not a hit adds
+ *    stride * exp(ca[j] * e + cb[j]) to blk[j * ld_blk + i / 64 -
+ *    first / 64], the tail mass of its 64-token block (skipped when blk
+ *    is NULL).
  * Variants must give the reference's hits exactly; blk may differ in the
  * last bits (a vectorised exp, another order of additions).
  */
@@ -53,14 +54,47 @@ struct krn_scan_q {
 	uint32_t stride;     /* tail sampling: 1 (every key) or 8 */
 };
 
+/*
+ * Keys [first, first + n) of an array whose codes are byte-sliced: key p's
+ * byte b lies at codes[(p / 32) * words * 256 + b * 32 + p % 32].  cls and
+ * norms are indexed by p too.  Hits are reported as base + p; the tail of
+ * key p goes to blk[p / 64 - first / 64].
+ */
 struct krn_scan_keys {
-	const uint64_t *codes; /* [n][words] */
-	const uint8_t *cls;    /* [n] */
-	const float *norms;    /* [n] */
+	const uint8_t *codes;
+	const uint8_t *cls;
+	const float *norms;
+	uint32_t first;
 	uint32_t n;
-	uint32_t base;         /* index reported for key 0 */
-	uint32_t off;          /* block offset of key 0 */
+	uint32_t base;
 };
+
+#define KRN_CODE_GROUP 32u
+
+/* Address of key p's first code byte in a byte-sliced array. */
+static inline const uint8_t *krn_code_at(const uint8_t *codes, uint32_t words, uint32_t p)
+{
+	return codes + (size_t)(p / KRN_CODE_GROUP) * words * 8 * KRN_CODE_GROUP +
+	       p % KRN_CODE_GROUP;
+}
+
+/* Gather / scatter one key's code between the sliced array and words. */
+static inline void krn_code_read(const uint8_t *c, uint32_t words, uint64_t *code)
+{
+	for (uint32_t w = 0; w < words; w++) {
+		uint64_t x = 0;
+		for (uint32_t b = 0; b < 8; b++)
+			x |= (uint64_t)c[(w * 8 + b) * KRN_CODE_GROUP] << (8 * b);
+		code[w] = x;
+	}
+}
+
+static inline void krn_code_write(uint8_t *c, uint32_t words, const uint64_t *code)
+{
+	for (uint32_t w = 0; w < words; w++)
+		for (uint32_t b = 0; b < 8; b++)
+			c[(w * 8 + b) * KRN_CODE_GROUP] = (uint8_t)(code[w] >> (8 * b));
+}
 
 struct krn_scan_out {
 	uint32_t *hit;

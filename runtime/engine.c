@@ -654,7 +654,8 @@ static void encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		shard_rows_f32(&s->geom, shard_key(st, h, t), n, sc->enc_keys);
 		rt_hash_keys(&L->hash[h], sc->enc_keys, n, sc->enc_codes,
 			     sc->enc_norms, sc->enc_tmp);
-		memcpy(shard_code(st, h, t), sc->enc_codes, (size_t)n * words * 8);
+		for (uint32_t i = 0; i < n; i++)
+			shard_code_put(st, h, t + i, sc->enc_codes + (size_t)i * words);
 		memcpy(shard_norm(st, h, t), sc->enc_norms, (size_t)n * 4);
 		for (uint32_t i = 0; i < n; i++)
 			if (sc->enc_norms[i] > L->hash[h].max_norm)

@@ -63,8 +63,7 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 	uint32_t words = l->g->words;
 
 	for (uint32_t i = 0; i < n; i++) {
-		memcpy(codes_buf + (size_t)i * words, shard_code(l, h, pos[i]),
-		       words * sizeof(uint64_t));
+		shard_code_get(l, h, pos[i], codes_buf + (size_t)i * words);
 		norms_buf[i] = *shard_norm(l, h, pos[i]);
 	}
 	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
@@ -83,13 +82,14 @@ void shard_scan(const struct shard_layer *l, uint32_t h, const struct krn_scan_q
 			memset(blk + j * o->ld_blk, 0,
 			       ((t1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0) * sizeof(float));
 	for (uint64_t t = t0; t < t1;) {
+		uint64_t page0 = t - t % SHARD_PAGE;
 		struct krn_scan_keys k = {
-			.codes = shard_code(l, h, t),
-			.cls = shard_cls(l, h, t),
-			.norms = shard_norm(l, h, t),
+			.codes = shard_codes(l, h, t),
+			.cls = shard_cls(l, h, page0),
+			.norms = shard_norm(l, h, page0),
+			.first = (uint32_t)(t % SHARD_PAGE),
 			.n = run_len(t, t1, SHARD_PAGE),
-			.base = (uint32_t)t,
-			.off = (uint32_t)(t % SHARD_BLOCK),
+			.base = (uint32_t)page0,
 		};
 		o->blk = blk ? blk + (t / SHARD_BLOCK - b0) : NULL;
 		ops->scan(q, &k, o);

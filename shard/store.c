@@ -3,6 +3,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "krn.h"
 #include "store.h"
 
 /* Each array starts on a 64-byte boundary (cache line, AVX-512 load). */
@@ -58,7 +59,7 @@ static struct shard_page *page_new(const struct shard_geom *g)
 #endif
 	p->k = mem;
 	p->v = mem + kv;
-	p->codes = (uint64_t *)(mem + 2 * kv);
+	p->codes = mem + 2 * kv;
 	p->norms = (float *)(mem + 2 * kv + codes);
 	p->cls = mem + 2 * kv + codes + norms;
 	p->vsum = (float *)(mem + 2 * kv + codes + norms + cls);
@@ -130,4 +131,18 @@ int shard_layer_reserve(struct shard_layer *l, uint64_t tokens)
 	}
 	l->n_pages = have + more;
 	return 0;
+}
+
+void shard_code_get(const struct shard_layer *l, uint32_t h, uint64_t t, uint64_t *code)
+{
+	const uint8_t *c = krn_code_at(shard_codes(l, h, t), l->g->words, t % SHARD_PAGE);
+
+	krn_code_read(c, l->g->words, code);
+}
+
+void shard_code_put(const struct shard_layer *l, uint32_t h, uint64_t t, const uint64_t *code)
+{
+	uint8_t *c = (uint8_t *)krn_code_at(shard_codes(l, h, t), l->g->words, t % SHARD_PAGE);
+
+	krn_code_write(c, l->g->words, code);
 }

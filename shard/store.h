@@ -31,7 +31,7 @@ struct shard_geom {
 struct shard_page {
 	uint8_t *k;       /* [head][SHARD_PAGE][dim] elements */
 	uint8_t *v;       /* same */
-	uint64_t *codes;  /* [head][SHARD_PAGE][words] */
+	uint8_t *codes;   /* [head][SHARD_PAGE / 32][words * 8][32]: see below */
 	float *norms;     /* [head][SHARD_PAGE] */
 	uint8_t *cls;     /* [head][SHARD_PAGE]: norm class of each key (0..7) */
 	float *vsum;      /* [head][SHARD_PAGE_BLOCKS][dim]: sums of f32 values */
@@ -84,11 +84,20 @@ static inline void *shard_value(const struct shard_layer *l, uint32_t h, uint64_
 	return shard_page_of(l, t)->v + row * g->head_dim * g->elt_size;
 }
 
-static inline uint64_t *shard_code(const struct shard_layer *l, uint32_t h, uint64_t t)
+/*
+ * Codes are stored byte-sliced in groups of KRN_CODE_GROUP (32) keys:
+ * byte b of the codes of 32 consecutive keys lie next to each other, so
+ * one 32-byte load feeds the same byte of 32 keys to a vector lookup
+ * (krn_ops.scan).  shard_codes() is the page's array for head h.
+ */
+static inline uint8_t *shard_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
-	size_t row = (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
-	return shard_page_of(l, t)->codes + row * l->g->words;
+	return shard_page_of(l, t)->codes + (size_t)h * SHARD_PAGE * l->g->words * 8;
 }
+
+/* Read or write the code (words uint64, little-endian) of key t. */
+void shard_code_get(const struct shard_layer *l, uint32_t h, uint64_t t, uint64_t *code);
+void shard_code_put(const struct shard_layer *l, uint32_t h, uint64_t t, const uint64_t *code);
 
 static inline float *shard_norm(const struct shard_layer *l, uint32_t h, uint64_t t)
 {

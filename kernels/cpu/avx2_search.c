@@ -2,86 +2,54 @@
  * avx2_search.c - the search-path kernels with AVX2: the coarse filter's pass
  * (krn_ops.scan) and the weighted row sums of the tail (krn_ops.wsum).
  *
- * Work goes block by block (64 keys, aligned to the tail's blocks).  Per
- * block the keys' norm classes are widened once; every query then runs
- * stage 1 eight keys at a time: nibble popcount (pshufb) of the codes, the
- * class limit picked with a lane permute, one integer compare.  The few
- * probes get their estimate from the distances kept in L1, with the
- * reference's own multiply, so hits are identical.  The tail takes the
- * estimates of every stride-th key through the vector exp.
+ * scan works on byte-sliced codes (krn.h): one 32-byte load holds the same
+ * code byte of 32 keys.  Each query gets, per code byte, two 16-entry
+ * tables "popcount of this nibble xor the query's nibble", so a key's
+ * Hamming distance is a sum of table lookups (pshufb) over its bytes: no
+ * xor, no per-key horizontal sums.  The nibbles of a block are split once
+ * and shared by all queries.  Stage 1 compares the 8-bit distances with
+ * the limit of each key's norm class (another lookup); the few probes get
+ * their estimate from the distances kept in L1 with the reference's own
+ * multiply, so the hits are identical.  The tail takes every stride-th
+ * key's estimate through the vector exp.
  */
 #include "simd_common.h"
 #include "variants.h"
 
-KRN_INLINE __m256i ld256(const void *p)
-{
-	return _mm256_loadu_si256((const __m256i *)p);
-}
+#define QCHUNK 8 /* queries whose tables sit on the stack at once */
 
-KRN_INLINE __m256i sad0(__m256i b)
-{
-	return _mm256_sad_epu8(b, _mm256_setzero_si256());
-}
+struct qtab {
+	__m256i lo[32], hi[32]; /* per code byte: nibble popcount tables */
+	__m256i lim;            /* per class: limit + 1, clamped to [0, 255] */
+};
 
-/* The query code repeated the way 32 bytes of codes hold keys. */
-KRN_INLINE __m256i qvec(const uint64_t *q, uint32_t words)
+static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 {
-	if (words == 1)
-		return _mm256_set1_epi64x((long long)q[0]);
-	if (words == 2)
-		return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
-	return ld256(q);
-}
+	const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+					      0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+	const uint64_t *qc = q->qc + (size_t)j * q->words;
+	uint8_t lim[32] = { 0 };
 
-/* Byte popcounts of 32 bytes of codes against the query. */
-KRN_INLINE __m256i cnt(const uint64_t *c, __m256i q)
-{
-	return krn_popcnt_bytes(_mm256_xor_si256(ld256(c), q));
-}
-
-/*
- * [x0 x1 x2 x3] and [y0 y1 y2 y3] (64-bit lane sums, two lanes per key,
- * keys a, b in x and c, d in y) -> 32-bit [a c a c | b d b d].
- */
-KRN_INLINE __m256i pair_sums(__m256i x, __m256i y)
-{
-	__m256i v = _mm256_or_si256(x, _mm256_slli_epi64(y, 32));
-	return _mm256_add_epi32(v, _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
-}
-
-/* Distances of 8 keys to the query, as 8 int32 in key order. */
-KRN_INLINE __m256i ham8(const uint64_t *c, __m256i q, uint32_t words)
-{
-	const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-
-	if (words == 1) {
-		__m256i x = _mm256_or_si256(sad0(cnt(c, q)), _mm256_slli_epi64(sad0(cnt(c + 4, q)), 32));
-		return _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+	for (uint32_t b = 0; b < q->words * 8; b++) {
+		uint8_t qb = (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
+		t->lo[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb & 15))));
+		t->hi[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb >> 4))));
 	}
-	if (words == 2) {
-		/* per vector: keys (0,1), (2,3), (4,5), (6,7) */
-		__m256i a = pair_sums(sad0(cnt(c, q)), sad0(cnt(c + 4, q)));
-		__m256i b = pair_sums(sad0(cnt(c + 8, q)), sad0(cnt(c + 12, q)));
-		/* a = [k0 k2 k0 k2 | k1 k3 k1 k3], b likewise for k4..k7 */
-		return _mm256_permutevar8x32_epi32(_mm256_blend_epi32(a, b, 0xcc), order);
+	for (uint32_t c = 0; c < 8; c++) {
+		int32_t v = q->lim[j * 8 + c] + 1;
+		lim[c] = lim[16 + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 	}
-	/* four words: one key per vector; fold halves, then as two words */
-	__m256i k[8];
-	for (int i = 0; i < 8; i++)
-		k[i] = cnt(c + 4 * i, q);
-	__m256i s[4];
-	for (int i = 0; i < 4; i++) {
-		__m256i lo = _mm256_permute2x128_si256(k[2 * i], k[2 * i + 1], 0x20);
-		__m256i hi = _mm256_permute2x128_si256(k[2 * i], k[2 * i + 1], 0x31);
-		s[i] = sad0(_mm256_add_epi8(lo, hi));
-	}
-	__m256i a = pair_sums(s[0], s[1]), b = pair_sums(s[2], s[3]);
-	return _mm256_permutevar8x32_epi32(_mm256_blend_epi32(a, b, 0xcc), order);
+	t->lim = _mm256_loadu_si256((const __m256i *)lim);
 }
 
-static uint32_t ham_scalar(const uint64_t *a, const uint64_t *b, uint32_t words)
+/* Distance of key p to query j, from the sliced bytes (scalar). */
+static uint32_t ham_sliced(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			   uint32_t j, uint32_t p)
 {
-	return krn_ham1(a, b, words);
+	uint64_t code[4];
+
+	krn_code_read(krn_code_at(k->codes, q->words, p), q->words, code);
+	return krn_ham1(q->qc + (size_t)j * q->words, code, q->words);
 }
 
 static void add_hit(struct krn_scan_out *o, uint32_t j, uint32_t idx)
@@ -91,54 +59,76 @@ static void add_hit(struct krn_scan_out *o, uint32_t j, uint32_t idx)
 	o->n_hit[j]++;
 }
 
-/* Keys [i0, i1) one at a time, exactly as the reference (block edges). */
+/* Keys [p0, p1) one at a time, exactly as the reference (block edges). */
 static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-		      struct krn_scan_out *o, uint32_t i0, uint32_t i1)
+		      struct krn_scan_out *o, uint32_t p0, uint32_t p1)
 {
-	uint32_t w = q->words, tl = 64 * w + 1;
+	uint32_t tl = 64 * q->words + 1;
 
 	for (uint32_t j = 0; j < q->nq; j++)
-		for (uint32_t i = i0; i < i1; i++) {
-			uint32_t h = ham_scalar(q->qc + (size_t)j * w, k->codes + (size_t)i * w, w);
-			float e = k->norms[i] * q->tab[j * tl + h];
-			if ((int32_t)h <= q->lim[j * 8 + k->cls[i]] && e >= q->thr[j])
-				add_hit(o, j, k->base + i);
-			else if (o->blk && (k->off + i) % q->stride == 0)
-				o->blk[j * o->ld_blk + (k->off + i) / 64] +=
+		for (uint32_t p = p0; p < p1; p++) {
+			uint32_t h = ham_sliced(q, k, j, p);
+			float e = k->norms[p] * q->tab[j * tl + h];
+			if ((int32_t)h <= q->lim[j * 8 + k->cls[p]] && e >= q->thr[j])
+				add_hit(o, j, k->base + p);
+			else if (o->blk && p % q->stride == 0)
+				o->blk[j * o->ld_blk + p / 64 - k->first / 64] +=
 					(float)q->stride * expf(q->ca[j] * e + q->cb[j]);
 		}
 }
 
-/* One block of 64 keys for query j. */
-struct block {
-	const uint64_t *codes;
-	const float *norms;
-	const int32_t *cls;  /* widened classes */
-	uint32_t i;          /* first key */
+/* The nibbles of one 64-key block, split once for all queries. */
+struct nibbles {
+	__m256i lo[2][32], hi[2][32];
 };
 
-/* Stage 1 and 2 over a block; the distances are left in hd. */
-static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-			   struct krn_scan_out *o, const struct block *bk,
-			   uint32_t j, int32_t *hd)
+static void split_block(const uint8_t *codes, uint32_t bytes, struct nibbles *nb)
 {
-	uint32_t w = q->words;
-	const float *tab = q->tab + (size_t)j * (64 * w + 1);
-	__m256i qv = qvec(q->qc + (size_t)j * w, w);
-	__m256i lim = _mm256_loadu_si256((const __m256i *)(q->lim + j * 8));
+	const __m256i low = _mm256_set1_epi8(0x0f);
+
+	for (uint32_t g = 0; g < 2; g++)
+		for (uint32_t b = 0; b < bytes; b++) {
+			__m256i v = _mm256_load_si256((const __m256i *)(codes + (g * bytes + b) * 32));
+			nb->lo[g][b] = _mm256_and_si256(v, low);
+			nb->hi[g][b] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+		}
+}
+
+/* Distances of 32 keys: table lookups summed over the code bytes. */
+KRN_INLINE __m256i ham32(const struct qtab *t, const __m256i *lo, const __m256i *hi,
+			 uint32_t bytes)
+{
+	__m256i acc = _mm256_setzero_si256();
+
+	/* up to 128 bits the byte sums cannot overflow; 256 bits saturate */
+	for (uint32_t b = 0; b < bytes; b++) {
+		acc = _mm256_adds_epu8(acc, _mm256_shuffle_epi8(t->lo[b], lo[b]));
+		acc = _mm256_adds_epu8(acc, _mm256_shuffle_epi8(t->hi[b], hi[b]));
+	}
+	return acc;
+}
+
+/* Stage 1 and 2 for one 64-key block and query j; distances go to hd. */
+static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			   struct krn_scan_out *o, const struct nibbles *nb,
+			   const struct qtab *t, uint32_t j, uint32_t p, uint8_t *hd)
+{
+	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
 	uint64_t hits = 0;
 
-	for (uint32_t u = 0; u < 64; u += 8) {
-		__m256i h = ham8(bk->codes + (size_t)u * w, qv, w);
-		__m256i l = _mm256_permutevar8x32_epi32(lim, _mm256_load_si256((const __m256i *)(bk->cls + u)));
-		uint32_t over = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(h, l)));
-		uint32_t probes = ~over & 0xffu;
-		_mm256_store_si256((__m256i *)(hd + u), h);
+	for (uint32_t g = 0; g < 2; g++) {
+		__m256i h = ham32(t, nb->lo[g], nb->hi[g], q->words * 8);
+		__m256i cls = _mm256_loadu_si256((const __m256i *)(k->cls + p + 32 * g));
+		__m256i lim = _mm256_shuffle_epi8(t->lim, cls);
+		/* h >= limit + 1 fails: max(h, lim) == h */
+		__m256i fail = _mm256_cmpeq_epi8(_mm256_max_epu8(h, lim), h);
+		uint32_t probes = ~(uint32_t)_mm256_movemask_epi8(fail);
+		_mm256_store_si256((__m256i *)(hd + 32 * g), h);
 		while (probes) {
-			uint32_t b = (uint32_t)__builtin_ctz(probes);
-			if (bk->norms[u + b] * tab[hd[u + b]] >= q->thr[j]) {
-				add_hit(o, j, k->base + bk->i + u + b);
-				hits |= (uint64_t)1 << (u + b);
+			uint32_t b = (uint32_t)__builtin_ctz(probes), u = 32 * g + b;
+			if (k->norms[p + u] * tab[hd[u]] >= q->thr[j]) {
+				add_hit(o, j, k->base + p + u);
+				hits |= (uint64_t)1 << u;
 			}
 			probes &= probes - 1;
 		}
@@ -147,8 +137,8 @@ static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_key
 }
 
 /* The tail mass of a block for query j: every stride-th non-hit key. */
-static float block_tail(const struct krn_scan_q *q, const struct block *bk,
-			uint32_t j, const int32_t *hd, uint64_t hits)
+static float block_tail(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			uint32_t j, uint32_t p, const uint8_t *hd, uint64_t hits)
 {
 	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
 	float x[64] __attribute__((aligned(32)));
@@ -156,53 +146,72 @@ static float block_tail(const struct krn_scan_q *q, const struct block *bk,
 	__m256 acc = _mm256_setzero_ps();
 	uint32_t n = 0;
 
-	for (uint32_t u = 0; u < 64; u += q->stride)
-		x[n++] = bk->norms[u] * tab[hd[u]];
+	for (uint32_t u = 0; u < 64; u += q->stride) {
+		/* 256-bit codes: 255 may stand for 255 or 256 */
+		uint32_t h = hd[u] == 255 ? ham_sliced(q, k, j, p + u) : hd[u];
+		x[n++] = k->norms[p + u] * tab[h];
+	}
 	for (uint32_t u = 0; u < n; u += 8) {
-		__m256 p = krn_exp8(_mm256_fmadd_ps(a, _mm256_load_ps(x + u), b));
-		/* drop the hits: lane t of this vector is key (u + t) * stride */
+		__m256 e = krn_exp8(_mm256_fmadd_ps(a, _mm256_load_ps(x + u), b));
 		uint32_t m = 0;
-		for (uint32_t t = 0; t < 8; t++)
-			m |= (uint32_t)((hits >> ((u + t) * q->stride)) & 1) << t;
+		for (uint32_t i = 0; i < 8; i++)
+			m |= (uint32_t)((hits >> ((u + i) * q->stride)) & 1) << i;
 		if (m) {
-			__m256i bits = _mm256_and_si256(_mm256_set1_epi32((int)m),
-							_mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128));
-			__m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(bits, _mm256_setzero_si256()));
-			p = _mm256_andnot_ps(drop, p);
+			__m256i bit = _mm256_and_si256(_mm256_set1_epi32((int)m),
+						       _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128));
+			e = _mm256_andnot_ps(_mm256_castsi256_ps(
+				_mm256_cmpgt_epi32(bit, _mm256_setzero_si256())), e);
 		}
-		acc = _mm256_add_ps(acc, p);
+		acc = _mm256_add_ps(acc, e);
 	}
 	return (float)q->stride * krn_hsum8(acc);
+}
+
+/* Can the vector path reproduce the reference for these queries? */
+static int vector_ok(const struct krn_scan_q *q)
+{
+	if (q->words != 1 && q->words != 2 && q->words != 4)
+		return 0;
+	if (q->stride != 1 && q->stride != 8)
+		return 0;
+	/* saturated 8-bit distances decide a limit only below 255 */
+	for (uint32_t i = 0; i < q->nq * 8; i++)
+		if (q->lim[i] >= 255)
+			return 0;
+	return 1;
 }
 
 void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		   struct krn_scan_out *o)
 {
-	uint32_t i = (64 - k->off % 64) % 64, w = q->words;
-	int32_t cls[64] __attribute__((aligned(32)));
-	int32_t hd[64] __attribute__((aligned(32)));
+	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
+	struct qtab t[QCHUNK];
+	struct nibbles nb;
+	uint8_t hd[64] __attribute__((aligned(32)));
 
-	if ((w != 1 && w != 2 && w != 4) || (q->stride != 1 && q->stride != 8)) {
-		scan_keys(q, k, o, 0, k->n);
+	if (!vector_ok(q)) {
+		scan_keys(q, k, o, k->first, end);
 		return;
 	}
-	if (i > k->n)
-		i = k->n;
-	scan_keys(q, k, o, 0, i);
-	for (; i + 64 <= k->n; i += 64) {
-		struct block bk = { k->codes + (size_t)i * w, k->norms + i, cls, i };
-		for (uint32_t u = 0; u < 64; u += 8) {
-			__m128i c8 = _mm_loadl_epi64((const __m128i *)(k->cls + i + u));
-			_mm256_store_si256((__m256i *)(cls + u), _mm256_cvtepu8_epi32(c8));
-		}
-		for (uint32_t j = 0; j < q->nq; j++) {
-			uint64_t hits = block_hits(q, k, o, &bk, j, hd);
-			if (o->blk)
-				o->blk[j * o->ld_blk + (k->off + i) / 64] +=
-					block_tail(q, &bk, j, hd, hits);
+	if (p > end)
+		p = end;
+	scan_keys(q, k, o, k->first, p);
+	uint32_t p_end = p + (end - p) / 64 * 64;
+	for (uint32_t j0 = 0; j0 < q->nq; j0 += QCHUNK) {
+		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
+		for (uint32_t j = 0; j < nj; j++)
+			qtab_build(q, j0 + j, &t[j]);
+		for (uint32_t b = p; b < p_end; b += 64) {
+			split_block(krn_code_at(k->codes, q->words, b), q->words * 8, &nb);
+			for (uint32_t j = 0; j < nj; j++) {
+				uint64_t hits = block_hits(q, k, o, &nb, &t[j], j0 + j, b, hd);
+				if (o->blk)
+					o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] +=
+						block_tail(q, k, j0 + j, b, hd, hits);
+			}
 		}
 	}
-	scan_keys(q, k, o, i, k->n);
+	scan_keys(q, k, o, p_end, end);
 }
 
 /*

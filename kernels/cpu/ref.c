@@ -59,38 +59,38 @@ static void ref_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
 		}
 }
 
-/* Stage 2 of scan for key i and query j: the full estimate. */
-static float scan_est(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-		      uint32_t j, uint32_t i)
+/* Distance of key p (byte-sliced codes) to query j, byte by byte. */
+static uint32_t scan_ham(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			 uint32_t j, uint32_t p)
 {
-	uint32_t w = q->words;
-	uint32_t h = ham1(q->qc + (size_t)j * w, k->codes + (size_t)i * w, w);
-	return k->norms[i] * q->tab[j * (64 * w + 1) + h];
-}
+	const uint8_t *c = krn_code_at(k->codes, q->words, p);
+	const uint64_t *qc = q->qc + (size_t)j * q->words;
+	uint32_t h = 0;
 
-static int scan_probe(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-		      uint32_t j, uint32_t i)
-{
-	uint32_t w = q->words;
-	uint32_t h = ham1(q->qc + (size_t)j * w, k->codes + (size_t)i * w, w);
-	return (int32_t)h <= q->lim[j * 8 + k->cls[i]];
+	for (uint32_t b = 0; b < q->words * 8; b++) {
+		uint8_t qb = (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
+		h += (uint32_t)__builtin_popcount((unsigned)(qb ^ c[b * KRN_CODE_GROUP]));
+	}
+	return h;
 }
 
 static void ref_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		     struct krn_scan_out *o)
 {
+	uint32_t tl = 64 * q->words + 1;
+
 	for (uint32_t j = 0; j < q->nq; j++)
-		for (uint32_t i = 0; i < k->n; i++) {
-			int hit = 0;
-			if (scan_probe(q, k, j, i) && scan_est(q, k, j, i) >= q->thr[j]) {
+		for (uint32_t p = k->first; p < k->first + k->n; p++) {
+			uint32_t h = scan_ham(q, k, j, p);
+			float e = k->norms[p] * q->tab[j * tl + h];
+			if ((int32_t)h <= q->lim[j * 8 + k->cls[p]] && e >= q->thr[j]) {
 				if (o->n_hit[j] < o->hit_cap)
-					o->hit[(size_t)j * o->hit_cap + o->n_hit[j]] = k->base + i;
+					o->hit[(size_t)j * o->hit_cap + o->n_hit[j]] = k->base + p;
 				o->n_hit[j]++;
-				hit = 1;
+			} else if (o->blk && p % q->stride == 0) {
+				o->blk[j * o->ld_blk + p / 64 - k->first / 64] +=
+					(float)q->stride * expf(q->ca[j] * e + q->cb[j]);
 			}
-			if (!hit && o->blk && (k->off + i) % q->stride == 0)
-				o->blk[j * o->ld_blk + (k->off + i) / 64] += (float)q->stride *
-					expf(q->ca[j] * scan_est(q, k, j, i) + q->cb[j]);
 		}
 }
 
