@@ -777,9 +777,20 @@ static uint32_t sample_middle(struct rt_seq *s, struct shard_layer *st, uint32_t
 {
 	struct rt_scratch *sc = &s->sc;
 	uint32_t ns = want < n ? want : n;
+	/*
+	 * Runs of KRN_CODE_GROUP consecutive keys at evenly spaced places:
+	 * a group's codes share their cache lines (byte-sliced layout), so a
+	 * run costs what one key would.
+	 */
+	uint32_t run = ns >= 4 * KRN_CODE_GROUP ? KRN_CODE_GROUP : 1;
+	uint32_t runs = ns / run;
 
-	for (uint32_t i = 0; i < ns; i++)
-		sc->samp_pos[i] = (uint32_t)(m0 + ((uint64_t)i * n + n / (2 * ns)) / ns);
+	ns = runs * run;
+	for (uint32_t r = 0; r < runs; r++) {
+		uint64_t at = m0 + ((uint64_t)r * (n - run + 1) + (n - run + 1) / (2 * runs)) / runs;
+		for (uint32_t i = 0; i < run; i++)
+			sc->samp_pos[r * run + i] = (uint32_t)(at + i);
+	}
 	shard_estimate(st, h, sc->qc, s->group, sc->tab, sc->samp_pos, ns,
 		       sc->samp_codes, sc->samp_norms, sc->samp_e, sc->samp_max);
 	return ns;

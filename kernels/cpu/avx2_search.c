@@ -6,8 +6,8 @@
  * code byte of 32 keys.  Each query gets, per code byte, two 16-entry
  * tables "popcount of this nibble xor the query's nibble", so a key's
  * Hamming distance is a sum of table lookups (pshufb) over its bytes: no
- * xor, no per-key horizontal sums.  The nibbles of a block are split once
- * and shared by all queries.  Stage 1 compares the 8-bit distances with
+ * xor, no per-key horizontal sums.  Up to four queries go through a block
+ * together, so each code byte is loaded and split once for them.  Stage 1 compares the 8-bit distances with
  * the limit of each key's norm class (another lookup); the few probes get
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
@@ -16,7 +16,7 @@
 #include "simd_common.h"
 #include "variants.h"
 
-#define QCHUNK 8 /* queries whose tables sit on the stack at once */
+#define QCHUNK 4 /* queries scanned together (accumulators in registers) */
 
 struct qtab {
 	__m256i lo[32], hi[32]; /* per code byte: nibble popcount tables */
@@ -77,47 +77,47 @@ static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		}
 }
 
-/* The nibbles of one 64-key block, split once for all queries. */
-struct nibbles {
-	__m256i lo[2][32], hi[2][32];
-};
-
-static void split_block(const uint8_t *codes, uint32_t bytes, struct nibbles *nb)
+/*
+ * Distances of one 64-key block (two groups of 32) to nj queries (a
+ * constant after inlining): byte by byte, the codes are loaded and split
+ * into nibbles once and every query's two tables are applied to both
+ * groups, so the 2 * nj accumulators stay in registers.  Up to 128 bits
+ * the byte sums cannot overflow; 256 bits saturate at 255.
+ */
+KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
+			  uint32_t bytes, __m256i acc[QCHUNK][2])
 {
 	const __m256i low = _mm256_set1_epi8(0x0f);
 
-	for (uint32_t g = 0; g < 2; g++)
-		for (uint32_t b = 0; b < bytes; b++) {
-			__m256i v = _mm256_load_si256((const __m256i *)(codes + (g * bytes + b) * 32));
-			nb->lo[g][b] = _mm256_and_si256(v, low);
-			nb->hi[g][b] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-		}
-}
-
-/* Distances of 32 keys: table lookups summed over the code bytes. */
-KRN_INLINE __m256i ham32(const struct qtab *t, const __m256i *lo, const __m256i *hi,
-			 uint32_t bytes)
-{
-	__m256i acc = _mm256_setzero_si256();
-
-	/* up to 128 bits the byte sums cannot overflow; 256 bits saturate */
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nj; j++)
+		acc[j][0] = acc[j][1] = _mm256_setzero_si256();
 	for (uint32_t b = 0; b < bytes; b++) {
-		acc = _mm256_adds_epu8(acc, _mm256_shuffle_epi8(t->lo[b], lo[b]));
-		acc = _mm256_adds_epu8(acc, _mm256_shuffle_epi8(t->hi[b], hi[b]));
+		__m256i v0 = _mm256_load_si256((const __m256i *)(codes + b * 32));
+		__m256i v1 = _mm256_load_si256((const __m256i *)(codes + (bytes + b) * 32));
+		__m256i lo0 = _mm256_and_si256(v0, low), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+		__m256i lo1 = _mm256_and_si256(v1, low), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+		KRN_UNROLL
+		for (uint32_t j = 0; j < nj; j++) {
+			__m256i tl = t[j].lo[b], th = t[j].hi[b];
+			acc[j][0] = _mm256_adds_epu8(acc[j][0], _mm256_adds_epu8(
+				_mm256_shuffle_epi8(tl, lo0), _mm256_shuffle_epi8(th, hi0)));
+			acc[j][1] = _mm256_adds_epu8(acc[j][1], _mm256_adds_epu8(
+				_mm256_shuffle_epi8(tl, lo1), _mm256_shuffle_epi8(th, hi1)));
+		}
 	}
-	return acc;
 }
 
-/* Stage 1 and 2 for one 64-key block and query j; distances go to hd. */
+/* Stage 1 and 2 for one 64-key block and query j, from its distances. */
 static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-			   struct krn_scan_out *o, const struct nibbles *nb,
+			   struct krn_scan_out *o, const __m256i dist[2],
 			   const struct qtab *t, uint32_t j, uint32_t p, uint8_t *hd)
 {
 	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
 	uint64_t hits = 0;
 
 	for (uint32_t g = 0; g < 2; g++) {
-		__m256i h = ham32(t, nb->lo[g], nb->hi[g], q->words * 8);
+		__m256i h = dist[g];
 		__m256i cls = _mm256_loadu_si256((const __m256i *)(k->cls + p + 32 * g));
 		__m256i lim = _mm256_shuffle_epi8(t->lim, cls);
 		/* h >= limit + 1 fails: max(h, lim) == h */
@@ -136,33 +136,66 @@ static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_key
 	return hits;
 }
 
-/* The tail mass of a block for query j: every stride-th non-hit key. */
+/* Bits 0, 8, .., 56 of m gathered into bits 0..7. */
+static inline uint32_t every8th(uint64_t m)
+{
+	return (uint32_t)(((m & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
+}
+
+/* exp(ca * e + cb) of eight keys whose estimates are e, hits zeroed. */
+KRN_INLINE __m256 tail8(__m256 e, __m256 a, __m256 b, uint32_t hit_bits)
+{
+	__m256 p = krn_exp8(_mm256_fmadd_ps(a, e, b));
+	if (hit_bits) {
+		__m256i bit = _mm256_and_si256(_mm256_set1_epi32((int)hit_bits),
+					       _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128));
+		p = _mm256_andnot_ps(_mm256_castsi256_ps(
+			_mm256_cmpgt_epi32(bit, _mm256_setzero_si256())), p);
+	}
+	return p;
+}
+
+/*
+ * Stride 8: keys 0, 8, .., 56 of a block.  Their distances are picked out
+ * of the two distance vectors with byte shuffles, their norms (nr8) are
+ * shared by the queries, the table entries come with one gather.
+ */
+KRN_INLINE float block_tail8(const struct krn_scan_q *q, uint32_t j, const __m256i dist[2],
+			     __m256 nr8, uint64_t hits)
+{
+	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
+	const __m256i pick0 = _mm256_setr_epi8(0, -1, -1, -1, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+					       0, -1, -1, -1, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+	const __m256i pick1 = _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, -1, 8, -1, -1, -1,
+					       -1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, -1, 8, -1, -1, -1);
+	/* [k0 k8 k32 k40 | k16 k24 k48 k56] -> key order */
+	__m256i h = _mm256_or_si256(_mm256_shuffle_epi8(dist[0], pick0),
+				    _mm256_shuffle_epi8(dist[1], pick1));
+	h = _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+	__m256 e = _mm256_mul_ps(nr8, _mm256_i32gather_ps(tab, h, 4));
+	__m256 p = tail8(e, _mm256_set1_ps(q->ca[j]), _mm256_set1_ps(q->cb[j]), every8th(hits));
+	return 8.0f * krn_hsum8(p);
+}
+
+/* The tail mass of a block for query j, any stride: one key at a time. */
 static float block_tail(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			uint32_t j, uint32_t p, const uint8_t *hd, uint64_t hits)
 {
 	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
-	float x[64] __attribute__((aligned(32)));
 	__m256 a = _mm256_set1_ps(q->ca[j]), b = _mm256_set1_ps(q->cb[j]);
 	__m256 acc = _mm256_setzero_ps();
-	uint32_t n = 0;
+	float x[64] __attribute__((aligned(32)));
 
-	for (uint32_t u = 0; u < 64; u += q->stride) {
+	for (uint32_t u = 0, n = 0; u < 64; u += q->stride) {
 		/* 256-bit codes: 255 may stand for 255 or 256 */
 		uint32_t h = hd[u] == 255 ? ham_sliced(q, k, j, p + u) : hd[u];
 		x[n++] = k->norms[p + u] * tab[h];
 	}
-	for (uint32_t u = 0; u < n; u += 8) {
-		__m256 e = krn_exp8(_mm256_fmadd_ps(a, _mm256_load_ps(x + u), b));
+	for (uint32_t u = 0; u < 64 / q->stride; u += 8) {
 		uint32_t m = 0;
 		for (uint32_t i = 0; i < 8; i++)
 			m |= (uint32_t)((hits >> ((u + i) * q->stride)) & 1) << i;
-		if (m) {
-			__m256i bit = _mm256_and_si256(_mm256_set1_epi32((int)m),
-						       _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128));
-			e = _mm256_andnot_ps(_mm256_castsi256_ps(
-				_mm256_cmpgt_epi32(bit, _mm256_setzero_si256())), e);
-		}
-		acc = _mm256_add_ps(acc, e);
+		acc = _mm256_add_ps(acc, tail8(_mm256_load_ps(x + u), a, b, m));
 	}
 	return (float)q->stride * krn_hsum8(acc);
 }
@@ -181,13 +214,36 @@ static int vector_ok(const struct krn_scan_q *q)
 	return 1;
 }
 
+/* One 64-key block for nj (constant after inlining) queries from j0. */
+KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			   struct krn_scan_out *o, const struct qtab *t, const uint32_t nj,
+			   uint32_t j0, uint32_t b)
+{
+	__m256i dist[QCHUNK][2];
+	uint8_t hd[64] __attribute__((aligned(32)));
+	/* 256-bit distances saturate: those take the general tail */
+	int fast8 = o->blk && q->stride == 8 && q->words < 4;
+	const float *nr = k->norms + b;
+	__m256 nr8 = fast8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40],
+					    nr[48], nr[56]) : _mm256_setzero_ps();
+
+	ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nj; j++) {
+		uint64_t hits = block_hits(q, k, o, dist[j], &t[j], j0 + j, b, hd);
+		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
+		if (fast8)
+			*blk += block_tail8(q, j0 + j, dist[j], nr8, hits);
+		else if (blk)
+			*blk += block_tail(q, k, j0 + j, b, hd, hits);
+	}
+}
+
 void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		   struct krn_scan_out *o)
 {
 	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
 	struct qtab t[QCHUNK];
-	struct nibbles nb;
-	uint8_t hd[64] __attribute__((aligned(32)));
 
 	if (!vector_ok(q)) {
 		scan_keys(q, k, o, k->first, end);
@@ -202,12 +258,18 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		for (uint32_t j = 0; j < nj; j++)
 			qtab_build(q, j0 + j, &t[j]);
 		for (uint32_t b = p; b < p_end; b += 64) {
-			split_block(krn_code_at(k->codes, q->words, b), q->words * 8, &nb);
-			for (uint32_t j = 0; j < nj; j++) {
-				uint64_t hits = block_hits(q, k, o, &nb, &t[j], j0 + j, b, hd);
-				if (o->blk)
-					o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] +=
-						block_tail(q, k, j0 + j, b, hd, hits);
+			switch (nj) {
+			case 1:
+				scan_block(q, k, o, t, 1, j0, b);
+				break;
+			case 2:
+				scan_block(q, k, o, t, 2, j0, b);
+				break;
+			case 3:
+				scan_block(q, k, o, t, 3, j0, b);
+				break;
+			default:
+				scan_block(q, k, o, t, 4, j0, b);
 			}
 		}
 	}
