@@ -30,11 +30,15 @@ struct rt_hash {
 
 /*
  * Norm classes let the coarse filter's first stage judge a key's norm
- * with one lane permute: class c holds norms in
- * [norm_ref * 2^((c - 4) / 2), norm_ref * 2^((c - 3) / 2)), classes 0 and
- * 7 are open-ended.  Before mu is fixed every key is class 7.
+ * with one table lookup: class c holds norms in
+ * [norm_ref * 2^((c - 4) / S), norm_ref * 2^((c - 3) / S)) with S =
+ * RT_CLASS_STEPS classes per octave; classes 0 and 7 are open-ended.
+ * Narrow classes keep stage 1 tight (few probes that are not hits) over
+ * the usual spread of key norms, norm_ref / 2 .. 2 norm_ref.  Before mu
+ * is fixed every key is class 7.
  */
 #define RT_CLASSES 8
+#define RT_CLASS_STEPS 4.0f
 
 uint8_t rt_hash_class(const struct rt_hash *hm, float norm);
 /* Bounds of class c: [*lo, *hi]. */

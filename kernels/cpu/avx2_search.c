@@ -227,6 +227,15 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	__m256 nr8 = fast8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40],
 					    nr[48], nr[56]) : _mm256_setzero_ps();
 
+	/* blocks stream from memory: ask for the one after next now */
+	const char *next = (const char *)krn_code_at(k->codes, q->words, b) + 2 * 64 * q->words * 8;
+	for (uint32_t off = 0; off < 64 * q->words * 8; off += 64)
+		_mm_prefetch(next + off, _MM_HINT_T0);
+	_mm_prefetch((const char *)(nr + 128), _MM_HINT_T0);
+	_mm_prefetch((const char *)(nr + 144), _MM_HINT_T0);
+	_mm_prefetch((const char *)(nr + 160), _MM_HINT_T0);
+	_mm_prefetch((const char *)(nr + 176), _MM_HINT_T0);
+	_mm_prefetch((const char *)(k->cls + b + 128), _MM_HINT_T0);
 	ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
 	KRN_UNROLL
 	for (uint32_t j = 0; j < nj; j++) {
