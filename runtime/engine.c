@@ -19,6 +19,9 @@
 #include "search.h"
 #include "store.h"
 
+/* Groups of up to this many query heads fine-rank the union of their hits. */
+#define RT_UNION_MAX 8u
+
 /* Tokens sampled per query head to calibrate the tail estimate. */
 #define RT_TAIL_SAMPLES 128u
 
@@ -43,7 +46,10 @@ struct rt_scratch {
 	uint32_t hit_cap;  /* hits kept per query head */
 	uint32_t *hit;     /* [group][hit_cap] coarse-filter survivors */
 	uint32_t *n_hit;   /* [group] */
-	float *hit_logit;  /* [hit_cap] exact logits of one head's hits */
+	float *hit_logit;  /* [group][hit_cap] exact logits of the hits */
+	uint32_t *u_pos;   /* [group * hit_cap]: the union of the group's hits */
+	uint32_t *u_map;   /* [group][hit_cap]: union index of each hit */
+	float *u_logit;    /* [group][group * hit_cap] */
 	uint32_t *sel;     /* select scratch: max(hit_cap, samp_max) */
 	uint32_t samp_max; /* keys sampled per group for thresholds */
 	uint32_t *samp_pos;    /* [samp_max] */
@@ -331,7 +337,12 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 
 	sc->hit = carve(cv, g * sc->hit_cap * u);
 	sc->n_hit = carve(cv, g * u);
-	sc->hit_logit = carve(cv, sc->hit_cap * f);
+	sc->hit_logit = carve(cv, g * sc->hit_cap * f);
+	if (g <= RT_UNION_MAX) {
+		sc->u_pos = carve(cv, g * sc->hit_cap * u);
+		sc->u_map = carve(cv, g * sc->hit_cap * u);
+		sc->u_logit = carve(cv, g * g * sc->hit_cap * f);
+	}
 	sc->sel = carve(cv, (sc->hit_cap > sc->samp_max ? sc->hit_cap : sc->samp_max) * u);
 	sc->samp_pos = carve(cv, sc->samp_max * u);
 	sc->samp_codes = carve(cv, sc->samp_max * words * sizeof(uint64_t));
@@ -961,26 +972,76 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	}
 }
 
+/* Merge the group's sorted hit lists into u_pos; u_map maps them back. */
+static uint32_t hit_union(struct rt_scratch *sc, uint32_t g)
+{
+	uint32_t at[RT_UNION_MAX] = { 0 }, n[RT_UNION_MAX], nu = 0;
+
+	for (uint32_t j = 0; j < g; j++)
+		n[j] = sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
+	for (;;) {
+		uint32_t next = UINT32_MAX;
+		for (uint32_t j = 0; j < g; j++)
+			if (at[j] < n[j] && sc->hit[(size_t)j * sc->hit_cap + at[j]] < next)
+				next = sc->hit[(size_t)j * sc->hit_cap + at[j]];
+		if (next == UINT32_MAX)
+			return nu;
+		for (uint32_t j = 0; j < g; j++)
+			if (at[j] < n[j] && sc->hit[(size_t)j * sc->hit_cap + at[j]] == next)
+				sc->u_map[(size_t)j * sc->hit_cap + at[j]++] = nu;
+		sc->u_pos[nu++] = next;
+	}
+}
+
 /*
- * Query head j after the coarse filter: fine-rank the hits, attend the
+ * Exact logits of every query head's hits into hit_logit.  Small groups
+ * gather the union of their hits once and score it against all their
+ * queries: heads of a group often share hits, and each row read serves
+ * them all.
+ */
+static void fine_group(struct rt_seq *s, struct shard_layer *st, uint32_t h)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t g = s->group, hc = sc->hit_cap;
+
+	if (g > RT_UNION_MAX) {
+		for (uint32_t j = 0; j < g; j++)
+			shard_fine(st, h, sc->qg + (size_t)j * s->cfg.head_dim,
+				   sc->hit + (size_t)j * hc, sc->n_hit[j] < hc ? sc->n_hit[j] : hc,
+				   s->cfg.scale, sc->hit_logit + (size_t)j * hc, &sc->bufs);
+		return;
+	}
+	uint32_t nu = hit_union(sc, g);
+	size_t ld = (size_t)g * hc;
+	shard_fine_multi(st, h, sc->qg, g, sc->u_pos, nu, s->cfg.scale, sc->u_logit, ld,
+			 &sc->bufs);
+	for (uint32_t j = 0; j < g; j++) {
+		uint32_t n = sc->n_hit[j] < hc ? sc->n_hit[j] : hc;
+		for (uint32_t i = 0; i < n; i++)
+			sc->hit_logit[(size_t)j * hc + i] =
+				sc->u_logit[j * ld + sc->u_map[(size_t)j * hc + i]];
+	}
+}
+
+/*
+ * Query head j after fine ranking: select the top-K of its hits, attend the
  * top-K exactly into part, and fold the estimated rest in as the tail.
  */
 static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
-			  uint32_t j, const float *qj, uint64_t m0, uint64_t m1,
-			  struct step_counts *cnt)
+			  uint32_t j, uint64_t m0, uint64_t m1, struct step_counts *cnt)
 {
 	struct rt_scratch *sc = &s->sc;
 	const dkv_seq_config *c = &s->cfg;
 	uint32_t n_mid = (uint32_t)(m1 - m0);
 	uint32_t *hit = sc->hit + (size_t)j * sc->hit_cap;
 	uint32_t n_hit = sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
+	float *logit = sc->hit_logit + (size_t)j * sc->hit_cap;
 
-	shard_fine(st, h, qj, hit, n_hit, c->scale, sc->hit_logit, &sc->bufs);
-	uint32_t n_top = krn_select_top(sc->hit_logit, n_hit, c->top_k, sc->top, sc->sel);
+	uint32_t n_top = krn_select_top(logit, n_hit, c->top_k, sc->top, sc->sel);
 	for (uint32_t i = 0; i < n_top; i++) {
 		sc->top_pos[i] = hit[sc->top[i]];
-		sc->top_logit[i] = sc->hit_logit[sc->top[i]];
-		sc->hit_logit[sc->top[i]] = -INFINITY; /* leaves the tail */
+		sc->top_logit[i] = logit[sc->top[i]];
+		logit[sc->top[i]] = -INFINITY; /* leaves the tail */
 	}
 	shard_attend_list(st, h, sc->top_pos, sc->top_logit, n_top, &sc->part[j], &sc->bufs);
 	cnt->cand += n_hit;
@@ -991,8 +1052,8 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 	float *blk = sc->blk + (size_t)j * sc->blk_cap;
 	uint64_t b0 = m0 / SHARD_BLOCK;
 	for (uint32_t i = 0; i < n_hit; i++)
-		if (sc->hit_logit[i] > -INFINITY)
-			blk[hit[i] / SHARD_BLOCK - b0] += expf(sc->hit_logit[i] - sc->mref[j]);
+		if (logit[i] > -INFINITY)
+			blk[hit[i] / SHARD_BLOCK - b0] += expf(logit[i] - sc->mref[j]);
 	cnt->est += n_mid - n_top;
 }
 
@@ -1058,8 +1119,9 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 			      sc->qc + (size_t)j * words,
 			      sc->tab + (size_t)j * (c->hash_bits + 1), &sc->shift[j]);
 	coarse_filter(s, L, h, sink_end, w0);
+	fine_group(s, st, h);
 	for (uint32_t j = 0; j < g; j++) {
-		attend_middle(s, st, h, j, sc->qg + (size_t)j * dim, sink_end, w0, cnt);
+		attend_middle(s, st, h, j, sink_end, w0, cnt);
 		trace_exact(s, h * g + j, sink_end, sc->top_pos,
 			    c->top_k < w0 - sink_end ? c->top_k : (uint32_t)(w0 - sink_end), w0, p1);
 	}

@@ -113,12 +113,14 @@ static void prefetch_row(const struct shard_layer *l, uint32_t h, uint32_t pos, 
 
 /*
  * Gather the rows at pos[0..n) (n <= KRN_BLOCK) of keys or values as f32;
- * the next rows after them (pos[n..n_all)) are prefetched.
+ * the next rows after them (pos[n..n_all)) are prefetched.  Rows of 16-bit
+ * types are copied raw into stage, then converted in one call.
  */
 static void gather(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
-		   uint32_t n, uint32_t n_all, int values, float *dst)
+		   uint32_t n, uint32_t n_all, int values, float *dst, void *stage)
 {
-	uint32_t dim = l->g->head_dim;
+	size_t row = (size_t)l->g->head_dim * l->g->elt_size;
+	uint8_t *raw = l->g->dtype == DKV_F32 ? (uint8_t *)dst : stage;
 
 	for (uint32_t i = 0; i < PREFETCH_AHEAD && i < n_all; i++)
 		prefetch_row(l, h, pos[i], values);
@@ -126,7 +128,26 @@ static void gather(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
 		const void *src = values ? shard_value(l, h, pos[i]) : shard_key(l, h, pos[i]);
 		if (i + PREFETCH_AHEAD < n_all)
 			prefetch_row(l, h, pos[i + PREFETCH_AHEAD], values);
-		shard_rows_f32(l->g, src, 1, dst + (size_t)i * dim);
+		memcpy(raw + i * row, src, row);
+	}
+	if (raw != (uint8_t *)dst)
+		shard_rows_f32(l->g, raw, n, dst);
+}
+
+void shard_fine_multi(const struct shard_layer *l, uint32_t h, const float *q,
+		      uint32_t nq, const uint32_t *pos, uint32_t n, float scale,
+		      float *logit, size_t ld, struct shard_bufs *b)
+{
+	const struct krn_ops *ops = krn_get();
+	uint32_t dim = l->g->head_dim;
+
+	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
+		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
+		gather(l, h, pos + i, m, n - i, 0, b->kbuf, b->vbuf);
+		ops->dot(q, nq, b->kbuf, dim, m, dim, logit + i, ld);
+		for (uint32_t j = 0; j < nq; j++)
+			for (uint32_t r = 0; r < m; r++)
+				logit[j * ld + i + r] *= scale;
 	}
 }
 
@@ -134,16 +155,7 @@ void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
 		const uint32_t *pos, uint32_t n, float scale, float *logit,
 		struct shard_bufs *b)
 {
-	const struct krn_ops *ops = krn_get();
-	uint32_t dim = l->g->head_dim;
-
-	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
-		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
-		gather(l, h, pos + i, m, n - i, 0, b->kbuf);
-		ops->dot(q, 1, b->kbuf, dim, m, dim, logit + i, m);
-		for (uint32_t j = 0; j < m; j++)
-			logit[i + j] *= scale;
-	}
+	shard_fine_multi(l, h, q, 1, pos, n, scale, logit, n, b);
 }
 
 void shard_attend_list(const struct shard_layer *l, uint32_t h,
@@ -155,9 +167,25 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 
 	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
 		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
-		gather(l, h, pos + i, m, n - i, 1, b->vbuf);
+		gather(l, h, pos + i, m, n - i, 1, b->vbuf, b->kbuf);
 		ops->attend_logits(logit + i, b->vbuf, dim, m, dim, st);
 	}
+}
+
+/* Blocks below this share of their query's mean block mass are skipped. */
+#define TAIL_NEGLIGIBLE 1e-3f
+
+/*
+ * Is block i (of nb) worth its value row for any query?  Skipping blocks
+ * under TAIL_NEGLIGIBLE of the mean drops at most that share of the tail
+ * mass; concentrated attention leaves most blocks there.
+ */
+static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut, uint64_t i)
+{
+	for (uint32_t j = 0; j < nq; j++)
+		if (w[j * ld_w + i] >= cut[j])
+			return 1;
+	return 0;
 }
 
 void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
@@ -166,19 +194,30 @@ void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
 	const struct krn_ops *ops = krn_get();
 	uint32_t dim = l->g->head_dim;
 	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
+	float cut[DKV_MAX_HEADS];
 
 	/* block sums -> means: every block is full except maybe the last stored */
-	for (uint64_t b = b0; b < b1; b++) {
-		uint64_t cnt = l->len - b * SHARD_BLOCK;
-		float f = 1.0f / (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
-		for (uint32_t j = 0; j < nq; j++)
-			w[j * ld_w + (b - b0)] *= f;
+	for (uint32_t j = 0; j < nq; j++) {
+		double sum = 0;
+		for (uint64_t b = b0; b < b1; b++) {
+			uint64_t cnt = l->len - b * SHARD_BLOCK;
+			w[j * ld_w + (b - b0)] /= (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
+			sum += w[j * ld_w + (b - b0)];
+		}
+		cut[j] = (float)(sum / (double)(b1 - b0)) * TAIL_NEGLIGIBLE;
 	}
+	/* runs of kept blocks inside one page: their value rows are contiguous */
 	for (uint64_t b = b0; b < b1;) {
+		if (!block_kept(w, ld_w, nq, cut, b - b0)) {
+			b++;
+			continue;
+		}
 		uint64_t page_end = (b / SHARD_PAGE_BLOCKS + 1) * SHARD_PAGE_BLOCKS;
-		uint32_t n = (uint32_t)((page_end < b1 ? page_end : b1) - b);
-		ops->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim, n,
-			  dim, acc);
-		b += n;
+		uint64_t e = b + 1;
+		while (e < b1 && e < page_end && block_kept(w, ld_w, nq, cut, e - b0))
+			e++;
+		ops->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim,
+			  (uint32_t)(e - b), dim, acc);
+		b = e;
 	}
 }

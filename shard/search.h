@@ -59,6 +59,14 @@ void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
 		struct shard_bufs *b);
 
 /*
+ * Fine ranking for nq queries (f32 [nq][dim]) over the same keys:
+ * logit[j * ld + i] = scale * q_j . k(pos[i]).  Each key row is read once.
+ */
+void shard_fine_multi(const struct shard_layer *l, uint32_t h, const float *q,
+		      uint32_t nq, const uint32_t *pos, uint32_t n, float scale,
+		      float *logit, size_t ld, struct shard_bufs *b);
+
+/*
  * Exact attention over the tokens at pos[0..n) whose logits are given,
  * folded into st.
  */
@@ -70,7 +78,8 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
  * Tail values of nq queries over [t0, t1): w[j * ld_w + b] is query j's
  * estimated mass of block t0 / 64 + b; acc[j * dim ..] gains the sum of
  * each block's mass times its mean value.  w is divided in place by the
- * blocks' token counts.
+ * blocks' token counts.  Blocks whose mass is under 1e-3 of the query's
+ * mean block mass for every query are skipped.
  */
 void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
 		uint32_t nq, uint64_t t0, uint64_t t1, float *acc);
