@@ -109,7 +109,7 @@ static void prefetch_row(const struct shard_layer *l, uint32_t h, uint32_t pos, 
 }
 
 /* Rows fetched ahead while gathering: covers the DRAM latency. */
-#define PREFETCH_AHEAD 12
+#define PREFETCH_AHEAD 24
 
 /*
  * Gather the rows at pos[0..n) (n <= KRN_BLOCK) of keys or values as f32;
