@@ -56,7 +56,8 @@ struct krn_scan_q {
 
 /*
  * Keys [first, first + n) of an array whose codes are byte-sliced: key p's
- * byte b lies at codes[(p / 32) * words * 256 + b * 32 + p % 32].  cls and
+ * byte b lies at codes[(p / 32) * words * 256 + b * 32 + p % 32]; codes
+ * is 32-byte aligned (vector loads of whole groups).  cls and
  * norms are indexed by p too.  Hits are reported as base + p; the tail of
  * key p goes to blk[p / 64 - first / 64].
  */

@@ -68,14 +68,15 @@ for n in 4096 8192; do
 		fail "no timing row for $n tokens"
 done
 grep -q "^memory read bandwidth: [0-9.]* GB/s" "$out" || fail "no bandwidth line"
-grep -q "^coarse scan (krn " "$out" || fail "no coarse scan line"
-grep -q "GB/s of codes+norms" "$out" || fail "no coarse scan bytes/s"
+grep -q "^coarse scan (krn .* scan as the engine runs it" "$out" || fail "no coarse scan line"
+grep -q "1 query per pass: [0-9.]* GB/s of key data" "$out" || fail "no coarse scan bytes/s"
 
 "$bench" speed --tokens 4096 --reps 2 $sp --json >"$out" 2>/dev/null || fail "speed --json exited $?"
 json_check "$out" 'd["command"] == "speed" and len(d["rows"]) == 1 and
 	d["rows"][0]["ok"] and d["rows"][0]["tokens"] == 4096 and
 	d["rows"][0]["dash_ms"] > 0 and d["rows"][0]["exact_ms"] > 0 and
 	d["rows"][0]["output_error"] < 0.5 and d["bandwidth"]["gbps"] > 0 and
-	d["coarse"]["gbps"] > 0 and d["coarse"]["bytes_per_token"] == 20'
+	d["scan"]["one_query"]["gbps"] > 0 and d["scan"]["group"]["gbps"] > 0 and
+	d["scan"]["bytes_per_key"] == 21'
 echo "bench.sh: ok"
 exit 0
