@@ -104,7 +104,10 @@ typedef struct dkv_stats {
 	double last_candidates;   /* mean coarse survivors per query head */
 	double last_exact_tokens; /* mean tokens taken exactly per query head */
 	double last_estimated_tokens; /* mean tokens estimated per query head */
-	uint64_t reserved[8];
+	uint64_t last_coarse_ns;  /* of last_attend_ns: coarse filter (sample, scan) */
+	uint64_t last_fine_ns;    /* fine ranking, top-K and their exact attention */
+	uint64_t last_tail_ns;    /* the tail estimate's value sums */
+	uint64_t reserved[5];
 } dkv_stats;
 
 const char *dkv_strerror(int status);

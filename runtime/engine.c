@@ -777,6 +777,7 @@ static void trace_exact(struct rt_seq *s, uint32_t qh, uint64_t sink_end,
 
 struct step_counts {
 	double cand, exact, est;
+	uint64_t coarse_ns, fine_ns, tail_ns;
 };
 
 /*
@@ -1118,15 +1119,22 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		rt_hash_query(&L->hash[h], sc->qg + (size_t)j * dim, c->scale,
 			      sc->qc + (size_t)j * words,
 			      sc->tab + (size_t)j * (c->hash_bits + 1), &sc->shift[j]);
+	uint64_t t0 = now_ns();
 	coarse_filter(s, L, h, sink_end, w0);
+	uint64_t t1 = now_ns();
 	fine_group(s, st, h);
 	for (uint32_t j = 0; j < g; j++) {
 		attend_middle(s, st, h, j, sink_end, w0, cnt);
 		trace_exact(s, h * g + j, sink_end, sc->top_pos,
 			    c->top_k < w0 - sink_end ? c->top_k : (uint32_t)(w0 - sink_end), w0, p1);
 	}
+	uint64_t t2 = now_ns();
 	if (c->tail_estimate)
 		attend_tail(s, st, h, sink_end, w0);
+	uint64_t t3 = now_ns();
+	cnt->coarse_ns += t1 - t0;
+	cnt->fine_ns += t2 - t1;
+	cnt->tail_ns += t3 - t2;
 	shard_attend_range(st, h, sc->qg, g, 0, sink_end, c->scale, sc->part, &sc->bufs);
 	shard_attend_range(st, h, sc->qg, g, w0, p1, c->scale, sc->part, &sc->bufs);
 	for (uint32_t j = 0; j < g; j++)
@@ -1174,7 +1182,7 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 		const void *k, const void *v, uint32_t n_new, void *out, char *err)
 {
 	uint64_t t0 = now_ns(), t1;
-	struct step_counts cnt = { 0, 0, 0 };
+	struct step_counts cnt = { 0, 0, 0, 0, 0, 0 };
 	const dkv_seq_config *c = &s->cfg;
 	struct rt_layer *L;
 	int rc;
@@ -1211,6 +1219,9 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 	s->st.last_candidates = nqh > 0 ? cnt.cand / nqh : 0;
 	s->st.last_exact_tokens = nqh > 0 ? cnt.exact / nqh : 0;
 	s->st.last_estimated_tokens = nqh > 0 ? cnt.est / nqh : 0;
+	s->st.last_coarse_ns = cnt.coarse_ns;
+	s->st.last_fine_ns = cnt.fine_ns;
+	s->st.last_tail_ns = cnt.tail_ns;
 	return DKV_OK;
 }
 

@@ -267,6 +267,11 @@ START_TEST(dash_finds_needle)
 		      "candidates %g", st.last_candidates);
 	ck_assert(st.last_exact_tokens == 100.0);
 	ck_assert(st.last_estimated_tokens == len - 100.0);
+	/* the phases are parts of the attention time */
+	ck_assert_uint_gt(st.last_coarse_ns, 0);
+	ck_assert_uint_gt(st.last_fine_ns, 0);
+	ck_assert_uint_gt(st.last_tail_ns, 0);
+	ck_assert_uint_le(st.last_coarse_ns + st.last_fine_ns + st.last_tail_ns, st.last_attend_ns);
 	dkv_disconnect(cl);
 	free(k);
 	free(v);
