@@ -733,12 +733,16 @@ static int by_name(const void *a, const void *b)
 
 static int find_xml(void)
 {
-	const char *top = getenv("top_srcdir");
+	const char *top = getenv("top_srcdir"), *data = getenv("DASHKV_TEST_DATA");
 	struct dirent *e;
 	DIR *d;
 
-	snprintf(data_dir, sizeof(data_dir), "%s/../shared/data/topologies",
-		 top ? top : DKV_TOP_SRCDIR);
+	/* DASHKV_TEST_DATA: the shared data folder, for builds outside the tree */
+	if (data && *data)
+		snprintf(data_dir, sizeof(data_dir), "%s/topologies", data);
+	else
+		snprintf(data_dir, sizeof(data_dir), "%s/../shared/data/topologies",
+			 top ? top : DKV_TOP_SRCDIR);
 	d = opendir(data_dir);
 	if (!d)
 		return -1;

@@ -6,7 +6,7 @@
 set -u
 
 plan="${top_builddir:-.}/dashkv-plan"
-data="${top_srcdir:-.}/../shared/data/topologies"
+data="${DASHKV_TEST_DATA:-${top_srcdir:-.}/../shared/data}/topologies"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 unset DASHKV_SHARDS
