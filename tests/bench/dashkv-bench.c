@@ -657,6 +657,7 @@ struct speed_row {
 	char why[160];
 	double fill_dash_s, fill_exact_s, gen_s;
 	double dash_ms, exact_ms, dash_att_ms, exact_att_ms;
+	double phase_ms[3];      /* DASH-KV: coarse filter, fine ranking, tail */
 	double err, cand, nexact;
 	uint64_t bytes_dash, bytes_exact;
 };
@@ -782,7 +783,7 @@ static double rel_err_f32(const float *a, const float *b, size_t n)
 
 /* one decode step (append 1 token, attend 1 query) of sequence m */
 static int speed_step(struct speed *b, int m, double *wall, double *att,
-		      struct speed_row *row)
+		      double *phase, struct speed_row *row)
 {
 	dkv_stats st = { .struct_size = sizeof(st) };
 	uint64_t t0 = now_ns();
@@ -793,6 +794,9 @@ static int speed_step(struct speed *b, int m, double *wall, double *att,
 		return row_fail(row, m ? "step exact" : "step dash", rc, b->c);
 	dkv_seq_stats(b->s[m], &st);
 	*att = st.last_attend_ns / 1e6;
+	phase[0] = st.last_coarse_ns / 1e6;
+	phase[1] = st.last_fine_ns / 1e6;
+	phase[2] = st.last_tail_ns / 1e6;
 	if (!m) {
 		row->cand = st.last_candidates;
 		row->nexact = st.last_exact_tokens;
@@ -803,13 +807,15 @@ static int speed_step(struct speed *b, int m, double *wall, double *att,
 
 static int speed_reps(struct speed *b, struct speed_row *row)
 {
-	double *w[2], *a[2], *err = xmalloc(row->reps * sizeof(double));
+	double *w[2], *a[2], *ph[3], *err = xmalloc(row->reps * sizeof(double));
 	int rc = DKV_OK;
 
 	for (int m = 0; m < 2; m++) {
 		w[m] = xmalloc(row->reps * sizeof(double));
 		a[m] = xmalloc(row->reps * sizeof(double));
 	}
+	for (int i = 0; i < 3; i++)
+		ph[i] = xmalloc(row->reps * sizeof(double));
 	/* step r = 0 is an untimed warm-up (first page, first training) */
 	for (uint32_t r = 0; r <= row->reps && rc == DKV_OK; r++) {
 		uint64_t pos = row->n + r;
@@ -821,11 +827,13 @@ static int speed_reps(struct speed *b, struct speed_row *row)
 		/* alternate which mode goes first */
 		for (int t = 0; t < 2 && rc == DKV_OK; t++) {
 			int m = (int)((r + t) % 2);
-			double wall = 0, att = 0;
-			rc = speed_step(b, m, &wall, &att, row);
+			double wall = 0, att = 0, phase[3];
+			rc = speed_step(b, m, &wall, &att, phase, row);
 			if (r > 0) {
 				w[m][r - 1] = wall;
 				a[m][r - 1] = att;
+				for (int i = 0; i < 3 && !m; i++)
+					ph[i][r - 1] = phase[i];
 			}
 		}
 		if (r > 0)
@@ -837,11 +845,15 @@ static int speed_reps(struct speed *b, struct speed_row *row)
 		row->dash_att_ms = median_of(a[0], row->reps);
 		row->exact_att_ms = median_of(a[1], row->reps);
 		row->err = median_of(err, row->reps);
+		for (int i = 0; i < 3; i++)
+			row->phase_ms[i] = median_of(ph[i], row->reps);
 	}
 	for (int m = 0; m < 2; m++) {
 		free(w[m]);
 		free(a[m]);
 	}
+	for (int i = 0; i < 3; i++)
+		free(ph[i]);
 	free(err);
 	return rc;
 }
@@ -1106,6 +1118,12 @@ static void speed_print_text(const struct speed *b, const struct speed_row *rows
 		       r->exact_ms / r->dash_ms, r->dash_att_ms, r->exact_att_ms, r->err,
 		       r->cand, r->fill_dash_s, r->fill_exact_s, r->bytes_dash / 1048576.0);
 	}
+	printf("\nDASH-KV attention by phase (medians, ms): coarse filter / fine ranking and\n"
+	       "top-K / tail estimate (dkv_stats last_coarse_ns, last_fine_ns, last_tail_ns)\n");
+	for (uint32_t i = 0; i < nr; i++)
+		if (!rows[i].rc)
+			printf("%9llu  %9.3f %9.3f %9.3f\n", (unsigned long long)rows[i].n,
+			       rows[i].phase_ms[0], rows[i].phase_ms[1], rows[i].phase_ms[2]);
 	printf("\nmemory read bandwidth: %.2f GB/s (one thread, streaming read of %u MiB, median of %u)\n",
 	       bw->gbps, bw->mib, bw->runs);
 	printf("coarse scan (krn %s scan as the engine runs it: %u keys in pages of %u, %u-bit\n"
@@ -1134,12 +1152,14 @@ static void speed_print_json(const struct speed *b, const struct speed_row *rows
 		else
 			printf("\"dash_ms\": %.6g, \"exact_ms\": %.6g, \"speedup\": %.6g, "
 			       "\"dash_attend_ms\": %.6g, \"exact_attend_ms\": %.6g, "
+			       "\"coarse_ms\": %.6g, \"fine_ms\": %.6g, \"tail_ms\": %.6g, "
 			       "\"output_error\": %.6g, \"candidates\": %.6g, "
 			       "\"exact_tokens\": %.6g, \"fill_dash_s\": %.6g, "
 			       "\"fill_exact_s\": %.6g, \"gen_s\": %.6g, "
 			       "\"bytes_dash\": %llu, \"bytes_exact\": %llu}",
 			       r->dash_ms, r->exact_ms, r->exact_ms / r->dash_ms,
-			       r->dash_att_ms, r->exact_att_ms, r->err, r->cand, r->nexact,
+			       r->dash_att_ms, r->exact_att_ms, r->phase_ms[0], r->phase_ms[1],
+			       r->phase_ms[2], r->err, r->cand, r->nexact,
 			       r->fill_dash_s, r->fill_exact_s, r->gen_s,
 			       (unsigned long long)r->bytes_dash,
 			       (unsigned long long)r->bytes_exact);
