@@ -943,7 +943,7 @@ struct scan_data {
 	uint64_t *qc;
 	float *norms, *tab, *thr, *ca, *cb, *blk;
 	int32_t *lim;
-	uint32_t *hit, n_hit[64];
+	uint32_t *hit, *n_hit;
 };
 
 static uint64_t splitmix(uint64_t *s)
@@ -1012,6 +1012,7 @@ static void scan_setup(struct scan_data *d)
 	d->lim = xmalloc(d->nq * 8 * sizeof(int32_t));
 	d->blk = xmalloc((size_t)d->nq * (CHUNK / 64) * sizeof(float));
 	d->hit = xmalloc((size_t)d->nq * SCAN_HIT_CAP * sizeof(uint32_t));
+	d->n_hit = xmalloc(d->nq * sizeof(uint32_t));
 	for (uint32_t p = 0; p < d->n; p++) {
 		uint64_t code[4];
 		for (uint32_t w = 0; w < d->words; w++)
@@ -1042,6 +1043,7 @@ static void scan_free(struct scan_data *d)
 	free(d->lim);
 	free(d->blk);
 	free(d->hit);
+	free(d->n_hit);
 }
 
 /* one pass of krn scan for nq queries over all keys, page by page */
@@ -1051,7 +1053,7 @@ static double scan_pass(struct scan_data *d, uint32_t nq)
 	struct krn_scan_q q = { nq, d->words, d->qc, d->tab, d->lim, d->thr, d->ca, d->cb, 8 };
 	uint64_t t0 = now_ns();
 
-	memset(d->n_hit, 0, sizeof(d->n_hit));
+	memset(d->n_hit, 0, nq * sizeof(uint32_t));
 	for (uint32_t i = 0; i < d->n; i += CHUNK) {
 		struct krn_scan_keys keys = {
 			krn_code_at(d->codes, d->words, i), d->cls + i, d->norms + i, 0,
