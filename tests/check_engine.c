@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -603,6 +604,71 @@ START_TEST(disconnect_closes_sequences)
 }
 END_TEST
 
+/* ---- independent clients in concurrent threads ---- */
+
+struct thread_job {
+	uint64_t seed;
+	float out[8 * 32];
+	int rc;
+};
+
+/* A DASH-KV sequence of 6000 tokens and one query, all in this thread. */
+static void *thread_run(void *arg)
+{
+	struct thread_job *job = arg;
+	dkv_seq_config c = geom(8, 2, 32, DKV_F32);
+	uint32_t len = 6000;
+	uint64_t st = job->seed;
+	dkv_client *cl;
+	dkv_seq *s;
+	float *k = malloc((size_t)len * 64 * 4), *v = malloc((size_t)len * 64 * 4), q[8 * 32];
+
+	c.top_k = 32;
+	c.candidates = 128;
+	for (size_t i = 0; i < (size_t)len * 64; i++) {
+		st = st * 6364136223846793005ull + 1442695040888963407ull;
+		k[i] = (float)(int32_t)(st >> 32) * 0x1p-31f;
+		v[i] = (float)(int32_t)(st >> 16 & 0xffffffff) * 0x1p-31f;
+	}
+	for (int i = 0; i < 8 * 32; i++)
+		q[i] = k[(size_t)i * 7] * 3.0f;
+	job->rc = dkv_connect("embedded", &cl);
+	if (!job->rc)
+		job->rc = dkv_seq_open(cl, &c, &s);
+	for (uint32_t t = 0; !job->rc && t < len; t += 1000)
+		job->rc = dkv_step(s, 0, NULL, 0, k + (size_t)t * 64, v + (size_t)t * 64, 1000, NULL);
+	if (!job->rc)
+		job->rc = dkv_step(s, 0, q, 1, NULL, NULL, 0, job->out);
+	if (!job->rc)
+		dkv_disconnect(cl);
+	free(k);
+	free(v);
+	return NULL;
+}
+
+START_TEST(clients_in_threads_are_independent)
+{
+	/* four threads, two seeds: each output equals the same work alone */
+	struct thread_job alone[2], jobs[4];
+	pthread_t th[4];
+
+	for (int i = 0; i < 2; i++) {
+		alone[i].seed = 1000 + i;
+		thread_run(&alone[i]);
+		ck_assert_int_eq(alone[i].rc, DKV_OK);
+	}
+	for (int i = 0; i < 4; i++) {
+		jobs[i].seed = 1000 + i % 2;
+		ck_assert_int_eq(pthread_create(&th[i], NULL, thread_run, &jobs[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+		ck_assert_int_eq(jobs[i].rc, DKV_OK);
+		ck_assert_mem_eq(jobs[i].out, alone[i % 2].out, sizeof(jobs[i].out));
+	}
+}
+END_TEST
+
 static Suite *engine_suite(void)
 {
 	Suite *s = suite_create("engine");
@@ -632,6 +698,7 @@ static Suite *engine_suite(void)
 	tcase_add_test(t, memory_limit_is_all_or_nothing);
 	tcase_add_test(t, stats_and_lengths);
 	tcase_add_test(t, disconnect_closes_sequences);
+	tcase_add_test(t, clients_in_threads_are_independent);
 	suite_add_tcase(s, t);
 	return s;
 }
