@@ -697,7 +697,7 @@ static void fix_mean(struct rt_seq *s, struct rt_layer *L, uint32_t h)
 }
 
 /* Fix head h's class scale from the stored norms, then class every key. */
-static void fix_norm_ref(struct rt_seq *s, struct rt_layer *L, uint32_t h)
+static void fix_norm_ref(struct rt_layer *L, uint32_t h)
 {
 	struct shard_layer *st = &L->store;
 	double sum = 0;
@@ -707,7 +707,6 @@ static void fix_norm_ref(struct rt_seq *s, struct rt_layer *L, uint32_t h)
 	L->hash[h].norm_ref = (float)(sum / (double)st->len);
 	for (uint64_t t = 0; t < st->len; t++)
 		*shard_cls(st, h, t) = rt_hash_class(&L->hash[h], *shard_norm(st, h, t));
-	(void)s;
 }
 
 static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
@@ -741,7 +740,7 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			fix_mean(s, L, h);
 			L->hash[h].max_norm = 0.0f;
 			encode_range(s, L, h, 0, st->len);
-			fix_norm_ref(s, L, h);
+			fix_norm_ref(L, h);
 		} else {
 			encode_range(s, L, h, len0, st->len);
 		}
@@ -1051,7 +1050,17 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 		return;
 	/* hits outside the top-K join the tail with their exact logits */
 	float *blk = sc->blk + (size_t)j * sc->blk_cap;
-	uint64_t b0 = m0 / SHARD_BLOCK;
+	uint64_t b0 = m0 / SHARD_BLOCK, nb = (m1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0;
+	float mx = -INFINITY;
+	for (uint32_t i = 0; i < n_hit; i++)
+		mx = logit[i] > mx ? logit[i] : mx;
+	if (mx > sc->mref[j] + 60.0f) {
+		/* an exact logit far above the estimates' bound: move the reference */
+		float f = expf(sc->mref[j] - mx);
+		for (uint64_t b = 0; b < nb; b++)
+			blk[b] *= f;
+		sc->mref[j] = mx;
+	}
 	for (uint32_t i = 0; i < n_hit; i++)
 		if (logit[i] > -INFINITY)
 			blk[hit[i] / SHARD_BLOCK - b0] += expf(logit[i] - sc->mref[j]);
