@@ -280,6 +280,35 @@ START_TEST(dash_finds_needle)
 }
 END_TEST
 
+START_TEST(dash_extreme_logits_stay_finite)
+{
+	/* a key whose logit is hundreds above the rest: the output is its value */
+	dkv_seq_config c = geom(2, 1, 64, DKV_F32);
+	uint32_t len = 20000, needle = 777 + 4000 * _i;
+	dkv_client *cl;
+	dkv_seq *s;
+	float out[2 * 64];
+
+	rng_state = 4321 + _i;
+	float *k = rnd_array((size_t)len * 64, 1.0f), *v = rnd_array((size_t)len * 64, 1.0f);
+	float *q = rnd_array(2 * 64, 1.0f);
+	for (int d = 0; d < 64; d++)
+		k[(size_t)needle * 64 + d] = 60.0f * q[d];
+	ck_assert_int_eq(dkv_connect("embedded", &cl), DKV_OK);
+	ck_assert_int_eq(dkv_seq_open(cl, &c, &s), DKV_OK);
+	ck_assert_int_eq(dkv_step(s, 0, NULL, 0, k, v, len, NULL), DKV_OK);
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, out), DKV_OK);
+	for (int d = 0; d < 64; d++) {
+		ck_assert_msg(isfinite(out[d]), "out[%d] = %g", d, out[d]);
+		ck_assert_float_eq_tol(out[d], v[(size_t)needle * 64 + d], 1e-3);
+	}
+	dkv_disconnect(cl);
+	free(k);
+	free(v);
+	free(q);
+}
+END_TEST
+
 /* ---- configuration ---- */
 
 START_TEST(config_defaults)
@@ -683,6 +712,7 @@ static Suite *engine_suite(void)
 	tcase_add_test(t, dash_long_context_tail_helps);
 	tcase_add_loop_test(t, causal_prefill_chunks, 0, 2);
 	tcase_add_test(t, dash_finds_needle);
+	tcase_add_loop_test(t, dash_extreme_logits_stay_finite, 0, 3);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("api");
