@@ -29,8 +29,8 @@ struct krn_part {
  * The coarse filter's one pass over n coded keys for nq queries.  For
  * query j and key i (in [first, first + n) of struct krn_scan_keys):
  *  - stage 1, every key: h = popcount(qc[j] ^ code of i) over all words;
- *    the key is a probe when h <= lim[j * 8 + cls[i]], cls[i] being the
- *    key's norm class (0..7): an integer test, no table, no float;
+ *    the key is a probe when h <= lim[j * KRN_CLASSES + cls[i]], cls[i]
+ *    being the key's norm class (0..15): an integer test, no float;
  *  - stage 2, probes: e = norms[i] * tab[j * (64 * words + 1) + h] (the
  *    product coarse computes); e >= thr[j] makes the key a hit: base + i
  *    is written to hit[j * hit_cap + n_hit[j]] while n_hit[j] < hit_cap,
@@ -42,12 +42,15 @@ struct krn_part {
  * Variants must give the reference's hits exactly; blk may differ in the
  * last bits (a vectorised exp, another order of additions).
  */
+/* Norm classes of the scan's first stage (one 16-entry table lookup). */
+#define KRN_CLASSES 16
+
 struct krn_scan_q {
 	uint32_t nq;
 	uint32_t words;
 	const uint64_t *qc;  /* [nq][words] */
 	const float *tab;    /* [nq][64 * words + 1] */
-	const int32_t *lim;  /* [nq][8]: stage-1 limits per norm class */
+	const int32_t *lim;  /* [nq][KRN_CLASSES]: stage-1 limits per norm class */
 	const float *thr;    /* [nq] */
 	const float *ca;     /* [nq] */
 	const float *cb;     /* [nq] */

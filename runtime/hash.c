@@ -101,7 +101,7 @@ uint8_t rt_hash_class(const struct rt_hash *hm, float norm)
 		return RT_CLASSES - 1;
 	if (!(norm > 0.0f))
 		return 0;
-	int c = (int)floorf(RT_CLASS_STEPS * log2f(norm / hm->norm_ref)) + 4;
+	int c = (int)floorf(RT_CLASS_STEPS * log2f(norm / hm->norm_ref)) + RT_CLASSES / 2;
 	return (uint8_t)(c < 0 ? 0 : c > RT_CLASSES - 1 ? RT_CLASSES - 1 : c);
 }
 
@@ -112,8 +112,9 @@ void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float
 		*hi = hm->max_norm;
 		return;
 	}
-	*lo = c == 0 ? 0.0f : hm->norm_ref * exp2f(((float)c - 4.0f) / RT_CLASS_STEPS);
-	*hi = c == RT_CLASSES - 1 ? hm->max_norm : hm->norm_ref * exp2f(((float)c - 3.0f) / RT_CLASS_STEPS);
+	*lo = c == 0 ? 0.0f : hm->norm_ref * exp2f(((float)c - RT_CLASSES / 2) / RT_CLASS_STEPS);
+	*hi = c == RT_CLASSES - 1 ? hm->max_norm :
+		hm->norm_ref * exp2f(((float)c + 1 - RT_CLASSES / 2) / RT_CLASS_STEPS);
 	/* the class of a norm is computed in float: keep a little room */
 	*lo *= 0.999f;
 	*hi *= 1.001f;

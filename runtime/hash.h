@@ -16,6 +16,8 @@
 
 #include <stdint.h>
 
+#include "krn.h"
+
 #define RT_MU_TOKENS 256u
 
 struct rt_hash {
@@ -31,14 +33,14 @@ struct rt_hash {
 /*
  * Norm classes let the coarse filter's first stage judge a key's norm
  * with one table lookup: class c holds norms in
- * [norm_ref * 2^((c - 4) / S), norm_ref * 2^((c - 3) / S)) with S =
- * RT_CLASS_STEPS classes per octave; classes 0 and 7 are open-ended.
+ * [norm_ref * 2^((c - 8) / S), norm_ref * 2^((c - 7) / S)) with S =
+ * RT_CLASS_STEPS classes per octave; classes 0 and 15 are open-ended.
  * Narrow classes keep stage 1 tight (few probes that are not hits) over
- * the usual spread of key norms, norm_ref / 2 .. 2 norm_ref.  Before mu
- * is fixed every key is class 7.
+ * the usual spread of key norms, about norm_ref / 2 .. 2 norm_ref.  Before
+ * mu is fixed every key is in the last class.
  */
-#define RT_CLASSES 8
-#define RT_CLASS_STEPS 4.0f
+#define RT_CLASSES KRN_CLASSES
+#define RT_CLASS_STEPS 8.0f
 
 uint8_t rt_hash_class(const struct rt_hash *hm, float norm);
 /* Bounds of class c: [*lo, *hi]. */

@@ -60,7 +60,7 @@ static void problem_make(struct problem *p, uint32_t words, uint32_t nq,
 	p->norms = malloc((total + 32) * sizeof(float));
 	p->qc = malloc((size_t)nq * words * 8);
 	p->tab = malloc((size_t)nq * tl * sizeof(float));
-	p->lim = malloc((size_t)nq * 8 * sizeof(int32_t));
+	p->lim = malloc((size_t)nq * KRN_CLASSES * sizeof(int32_t));
 	p->thr = malloc(nq * sizeof(float));
 	p->ca = malloc(nq * sizeof(float));
 	p->cb = malloc(nq * sizeof(float));
@@ -70,7 +70,7 @@ static void problem_make(struct problem *p, uint32_t words, uint32_t nq,
 			p->plain[(size_t)i * words + w] = next64();
 		krn_code_write((uint8_t *)krn_code_at(p->codes, words, i), words,
 			       p->plain + (size_t)i * words);
-		p->cls[i] = (uint8_t)(next64() % 8);
+		p->cls[i] = (uint8_t)(next64() % KRN_CLASSES);
 		p->norms[i] = 0.5f + 2.0f * unitf();
 	}
 	for (uint32_t j = 0; j < nq; j++) {
@@ -80,8 +80,8 @@ static void problem_make(struct problem *p, uint32_t words, uint32_t nq,
 			p->tab[j * tl + h] = 3.0f * cosf((float)M_PI * h / (64 * words));
 		/* thresholds that pass a few percent; limits around the mean */
 		p->thr[j] = 0.6f + 0.4f * unitf();
-		for (uint32_t c = 0; c < 8; c++)
-			p->lim[j * 8 + c] = wide_lim ? 64 * (int32_t)words :
+		for (uint32_t c = 0; c < KRN_CLASSES; c++)
+			p->lim[j * KRN_CLASSES + c] = wide_lim ? 64 * (int32_t)words :
 				(int32_t)(32 * words) - 8 + (int32_t)(next64() % 12) - (c == 0 ? 100 : 0);
 		p->ca[j] = 1.0f + unitf();
 		p->cb[j] = -4.0f;
@@ -139,7 +139,7 @@ static void oracle(struct problem *p, uint32_t hit_cap, struct result *r)
 				h += (uint32_t)__builtin_popcountll(p->qc[(size_t)j * p->words + w] ^
 								    p->plain[(size_t)i * p->words + w]);
 			float e = p->norms[i] * p->tab[j * tl + h];
-			if ((int32_t)h <= p->lim[j * 8 + p->cls[i]] && e >= p->thr[j]) {
+			if ((int32_t)h <= p->lim[j * KRN_CLASSES + p->cls[i]] && e >= p->thr[j]) {
 				if (r->n_hit[j] < hit_cap)
 					r->hit[(size_t)j * hit_cap + r->n_hit[j]] = 1000 + i;
 				r->n_hit[j]++;

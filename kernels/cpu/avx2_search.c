@@ -35,8 +35,8 @@ static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 		t->lo[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb & 15))));
 		t->hi[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb >> 4))));
 	}
-	for (uint32_t c = 0; c < 8; c++) {
-		int32_t v = q->lim[j * 8 + c] + 1;
+	for (uint32_t c = 0; c < KRN_CLASSES; c++) {
+		int32_t v = q->lim[j * KRN_CLASSES + c] + 1;
 		lim[c] = lim[16 + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 	}
 	t->lim = _mm256_loadu_si256((const __m256i *)lim);
@@ -69,7 +69,7 @@ static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		for (uint32_t p = p0; p < p1; p++) {
 			uint32_t h = ham_sliced(q, k, j, p);
 			float e = k->norms[p] * q->tab[j * tl + h];
-			if ((int32_t)h <= q->lim[j * 8 + k->cls[p]] && e >= q->thr[j])
+			if ((int32_t)h <= q->lim[j * KRN_CLASSES + k->cls[p]] && e >= q->thr[j])
 				add_hit(o, j, k->base + p);
 			else if (o->blk && p % q->stride == 0)
 				o->blk[j * o->ld_blk + p / 64 - k->first / 64] +=
@@ -208,7 +208,7 @@ static int vector_ok(const struct krn_scan_q *q)
 	if (q->stride != 1 && q->stride != 8)
 		return 0;
 	/* saturated 8-bit distances decide a limit only below 255 */
-	for (uint32_t i = 0; i < q->nq * 8; i++)
+	for (uint32_t i = 0; i < q->nq * KRN_CLASSES; i++)
 		if (q->lim[i] >= 255)
 			return 0;
 	return 1;

@@ -83,7 +83,7 @@ static void ref_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		for (uint32_t p = k->first; p < k->first + k->n; p++) {
 			uint32_t h = scan_ham(q, k, j, p);
 			float e = k->norms[p] * q->tab[j * tl + h];
-			if ((int32_t)h <= q->lim[j * 8 + k->cls[p]] && e >= q->thr[j]) {
+			if ((int32_t)h <= q->lim[j * KRN_CLASSES + k->cls[p]] && e >= q->thr[j]) {
 				if (o->n_hit[j] < o->hit_cap)
 					o->hit[(size_t)j * o->hit_cap + o->n_hit[j]] = k->base + p;
 				o->n_hit[j]++;

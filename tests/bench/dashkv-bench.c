@@ -985,8 +985,8 @@ static void scan_threshold(struct scan_data *d, uint32_t j, uint64_t *s)
 	for (uint32_t h = 0; h <= bits; h++)
 		if (12.0f * tab[h] >= d->thr[j])
 			lim = (int32_t)h;
-	for (uint32_t c = 0; c < 8; c++)
-		d->lim[j * 8 + c] = lim;
+	for (uint32_t c = 0; c < KRN_CLASSES; c++)
+		d->lim[j * KRN_CLASSES + c] = lim;
 	d->ca[j] = 1.0f;
 	d->cb[j] = -d->thr[j] - 30.0f;
 }
@@ -1009,7 +1009,7 @@ static void scan_setup(struct scan_data *d)
 	d->thr = xmalloc(d->nq * sizeof(float));
 	d->ca = xmalloc(d->nq * sizeof(float));
 	d->cb = xmalloc(d->nq * sizeof(float));
-	d->lim = xmalloc(d->nq * 8 * sizeof(int32_t));
+	d->lim = xmalloc(d->nq * KRN_CLASSES * sizeof(int32_t));
 	d->blk = xmalloc((size_t)d->nq * (CHUNK / 64) * sizeof(float));
 	d->hit = xmalloc((size_t)d->nq * SCAN_HIT_CAP * sizeof(uint32_t));
 	d->n_hit = xmalloc(d->nq * sizeof(uint32_t));
