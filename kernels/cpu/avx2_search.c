@@ -285,41 +285,81 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 	scan_keys(q, k, o, p_end, end);
 }
 
-/*
- * Up to four weight vectors over the rows, 16 columns at a time: eight
- * accumulators stay in registers while every row is read once.
- */
-static void wsum4(const float *w, size_t ld_w, uint32_t nq, const float *rows,
-		  size_t ld, uint32_t n, uint32_t dim, float *acc)
+/* Columns [d, d + 8 * V) of up to four weight vectors over rows [i0, i1). */
+KRN_INLINE void wsum_cols(const float *w, size_t ld_w, const uint32_t nq, const float *rows,
+			  size_t ld, uint32_t i0, uint32_t i1, uint32_t dim, float *acc,
+			  uint32_t d, const uint32_t V)
 {
-	for (uint32_t d = 0; d < dim; d += 16) {
-		__m256 a[4][2];
-		int two = d + 16 <= dim;
+	__m256 a[4][2];
+
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nq; j++)
+		KRN_UNROLL
+		for (uint32_t v = 0; v < V; v++)
+			a[j][v] = _mm256_loadu_ps(acc + (size_t)j * dim + d + 8 * v);
+	for (uint32_t i = i0; i < i1; i++) {
+		__m256 r[2];
+		KRN_UNROLL
+		for (uint32_t v = 0; v < V; v++)
+			r[v] = _mm256_loadu_ps(rows + i * ld + d + 8 * v);
+		KRN_UNROLL
 		for (uint32_t j = 0; j < nq; j++) {
-			a[j][0] = _mm256_loadu_ps(acc + (size_t)j * dim + d);
-			a[j][1] = two ? _mm256_loadu_ps(acc + (size_t)j * dim + d + 8) : _mm256_setzero_ps();
+			__m256 f = _mm256_broadcast_ss(w + j * ld_w + i);
+			KRN_UNROLL
+		for (uint32_t v = 0; v < V; v++)
+				a[j][v] = _mm256_fmadd_ps(f, r[v], a[j][v]);
 		}
-		for (uint32_t i = 0; i < n; i++) {
-			__m256 r0 = _mm256_loadu_ps(rows + i * ld + d);
-			__m256 r1 = two ? _mm256_loadu_ps(rows + i * ld + d + 8) : _mm256_setzero_ps();
-			for (uint32_t j = 0; j < nq; j++) {
-				__m256 f = _mm256_broadcast_ss(w + j * ld_w + i);
-				a[j][0] = _mm256_fmadd_ps(f, r0, a[j][0]);
-				a[j][1] = _mm256_fmadd_ps(f, r1, a[j][1]);
-			}
-		}
-		for (uint32_t j = 0; j < nq; j++) {
-			_mm256_storeu_ps(acc + (size_t)j * dim + d, a[j][0]);
-			if (two)
-				_mm256_storeu_ps(acc + (size_t)j * dim + d + 8, a[j][1]);
-		}
+	}
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nq; j++)
+		KRN_UNROLL
+		for (uint32_t v = 0; v < V; v++)
+			_mm256_storeu_ps(acc + (size_t)j * dim + d + 8 * v, a[j][v]);
+}
+
+/*
+ * Up to four weight vectors (nq, a constant after inlining): eight rows
+ * at a time come from memory once (4 KiB, sequential) and serve every
+ * 16-column slice from L1, with the slice's accumulators in registers.
+ */
+KRN_INLINE void wsum4(const float *w, size_t ld_w, const uint32_t nq, const float *rows,
+		      size_t ld, uint32_t n, uint32_t dim, float *acc)
+{
+	for (uint32_t i0 = 0; i0 < n; i0 += 8) {
+		uint32_t i1 = n - i0 < 8 ? n : i0 + 8, d = 0;
+		/* the next eight rows stream in while these are summed */
+		for (uint32_t i = i1; i < i1 + 8 && i < n; i++)
+			for (uint32_t c = 0; c < dim; c += 16)
+				_mm_prefetch((const char *)(rows + i * ld + c), _MM_HINT_T0);
+		for (; d + 16 <= dim; d += 16)
+			wsum_cols(w, ld_w, nq, rows, ld, i0, i1, dim, acc, d, 2);
+		if (d < dim)
+			wsum_cols(w, ld_w, nq, rows, ld, i0, i1, dim, acc, d, 1);
 	}
 }
 
 void krn_avx2_wsum(const float *w, size_t ld_w, uint32_t nq, const float *rows,
 		   size_t ld, uint32_t n, uint32_t dim, float *acc)
 {
-	for (uint32_t j = 0; j < nq; j += 4)
-		wsum4(w + j * ld_w, ld_w, nq - j < 4 ? nq - j : 4, rows, ld, n, dim,
-		      acc + (size_t)j * dim);
+	if (dim % 8) {
+		krn_ops_scalar.wsum(w, ld_w, nq, rows, ld, n, dim, acc);
+		return;
+	}
+	for (uint32_t j = 0; j < nq; j += 4) {
+		const float *wj = w + j * ld_w;
+		float *aj = acc + (size_t)j * dim;
+		switch (nq - j) {
+		case 1:
+			wsum4(wj, ld_w, 1, rows, ld, n, dim, aj);
+			break;
+		case 2:
+			wsum4(wj, ld_w, 2, rows, ld, n, dim, aj);
+			break;
+		case 3:
+			wsum4(wj, ld_w, 3, rows, ld, n, dim, aj);
+			break;
+		default:
+			wsum4(wj, ld_w, 4, rows, ld, n, dim, aj);
+		}
+	}
 }
