@@ -79,32 +79,35 @@ static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 
 /*
  * Distances of one 64-key block (two groups of 32) to nj queries (a
- * constant after inlining): byte by byte, the codes are loaded and split
- * into nibbles once and every query's two tables are applied to both
- * groups, so the 2 * nj accumulators stay in registers.  Up to 128 bits
- * the byte sums cannot overflow; 256 bits saturate at 255.
+ * constant after inlining), one group at a time: byte by byte, the codes
+ * are loaded and split into nibbles once and every query's two tables
+ * are applied, so the nj accumulators, the nibbles and the tables fit in
+ * the 16 vector registers.  Up to 128 bits the byte sums cannot overflow;
+ * 256 bits saturate at 255.
  */
 KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
 			  uint32_t bytes, __m256i acc[QCHUNK][2])
 {
 	const __m256i low = _mm256_set1_epi8(0x0f);
 
-	KRN_UNROLL
-	for (uint32_t j = 0; j < nj; j++)
-		acc[j][0] = acc[j][1] = _mm256_setzero_si256();
-	for (uint32_t b = 0; b < bytes; b++) {
-		__m256i v0 = _mm256_load_si256((const __m256i *)(codes + b * 32));
-		__m256i v1 = _mm256_load_si256((const __m256i *)(codes + (bytes + b) * 32));
-		__m256i lo0 = _mm256_and_si256(v0, low), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
-		__m256i lo1 = _mm256_and_si256(v1, low), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+	for (uint32_t g = 0; g < 2; g++) {
+		__m256i a[QCHUNK];
 		KRN_UNROLL
-		for (uint32_t j = 0; j < nj; j++) {
-			__m256i tl = t[j].lo[b], th = t[j].hi[b];
-			acc[j][0] = _mm256_adds_epu8(acc[j][0], _mm256_adds_epu8(
-				_mm256_shuffle_epi8(tl, lo0), _mm256_shuffle_epi8(th, hi0)));
-			acc[j][1] = _mm256_adds_epu8(acc[j][1], _mm256_adds_epu8(
-				_mm256_shuffle_epi8(tl, lo1), _mm256_shuffle_epi8(th, hi1)));
+		for (uint32_t j = 0; j < nj; j++)
+			a[j] = _mm256_setzero_si256();
+		for (uint32_t b = 0; b < bytes; b++) {
+			__m256i v = _mm256_load_si256((const __m256i *)(codes + (g * bytes + b) * 32));
+			__m256i lo = _mm256_and_si256(v, low);
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+			KRN_UNROLL
+			for (uint32_t j = 0; j < nj; j++)
+				a[j] = _mm256_adds_epu8(a[j], _mm256_adds_epu8(
+					_mm256_shuffle_epi8(t[j].lo[b], lo),
+					_mm256_shuffle_epi8(t[j].hi[b], hi)));
 		}
+		KRN_UNROLL
+		for (uint32_t j = 0; j < nj; j++)
+			acc[j][g] = a[j];
 	}
 }
 
