@@ -1,6 +1,7 @@
 /*
- * client.c - the public API (libdashkv-client) over its transports.  This
- * release has the embedded transport: the engine runs in this process.
+ * client.c - the public API (libdashkv-client) over its transports: the
+ * embedded engine in this process, or dashkvd over a Unix socket and shared
+ * rings (runtime/ipc/transport.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,25 @@ static int connect_embedded(dkv_client **out)
 	return DKV_OK;
 }
 
+static int connect_ipc(const char *path, dkv_client **out)
+{
+	char err[IPC_MSGLEN] = "";
+	dkv_client *c = calloc(1, sizeof(*c));
+	int rc;
+
+	if (!c)
+		return DKV_E_NOMEM;
+	rc = ipc_connect(path, &c->ipc, err);
+	if (rc) {
+		fprintf(stderr, "dashkv: %s\n", err);
+		free(c);
+		return rc;
+	}
+	c->transport = CL_IPC;
+	*out = c;
+	return DKV_OK;
+}
+
 int dkv_connect(const char *address, dkv_client **out)
 {
 	if (!out)
@@ -42,12 +62,13 @@ int dkv_connect(const char *address, dkv_client **out)
 	if (!address || !*address) {
 		address = getenv("DASHKV_ADDRESS");
 		if (!address || !*address)
-			address = "embedded";
+			address = ipc_probe(CL_DEFAULT_SOCKET) ?
+				  "unix:" CL_DEFAULT_SOCKET : "embedded";
 	}
 	if (!strcmp(address, "embedded"))
 		return connect_embedded(out);
 	if (!strncmp(address, "unix:", 5))
-		return DKV_E_UNSUPPORTED; /* the daemon transport is not in this release */
+		return connect_ipc(address + 5, out);
 	return DKV_E_INVAL;
 }
 
@@ -58,7 +79,10 @@ void dkv_disconnect(dkv_client *c)
 	while (c->seqs)
 		dkv_seq_close(c->seqs);
 	cl_forget(c);
-	rt_engine_free(c->eng);
+	if (c->transport == CL_IPC)
+		ipc_close(c->ipc);
+	else
+		rt_engine_free(c->eng);
 	free(c);
 }
 
@@ -66,8 +90,37 @@ int dkv_set_memory_limit(dkv_client *c, uint64_t bytes)
 {
 	if (!c)
 		return DKV_E_INVAL;
+	if (c->transport == CL_IPC)
+		return cl_set_error(c, DKV_E_UNSUPPORTED,
+				    "the daemon's memory limits are set in dashkv.conf");
 	rt_engine_set_limit(c->eng, bytes);
 	return DKV_OK;
+}
+
+static int seq_open_ipc(dkv_client *c, const dkv_seq_config *cfg, dkv_seq *s,
+			char *err)
+{
+	dkv_seq_config r;
+	int rc;
+
+	if (!cfg)
+		return snprintf(err, RT_ERRLEN, "cfg is NULL"), DKV_E_INVAL;
+	rc = ipc_open(c->ipc, cfg, &s->id, &r, err);
+	if (rc)
+		return rc;
+	s->geom.n_layers = r.n_layers;
+	s->geom.n_q_heads = r.n_q_heads;
+	s->geom.n_kv_heads = r.n_kv_heads;
+	s->geom.head_dim = r.head_dim;
+	s->geom.dsize = r.dtype == DKV_F32 ? 4 : 2;
+	return DKV_OK;
+}
+
+static int seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq *s, char *err)
+{
+	if (c->transport == CL_IPC)
+		return seq_open_ipc(c, cfg, s, err);
+	return rt_seq_open(c->eng, cfg, &s->rs, err);
 }
 
 int dkv_seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq **out)
@@ -83,7 +136,7 @@ int dkv_seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq **out)
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return cl_set_error(c, DKV_E_NOMEM, "out of memory");
-	rc = rt_seq_open(c->eng, cfg, &s->rs, err);
+	rc = seq_open(c, cfg, s, err);
 	if (rc) {
 		free(s);
 		return cl_set_error(c, rc, err);
@@ -99,9 +152,19 @@ int dkv_seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq **out)
 
 int dkv_seq_close(dkv_seq *s)
 {
+	int rc = DKV_OK;
+
 	if (!s)
 		return DKV_E_INVAL;
-	rt_seq_close(s->rs);
+	if (s->c->transport == CL_IPC) {
+		char err[RT_ERRLEN] = "";
+
+		rc = ipc_seq_close(s->c->ipc, s->id, err);
+		if (rc && rc != DKV_E_DISCONNECTED)
+			cl_set_error(s->c, rc, err);
+	} else {
+		rt_seq_close(s->rs);
+	}
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -109,7 +172,7 @@ int dkv_seq_close(dkv_seq *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	free(s);
-	return DKV_OK;
+	return rc == DKV_E_DISCONNECTED ? DKV_OK : rc;
 }
 
 int dkv_step(dkv_seq *s, uint32_t layer, const void *q, uint32_t n_q,
@@ -120,7 +183,11 @@ int dkv_step(dkv_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 
 	if (!s)
 		return DKV_E_INVAL;
-	rc = rt_seq_step(s->rs, layer, q, n_q, k, v, n_new, out, err);
+	if (s->c->transport == CL_IPC)
+		rc = ipc_step(s->c->ipc, s->id, &s->geom, layer, q, n_q, k, v,
+			      n_new, out, err);
+	else
+		rc = rt_seq_step(s->rs, layer, q, n_q, k, v, n_new, out, err);
 	return rc ? cl_set_error(s->c, rc, err) : DKV_OK;
 }
 
@@ -133,7 +200,10 @@ int dkv_seq_length(const dkv_seq *s, uint32_t layer, uint64_t *tokens)
 		return DKV_E_INVAL;
 	if (!tokens)
 		return cl_set_error(s->c, DKV_E_INVAL, "tokens is NULL");
-	rc = rt_seq_len(s->rs, layer, tokens, err);
+	if (s->c->transport == CL_IPC)
+		rc = ipc_length(s->c->ipc, s->id, layer, tokens, err);
+	else
+		rc = rt_seq_len(s->rs, layer, tokens, err);
 	return rc ? cl_set_error(s->c, rc, err) : DKV_OK;
 }
 
@@ -144,7 +214,10 @@ int dkv_seq_train(dkv_seq *s)
 
 	if (!s)
 		return DKV_E_INVAL;
-	rc = rt_seq_train_now(s->rs, err);
+	if (s->c->transport == CL_IPC)
+		rc = ipc_train(s->c->ipc, s->id, err);
+	else
+		rc = rt_seq_train_now(s->rs, err);
 	return rc ? cl_set_error(s->c, rc, err) : DKV_OK;
 }
 
@@ -154,6 +227,16 @@ int dkv_seq_stats(const dkv_seq *s, dkv_stats *st)
 		return DKV_E_INVAL;
 	if (!st)
 		return cl_set_error(s->c, DKV_E_INVAL, "stats is NULL");
+	if (s->c->transport == CL_IPC) {
+		char err[RT_ERRLEN] = "";
+		dkv_stats tmp;
+		int rc = ipc_stats(s->c->ipc, s->id, &tmp, err);
+
+		if (rc)
+			return cl_set_error(s->c, rc, err);
+		*st = tmp;
+		return DKV_OK;
+	}
 	rt_seq_get_stats(s->rs, st);
 	return DKV_OK;
 }
@@ -162,7 +245,7 @@ int dkv_seq_stats(const dkv_seq *s, dkv_stats *st)
 
 int rt_seq_set_trace(dkv_seq *s, int on)
 {
-	if (!s)
+	if (!s || s->c->transport != CL_EMBEDDED)
 		return DKV_E_INVAL;
 	rt_seq_trace_on(s->rs, on);
 	return DKV_OK;
@@ -170,7 +253,7 @@ int rt_seq_set_trace(dkv_seq *s, int on)
 
 int rt_seq_trace_exact(const dkv_seq *s, uint32_t qhead, const uint32_t **idx)
 {
-	if (!s || !idx)
+	if (!s || !idx || s->c->transport != CL_EMBEDDED)
 		return DKV_E_INVAL;
 	return rt_seq_trace_get(s->rs, qhead, idx);
 }

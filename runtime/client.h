@@ -4,18 +4,24 @@
 
 #include "dashkv.h"
 #include "engine.h"
+#include "ipc/transport.h"
 
-enum cl_transport { CL_EMBEDDED = 1 };
+enum cl_transport { CL_EMBEDDED = 1, CL_IPC };
+
+#define CL_DEFAULT_SOCKET "/run/dashkv/dashkvd.sock"
 
 struct dkv_client {
 	enum cl_transport transport;
-	struct rt_engine *eng;
+	struct rt_engine *eng;   /* CL_EMBEDDED */
+	struct ipc_conn *ipc;    /* CL_IPC */
 	struct dkv_seq *seqs; /* open sequences, closed by dkv_disconnect */
 };
 
 struct dkv_seq {
 	dkv_client *c;
-	struct rt_seq *rs;
+	struct rt_seq *rs;       /* CL_EMBEDDED */
+	uint32_t id;             /* CL_IPC: the daemon's sequence id */
+	struct ipc_geom geom;    /* CL_IPC */
 	struct dkv_seq *prev, *next;
 };
 

@@ -1,0 +1,244 @@
+/*
+ * dashkvd.c - the DASH-KV daemon: serves libdashkv-client sessions over a
+ * Unix socket.  Runs in the foreground (systemd Type=notify, or by hand).
+ * Signal handlers only set flags; the main loop acts on them.
+ */
+#define _GNU_SOURCE
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+#include "session.h"
+
+#define MAX_TRACKED 4096
+
+static volatile sig_atomic_t got_stop, got_hup;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	got_stop = 1;
+}
+
+static void on_hup(int sig)
+{
+	(void)sig;
+	got_hup = 1;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: dashkvd [-ftTV] [-c config] [-s socket]\n");
+}
+
+static void set_signals(void)
+{
+	struct sigaction sa = { .sa_handler = on_stop };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+}
+
+static int listen_on(const struct dmn_config *cfg)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd, probe;
+
+	if (strlen(cfg->socket) >= sizeof(a.sun_path)) {
+		dmn_log(DMN_ERROR, "socket path too long: %s", cfg->socket);
+		return -1;
+	}
+	strcpy(a.sun_path, cfg->socket);
+	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof(a)) == 0) {
+		dmn_log(DMN_ERROR, "%s: another daemon listens there", cfg->socket);
+		close(probe);
+		return -1;
+	}
+	if (probe >= 0)
+		close(probe);
+	unlink(cfg->socket); /* a stale socket of a daemon that died */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+	    chmod(cfg->socket, (mode_t)cfg->socket_mode) < 0 || listen(fd, 64) < 0) {
+		dmn_log(DMN_ERROR, "%s: %m", cfg->socket);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+struct tracked {
+	struct dmn_session *s[MAX_TRACKED];
+	int n;
+};
+
+static void reap(struct tracked *t, int all)
+{
+	for (int i = 0; i < t->n; i++) {
+		if (!all && !dmn_session_done(t->s[i]))
+			continue;
+		dmn_session_free(t->s[i]);
+		t->s[i--] = t->s[--t->n];
+	}
+}
+
+static void accept_one(struct dmn_server *srv, int lfd, struct tracked *t)
+{
+	struct dmn_session *s;
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+
+	if (fd < 0) {
+		if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+			dmn_log(DMN_WARN, "accept: %m");
+		return;
+	}
+	if (t->n == MAX_TRACKED) {
+		close(fd);
+		return;
+	}
+	if (dmn_session_start(srv, fd, &s) == 0)
+		t->s[t->n++] = s;
+}
+
+static void reload(struct dmn_server *srv, const char *path)
+{
+	struct dmn_config next;
+	char err[512];
+
+	dmn_notify("RELOADING=1");
+	if (dmn_config_load(path, 0, &next, err, sizeof(err))) {
+		dmn_log(DMN_ERROR, "reload refused: %s", err);
+	} else {
+		dmn_config_reload(&srv->cfg, &next);
+		dmn_log_level((int)srv->cfg.log_level);
+		rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
+		dmn_log(DMN_INFO, "configuration reloaded from %s", path);
+	}
+	dmn_notify("READY=1");
+}
+
+static void status_line(struct dmn_server *srv)
+{
+	char line[160];
+
+	snprintf(line, sizeof(line), "STATUS=%d sessions, %llu bytes held, %llu rejected",
+		 atomic_load(&srv->n_sessions),
+		 (unsigned long long)rt_engine_used(srv->eng),
+		 (unsigned long long)atomic_load(&srv->rejects));
+	dmn_notify(line);
+}
+
+static void main_loop(struct dmn_server *srv, int lfd, const char *path)
+{
+	struct tracked *t = calloc(1, sizeof(*t));
+	int ticks = 0;
+
+	if (!t)
+		return;
+	while (!got_stop) {
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+		if (poll(&p, 1, 200) > 0)
+			accept_one(srv, lfd, t);
+		if (got_hup) {
+			got_hup = 0;
+			reload(srv, path);
+		}
+		reap(t, 0);
+		if (++ticks % 25 == 0)
+			status_line(srv);
+	}
+	dmn_notify("STOPPING=1");
+	dmn_log(DMN_INFO, "stopping: draining %d sessions", t->n);
+	atomic_store(&srv->stop, 1);
+	reap(t, 1);
+	free(t);
+}
+
+static int run(struct dmn_server *srv, const char *path)
+{
+	char err[RT_ERRLEN] = "";
+	int lfd;
+
+	if (rt_engine_new(&srv->eng, err)) {
+		dmn_log(DMN_ERROR, "engine: %s", err);
+		return 1;
+	}
+	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
+	lfd = listen_on(&srv->cfg);
+	if (lfd < 0) {
+		rt_engine_free(srv->eng);
+		return 1;
+	}
+	dmn_log(DMN_INFO, "listening on %s", srv->cfg.socket);
+	dmn_notify("READY=1\nSTATUS=listening");
+	main_loop(srv, lfd, path);
+	close(lfd);
+	unlink(srv->cfg.socket);
+	rt_engine_free(srv->eng);
+	dmn_log(DMN_INFO, "stopped");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct dmn_server srv;
+	const char *path = DMN_DEF_CONFIG, *sock = NULL;
+	int check = 0, print = 0, explicit_cfg = 0, opt;
+	char err[512];
+
+	while ((opt = getopt(argc, argv, "fc:s:tTVh")) != -1) {
+		switch (opt) {
+		case 'f': break; /* always in the foreground */
+		case 'c': path = optarg; explicit_cfg = 1; break;
+		case 's': sock = optarg; break;
+		case 't': check = 1; break;
+		case 'T': print = 1; break;
+		case 'V': printf("dashkvd %s\n", PACKAGE_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (dmn_config_load(path, !explicit_cfg, &srv.cfg, err, sizeof(err))) {
+		fprintf(stderr, "dashkvd: %s\n", err);
+		return 1;
+	}
+	if (sock) {
+		if (!*sock || strlen(sock) >= sizeof(srv.cfg.socket)) {
+			fprintf(stderr, "dashkvd: -s: bad socket path\n");
+			return 1;
+		}
+		strcpy(srv.cfg.socket, sock);
+	}
+	if (print)
+		dmn_config_print(&srv.cfg, stdout);
+	if (check || print)
+		return 0;
+	dmn_log_level((int)srv.cfg.log_level);
+	srv.self_uid = getuid();
+	set_signals();
+	return run(&srv, path);
+}

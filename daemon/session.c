@@ -1,0 +1,425 @@
+/*
+ * session.c - a client session of dashkvd, served by its own thread.  The
+ * socket carries control messages; steps come through the submission ring
+ * of the session's shared region.  Shared memory is hostile: every
+ * descriptor is copied once and validated, q/k/v are copied out of the
+ * arena before the engine reads them, and a bad request gets an error
+ * completion.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ipc/proto.h"
+#include "session.h"
+
+#define MAX_SEQS 256
+#define HELLO_MS 2000
+#define IDLE_MS 50
+#define SPIN 4000
+
+struct sseq {
+	uint32_t id;
+	struct rt_seq *rs;
+	struct ipc_geom geom;
+};
+
+struct dmn_session {
+	struct dmn_server *srv;
+	int sock;
+	struct ucred cred;
+	pthread_t thread;
+	atomic_int done;
+	char *region;
+	uint64_t region_size;
+	struct ipc_offsets off;
+	struct ipc_ring_ctl *sq, *cq;
+	uint32_t sq_head, cq_tail;
+	struct sseq seqs[MAX_SEQS];
+	uint32_t next_id;
+	void *scratch;
+	size_t scratch_size;
+};
+
+/* ---- control messages ---- */
+
+static int send_error(struct dmn_session *s, uint32_t seq, int status, const char *msg)
+{
+	struct ipc_error e = { .status = status };
+
+	snprintf(e.msg, sizeof(e.msg), "%s", msg);
+	return ipc_send(s->sock, IPC_ERROR, seq, &e, sizeof(e), -1);
+}
+
+static struct sseq *find_seq(struct dmn_session *s, uint32_t id)
+{
+	for (int i = 0; i < MAX_SEQS; i++)
+		if (s->seqs[i].rs && s->seqs[i].id == id)
+			return &s->seqs[i];
+	return NULL;
+}
+
+static int do_open(struct dmn_session *s, uint32_t seq, const struct ipc_open *m)
+{
+	char err[RT_ERRLEN] = "";
+	struct sseq *q = NULL;
+	struct ipc_open_ok ok = { 0 };
+	const dkv_seq_config *r;
+	int rc;
+
+	for (int i = 0; i < MAX_SEQS && !q; i++)
+		if (!s->seqs[i].rs)
+			q = &s->seqs[i];
+	if (!q)
+		return send_error(s, seq, DKV_E_NOSPACE, "too many sequences in this session");
+	rc = rt_seq_open(s->srv->eng, &m->cfg, &q->rs, err);
+	if (rc)
+		return send_error(s, seq, rc, err);
+	r = rt_seq_config(q->rs);
+	q->id = ++s->next_id;
+	q->geom = (struct ipc_geom){ r->n_layers, r->n_q_heads, r->n_kv_heads,
+				     r->head_dim, r->dtype == DKV_F32 ? 4 : 2 };
+	ok.seq_id = q->id;
+	ok.cfg = *r;
+	dmn_log(DMN_DEBUG, "pid %d: opened sequence %u", (int)s->cred.pid, q->id);
+	return ipc_send(s->sock, IPC_OPEN_OK, seq, &ok, sizeof(ok), -1);
+}
+
+static int do_ref(struct dmn_session *s, const struct ipc_hdr *h, const struct ipc_ref *m)
+{
+	char err[RT_ERRLEN] = "";
+	struct sseq *q = find_seq(s, m->seq_id);
+	struct ipc_length_ok len;
+	dkv_stats st;
+	int rc;
+
+	if (!q || !m->seq_id)
+		return send_error(s, h->seq, DKV_E_NOTFOUND, "no such sequence in this session");
+	switch (h->type) {
+	case IPC_CLOSE:
+		rt_seq_close(q->rs);
+		memset(q, 0, sizeof(*q));
+		return ipc_send(s->sock, IPC_OK, h->seq, NULL, 0, -1);
+	case IPC_TRAIN:
+		rc = rt_seq_train_now(q->rs, err);
+		return rc ? send_error(s, h->seq, rc, err) :
+			    ipc_send(s->sock, IPC_OK, h->seq, NULL, 0, -1);
+	case IPC_LENGTH:
+		rc = rt_seq_len(q->rs, m->layer, &len.tokens, err);
+		return rc ? send_error(s, h->seq, rc, err) :
+			    ipc_send(s->sock, IPC_LENGTH_OK, h->seq, &len, sizeof(len), -1);
+	default: /* IPC_STATS */
+		memset(&st, 0, sizeof(st));
+		rt_seq_get_stats(q->rs, &st);
+		return ipc_send(s->sock, IPC_STATS_OK, h->seq, &st, sizeof(st), -1);
+	}
+}
+
+/* One control message; a negative return ends the session. */
+static int control(struct dmn_session *s)
+{
+	char err[IPC_MSGLEN] = "";
+	struct ipc_hdr h;
+	union {
+		struct ipc_open open;
+		struct ipc_ref ref;
+		char raw[IPC_MAX_PAYLOAD];
+	} p;
+	int rc = ipc_recv(s->sock, &h, &p, 1000, NULL, err, sizeof(err));
+
+	if (rc == DKV_E_DISCONNECTED)
+		return -1;
+	if (rc) {
+		atomic_fetch_add(&s->srv->rejects, 1);
+		dmn_log(DMN_WARN, "pid %d: bad message: %s", (int)s->cred.pid,
+			rc == DKV_E_PROTO ? err : dkv_strerror(rc));
+		send_error(s, 0, rc == DKV_E_PROTO ? rc : DKV_E_IO, err);
+		return -1; /* the stream is out of step: end the session */
+	}
+	switch (h.type) {
+	case IPC_OPEN:
+		return do_open(s, h.seq, &p.open) ? -1 : 0;
+	case IPC_CLOSE:
+	case IPC_LENGTH:
+	case IPC_STATS:
+	case IPC_TRAIN:
+		if (ipc_check_ref(&p.ref, err, sizeof(err)))
+			return send_error(s, h.seq, DKV_E_NOTFOUND, err) ? -1 : 0;
+		return do_ref(s, &h, &p.ref) ? -1 : 0;
+	}
+	atomic_fetch_add(&s->srv->rejects, 1);
+	send_error(s, h.seq, DKV_E_PROTO, "unexpected message type");
+	return -1;
+}
+
+/* ---- the rings ---- */
+
+static void post(struct dmn_session *s, uint64_t user, int status, const char *msg)
+{
+	uint32_t head = atomic_load_explicit(&s->cq->head, memory_order_acquire);
+	struct ipc_cqe *c;
+
+	if (s->cq_tail - head >= s->off.entries) {
+		atomic_fetch_add(&s->srv->dropped, 1);
+		return;
+	}
+	c = (struct ipc_cqe *)(s->region + s->off.cqes) + (s->cq_tail & (s->off.entries - 1));
+	memset(c, 0, sizeof(*c));
+	c->user = user;
+	c->status = status;
+	snprintf(c->msg, sizeof(c->msg), "%s", msg);
+	atomic_store_explicit(&s->cq->tail, ++s->cq_tail, memory_order_release);
+	ipc_ring_bell(s->cq);
+}
+
+static void *scratch(struct dmn_session *s, uint64_t bytes)
+{
+	if (bytes > s->scratch_size) {
+		void *p = realloc(s->scratch, bytes);
+
+		if (!p)
+			return NULL;
+		s->scratch = p;
+		s->scratch_size = bytes;
+	}
+	return s->scratch;
+}
+
+static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
+{
+	struct sseq *q = find_seq(s, e->seq_id);
+	const char *arena = s->region + s->off.arena;
+	uint64_t qb, kb;
+	char *buf;
+	int rc;
+
+	if (!q || !e->seq_id)
+		return snprintf(err, RT_ERRLEN, "no sequence %u in this session",
+				e->seq_id), DKV_E_NOTFOUND;
+	rc = ipc_check_sqe(e, &q->geom, s->off.arena_size, err, RT_ERRLEN);
+	if (rc)
+		return rc;
+	qb = ipc_q_bytes(&q->geom, e->n_q);
+	kb = ipc_kv_bytes(&q->geom, e->n_new);
+	buf = scratch(s, qb + 2 * kb + 1);
+	if (!buf)
+		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
+	memcpy(buf, arena + e->q_off * !!qb, qb);
+	memcpy(buf + qb, arena + e->k_off * !!kb, kb);
+	memcpy(buf + qb + kb, arena + e->v_off * !!kb, kb);
+	return rt_seq_step(q->rs, e->layer, qb ? buf : NULL, e->n_q,
+			   kb ? buf + qb : NULL, kb ? buf + qb + kb : NULL,
+			   e->n_new, qb ? s->region + s->off.arena + e->out_off : NULL,
+			   err);
+}
+
+/* Serve what the submission ring holds; returns how many. */
+static int serve_ring(struct dmn_session *s)
+{
+	uint32_t tail = atomic_load_explicit(&s->sq->tail, memory_order_acquire);
+	const struct ipc_sqe *sqes = (const void *)(s->region + s->off.sqes);
+	int n = 0;
+
+	if (tail - s->sq_head > s->off.entries) {
+		atomic_fetch_add(&s->srv->dropped, tail - s->sq_head);
+		dmn_log(DMN_WARN, "pid %d: submission ring overrun", (int)s->cred.pid);
+		s->sq_head = tail;
+		atomic_store_explicit(&s->sq->head, tail, memory_order_release);
+	}
+	while (s->sq_head != tail) {
+		char err[RT_ERRLEN] = "";
+		struct ipc_sqe e = sqes[s->sq_head & (s->off.entries - 1)];
+		int rc;
+
+		atomic_store_explicit(&s->sq->head, ++s->sq_head, memory_order_release);
+		rc = step(s, &e, err);
+		if (rc)
+			atomic_fetch_add(&s->srv->rejects, 1);
+		post(s, e.user, rc, err);
+		n++;
+	}
+	return n;
+}
+
+/* ---- life cycle ---- */
+
+static int make_region(struct dmn_session *s, uint64_t arena, int *fd_out)
+{
+	int fd;
+	void *r;
+
+	if (ipc_layout((uint32_t)s->srv->cfg.ring_entries, arena, &s->off, &s->region_size))
+		return DKV_E_INVAL;
+	fd = memfd_create("dashkv-session", MFD_CLOEXEC);
+	if (fd < 0)
+		return DKV_E_NOMEM;
+	if (ftruncate(fd, (off_t)s->region_size) < 0)
+		goto close_fd;
+	r = mmap(NULL, s->region_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (r == MAP_FAILED)
+		goto close_fd;
+	s->region = r;
+	s->sq = (void *)(s->region + s->off.sq_ctl);
+	s->cq = (void *)(s->region + s->off.cq_ctl);
+	*fd_out = fd;
+	return DKV_OK;
+close_fd:
+	dmn_log(DMN_ERROR, "shared region of %llu bytes: %m",
+		(unsigned long long)s->region_size);
+	close(fd);
+	return DKV_E_NOMEM;
+}
+
+static int handshake(struct dmn_session *s)
+{
+	char err[IPC_MSGLEN] = "";
+	struct ipc_hdr h;
+	union {
+		struct ipc_hello hello;
+		char raw[IPC_MAX_PAYLOAD];
+	} p;
+	struct ipc_accept a = { .features = IPC_FEAT_RING };
+	int fd, rc;
+
+	rc = ipc_recv(s->sock, &h, &p, HELLO_MS, NULL, err, sizeof(err));
+	if (rc == DKV_OK && h.type != IPC_HELLO)
+		rc = DKV_E_PROTO, snprintf(err, sizeof(err), "expected hello");
+	if (rc == DKV_OK)
+		rc = ipc_check_hello(&p.hello, err, sizeof(err));
+	if (rc == DKV_OK && p.hello.arena_size > s->srv->cfg.max_arena)
+		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "arena of %llu bytes "
+			"above max_arena", (unsigned long long)p.hello.arena_size);
+	if (rc == DKV_OK)
+		rc = make_region(s, p.hello.arena_size, &fd);
+	if (rc) {
+		if (rc != DKV_E_DISCONNECTED) {
+			atomic_fetch_add(&s->srv->rejects, 1);
+			dmn_log(DMN_WARN, "pid %d: handshake: %s", (int)s->cred.pid,
+				err[0] ? err : dkv_strerror(rc));
+			send_error(s, 0, rc, err[0] ? err : dkv_strerror(rc));
+		}
+		return -1;
+	}
+	a.region_size = s->region_size;
+	a.off = s->off;
+	rc = ipc_send(s->sock, IPC_ACCEPT, h.seq, &a, sizeof(a), fd);
+	close(fd);
+	return rc ? -1 : 0;
+}
+
+static int idle_wait(struct dmn_session *s, uint32_t bell)
+{
+	struct pollfd p = { .fd = s->sock, .events = POLLIN };
+
+	for (int i = 0; i < SPIN; i++)
+		if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
+			return 0;
+	if (poll(&p, 1, 0) > 0)
+		return 1;
+	atomic_store_explicit(&s->sq->sleeping, 1, memory_order_seq_cst);
+	if (atomic_load_explicit(&s->sq->tail, memory_order_seq_cst) == s->sq_head)
+		ipc_futex_wait(&s->sq->bell, bell, IDLE_MS);
+	atomic_store_explicit(&s->sq->sleeping, 0, memory_order_relaxed);
+	return poll(&p, 1, 0) > 0;
+}
+
+static void serve(struct dmn_session *s)
+{
+	while (!atomic_load(&s->srv->stop)) {
+		uint32_t bell = atomic_load_explicit(&s->sq->bell, memory_order_seq_cst);
+
+		if (serve_ring(s))
+			continue;
+		if (idle_wait(s, bell) && control(s) < 0)
+			break;
+	}
+}
+
+static void close_all(struct dmn_session *s)
+{
+	for (int i = 0; i < MAX_SEQS; i++)
+		if (s->seqs[i].rs)
+			rt_seq_close(s->seqs[i].rs);
+}
+
+static void *session_main(void *arg)
+{
+	struct dmn_session *s = arg;
+
+	if (handshake(s) == 0) {
+		dmn_log(DMN_INFO, "session of uid %d pid %d started",
+			(int)s->cred.uid, (int)s->cred.pid);
+		serve(s);
+		dmn_log(DMN_INFO, "session of pid %d ended", (int)s->cred.pid);
+	}
+	close_all(s);
+	if (s->region)
+		munmap(s->region, s->region_size);
+	free(s->scratch);
+	close(s->sock);
+	s->sock = -1;
+	atomic_fetch_sub(&s->srv->n_sessions, 1);
+	atomic_store(&s->done, 1);
+	return NULL;
+}
+
+static int refuse(struct dmn_server *srv, int sock, int status, const char *msg)
+{
+	struct ipc_error e = { .status = status };
+
+	atomic_fetch_add(&srv->rejects, 1);
+	snprintf(e.msg, sizeof(e.msg), "%s", msg);
+	ipc_send(sock, IPC_ERROR, 0, &e, sizeof(e), -1);
+	close(sock);
+	return -1;
+}
+
+int dmn_session_start(struct dmn_server *srv, int sock, struct dmn_session **out)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct dmn_session *s;
+
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		dmn_log(DMN_WARN, "SO_PEERCRED: %m");
+		return refuse(srv, sock, DKV_E_PERM, "peer credentials unavailable");
+	}
+	if (!dmn_config_allows(&srv->cfg, cred.uid, cred.gid, srv->self_uid)) {
+		dmn_log(DMN_WARN, "refused uid %d gid %d pid %d", (int)cred.uid,
+			(int)cred.gid, (int)cred.pid);
+		return refuse(srv, sock, DKV_E_PERM, "this user or group is not allowed");
+	}
+	if ((uint64_t)atomic_load(&srv->n_sessions) >= srv->cfg.max_sessions)
+		return refuse(srv, sock, DKV_E_NOSPACE, "too many sessions");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return refuse(srv, sock, DKV_E_NOMEM, "out of memory");
+	s->srv = srv;
+	s->sock = sock;
+	s->cred = cred;
+	atomic_fetch_add(&srv->n_sessions, 1);
+	if (pthread_create(&s->thread, NULL, session_main, s)) {
+		atomic_fetch_sub(&srv->n_sessions, 1);
+		free(s);
+		return refuse(srv, sock, DKV_E_NOMEM, "cannot start a session thread");
+	}
+	*out = s;
+	return 0;
+}
+
+int dmn_session_done(const struct dmn_session *s)
+{
+	return atomic_load(&s->done);
+}
+
+void dmn_session_free(struct dmn_session *s)
+{
+	pthread_join(s->thread, NULL);
+	free(s);
+}

@@ -1,0 +1,166 @@
+/*
+ * proto.h - the dashkvd wire format and ring ABI, shared by the daemon and
+ * libdashkv-client.  Everything here is fixed-width and little-endian (the
+ * two peers run on one host).  Reserved fields must be zero.  The ipc_check_*
+ * functions are pure: they validate bytes received from a peer that is not
+ * trusted (the socket, or a descriptor copied out of shared memory).
+ */
+#ifndef DKV_IPC_PROTO_H
+#define DKV_IPC_PROTO_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dashkv.h"
+
+#define IPC_MAGIC 0x564b4444u   /* "DDKV" */
+#define IPC_VERSION 1u
+#define IPC_MSGLEN 256u         /* message text in error replies */
+#define IPC_MAX_PAYLOAD 4096u   /* the largest control payload */
+#define IPC_CACHELINE 64
+
+/* Feature bits negotiated in HELLO / ACCEPT. */
+#define IPC_FEAT_RING 0x1u      /* steps through the shared rings */
+#define IPC_FEAT_ALL IPC_FEAT_RING
+
+enum ipc_type {
+	IPC_HELLO = 1,  /* client: struct ipc_hello */
+	IPC_ACCEPT,     /* daemon: struct ipc_accept (+ memfd, SCM_RIGHTS) */
+	IPC_OPEN,       /* client: struct ipc_open */
+	IPC_OPEN_OK,    /* daemon: struct ipc_open_ok */
+	IPC_CLOSE,      /* client: struct ipc_ref */
+	IPC_LENGTH,     /* client: struct ipc_ref */
+	IPC_LENGTH_OK,  /* daemon: struct ipc_length_ok */
+	IPC_STATS,      /* client: struct ipc_ref */
+	IPC_STATS_OK,   /* daemon: dkv_stats */
+	IPC_TRAIN,      /* client: struct ipc_ref */
+	IPC_OK,         /* daemon: CLOSE / TRAIN done, no payload */
+	IPC_ERROR,      /* daemon: struct ipc_error */
+	IPC_TYPE_END
+};
+
+struct ipc_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	uint32_t length;  /* payload bytes after the header */
+	uint32_t seq;     /* request number, echoed in the reply */
+};
+
+struct ipc_hello {
+	uint32_t features;
+	uint32_t reserved;
+	uint64_t arena_size;  /* bytes of data arena wanted */
+};
+
+/* Where the rings and the arena lie in the shared region (bytes). */
+struct ipc_offsets {
+	uint64_t sq_ctl, cq_ctl;
+	uint64_t sqes, cqes;
+	uint64_t arena, arena_size;
+	uint32_t entries;     /* of each ring, a power of two */
+	uint32_t reserved;
+};
+
+struct ipc_accept {
+	uint32_t features;
+	uint32_t reserved;
+	uint64_t region_size;
+	struct ipc_offsets off;
+};
+
+struct ipc_open {
+	dkv_seq_config cfg;
+};
+
+struct ipc_open_ok {
+	uint32_t seq_id;
+	uint32_t reserved;
+	dkv_seq_config cfg;   /* resolved */
+};
+
+struct ipc_ref {
+	uint32_t seq_id;
+	uint32_t layer;       /* IPC_LENGTH only, else 0 */
+};
+
+struct ipc_length_ok {
+	uint64_t tokens;
+};
+
+struct ipc_error {
+	int32_t status;       /* a DKV_E_* code */
+	uint32_t reserved;
+	char msg[IPC_MSGLEN]; /* NUL-terminated */
+};
+
+/* Ring control block: head and tail on their own cache lines. */
+struct ipc_ring_ctl {
+	_Alignas(IPC_CACHELINE) _Atomic uint32_t head;  /* consumer */
+	_Alignas(IPC_CACHELINE) _Atomic uint32_t tail;  /* producer */
+	_Alignas(IPC_CACHELINE) _Atomic uint32_t sleeping; /* consumer waits */
+	_Atomic uint32_t bell;  /* futex word: bumped by the producer */
+};
+
+/* A step: the arena offsets of q, k, v (read) and out (written). */
+struct ipc_sqe {
+	uint64_t user;        /* echoed in the completion */
+	uint32_t seq_id;
+	uint32_t layer;
+	uint32_t n_q;
+	uint32_t n_new;
+	uint64_t q_off, k_off, v_off, out_off;
+	uint32_t reserved[4];
+};
+
+struct ipc_cqe {
+	uint64_t user;
+	int32_t status;
+	uint32_t reserved;
+	char msg[112];
+};
+
+/* The geometry the daemon checks a step against. */
+struct ipc_geom {
+	uint32_t n_layers, n_q_heads, n_kv_heads, head_dim, dsize;
+};
+
+void ipc_hdr_init(struct ipc_hdr *h, uint16_t type, uint32_t length, uint32_t seq);
+/* Header of a message: magic, version, known type, payload size of the type. */
+int ipc_check_hdr(const struct ipc_hdr *h, char *err, size_t errlen);
+/* The payload size a type must have. */
+uint32_t ipc_payload_size(uint16_t type);
+int ipc_check_hello(const struct ipc_hello *m, char *err, size_t errlen);
+int ipc_check_accept(const struct ipc_accept *m, uint64_t file_size, char *err, size_t errlen);
+int ipc_check_ref(const struct ipc_ref *m, char *err, size_t errlen);
+int ipc_check_error(const struct ipc_error *m, char *err, size_t errlen);
+int ipc_check_cqe(const struct ipc_cqe *m, char *err, size_t errlen);
+int ipc_check_sqe(const struct ipc_sqe *e, const struct ipc_geom *g,
+		  uint64_t arena_size, char *err, size_t errlen);
+/* Bytes of q (or out) and of k (or v) for a step. */
+uint64_t ipc_q_bytes(const struct ipc_geom *g, uint32_t n_q);
+uint64_t ipc_kv_bytes(const struct ipc_geom *g, uint32_t n_new);
+/* Lay out a region: rings of `entries` and an arena of arena_size. */
+int ipc_layout(uint32_t entries, uint64_t arena_size, struct ipc_offsets *off,
+	       uint64_t *region_size);
+
+
+/* wire.c: whole messages over the socket, with an optional fd. */
+int ipc_send(int sock, uint16_t type, uint32_t seq, const void *payload,
+	     uint32_t len, int pass_fd);
+/*
+ * Receive one message into hdr and buf (IPC_MAX_PAYLOAD bytes at least),
+ * waiting at most timeout_ms (-1 = no limit).  *fd_out gets a passed fd or
+ * -1.  Returns DKV_OK, DKV_E_DISCONNECTED on EOF, DKV_E_TIMEOUT, DKV_E_IO,
+ * or DKV_E_PROTO for a malformed message (with err).
+ */
+int ipc_recv(int sock, struct ipc_hdr *hdr, void *buf, int timeout_ms,
+	     int *fd_out, char *err, size_t errlen);
+/* Futex helpers on a shared (not process-private) word. */
+int ipc_futex_wait(_Atomic uint32_t *word, uint32_t val, int timeout_ms);
+void ipc_futex_wake(_Atomic uint32_t *word);
+/* Ring the consumer's doorbell: bump bell, wake it if it sleeps. */
+void ipc_ring_bell(struct ipc_ring_ctl *ctl);
+
+#endif

@@ -1,0 +1,388 @@
+/*
+ * transport.c - libdashkv-client over dashkvd: a Unix socket for control
+ * messages, a shared region (memfd from the daemon) with a submission ring,
+ * a completion ring and a data arena for steps.  A call that waits notices
+ * a dead daemon by the socket's EOF within IPC_POLL_MS.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "transport.h"
+
+#define IPC_POLL_MS 50
+#define IPC_CTL_TIMEOUT_MS 30000
+#define IPC_SPIN 2000
+#define IPC_DEF_ARENA (64ull << 20)
+
+struct ipc_conn {
+	int sock;
+	int dead;
+	uint32_t seq;           /* request numbers */
+	pthread_mutex_t lock;
+	void *region;
+	uint64_t region_size;
+	struct ipc_offsets off;
+	struct ipc_ring_ctl *sq, *cq;
+	struct ipc_sqe *sqes;
+	struct ipc_cqe *cqes;
+	char *arena;
+};
+
+static int fail(char *err, int rc, const char *msg)
+{
+	snprintf(err, IPC_MSGLEN, "%s", msg);
+	return rc;
+}
+
+static int unix_connect(const char *path, int *out)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return DKV_E_INVAL;
+	strcpy(a.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return DKV_E_IO;
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		int e = errno;
+
+		close(fd);
+		if (e == ENOENT || e == ECONNREFUSED)
+			return DKV_E_NOTFOUND;
+		return e == EACCES || e == EPERM ? DKV_E_PERM : DKV_E_IO;
+	}
+	*out = fd;
+	return DKV_OK;
+}
+
+int ipc_probe(const char *path)
+{
+	int fd;
+
+	if (unix_connect(path, &fd))
+		return 0;
+	close(fd);
+	return 1;
+}
+
+/* Receive the reply to request seq: `want` with its payload, or an error. */
+static int reply(struct ipc_conn *c, uint16_t want, void *buf, int *fd, char *err)
+{
+	struct ipc_hdr h;
+	union {
+		struct ipc_error e;
+		char raw[IPC_MAX_PAYLOAD];
+	} p;
+	int rc = ipc_recv(c->sock, &h, &p, IPC_CTL_TIMEOUT_MS, fd, err, IPC_MSGLEN);
+
+	if (rc == DKV_E_DISCONNECTED) {
+		c->dead = 1;
+		return fail(err, rc, "the daemon closed the connection");
+	}
+	if (rc == DKV_E_TIMEOUT || rc == DKV_E_IO)
+		return fail(err, rc, rc == DKV_E_IO ? "socket read failed" :
+			    "no answer from the daemon");
+	if (rc)
+		return rc;
+	if (h.type == IPC_ERROR) {
+		rc = ipc_check_error(&p.e, err, IPC_MSGLEN);
+		if (rc)
+			return rc;
+		snprintf(err, IPC_MSGLEN, "%s", p.e.msg);
+		return p.e.status;
+	}
+	if (h.type != want || h.seq != c->seq)
+		return fail(err, DKV_E_PROTO, "unexpected reply from the daemon");
+	if (buf)
+		memcpy(buf, p.raw, h.length);
+	return DKV_OK;
+}
+
+static int request(struct ipc_conn *c, uint16_t type, const void *payload,
+		   uint32_t len, uint16_t want, void *buf, char *err)
+{
+	int rc;
+
+	if (c->dead)
+		return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+	c->seq++;
+	rc = ipc_send(c->sock, type, c->seq, payload, len, -1);
+	if (rc == DKV_E_DISCONNECTED)
+		c->dead = 1;
+	if (rc)
+		return fail(err, rc, "cannot send to the daemon");
+	ipc_ring_bell(c->sq);
+	return reply(c, want, buf, NULL, err);
+}
+
+static int map_region(struct ipc_conn *c, const struct ipc_accept *a, int fd,
+		      char *err)
+{
+	struct stat st;
+	char *r;
+	int rc;
+
+	if (fstat(fd, &st) < 0)
+		return fail(err, DKV_E_IO, "fstat of the shared region failed");
+	rc = ipc_check_accept(a, (uint64_t)st.st_size, err, IPC_MSGLEN);
+	if (rc)
+		return rc;
+	r = mmap(NULL, a->region_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (r == MAP_FAILED)
+		return fail(err, DKV_E_NOMEM, "cannot map the shared region");
+	c->region = r;
+	c->region_size = a->region_size;
+	c->off = a->off;
+	c->sq = (void *)(r + a->off.sq_ctl);
+	c->cq = (void *)(r + a->off.cq_ctl);
+	c->sqes = (void *)(r + a->off.sqes);
+	c->cqes = (void *)(r + a->off.cqes);
+	c->arena = r + a->off.arena;
+	return DKV_OK;
+}
+
+static int handshake(struct ipc_conn *c, char *err)
+{
+	struct ipc_hello h = { .features = IPC_FEAT_ALL, .arena_size = IPC_DEF_ARENA };
+	struct ipc_accept a;
+	const char *env = getenv("DASHKV_IPC_ARENA_MB");
+	int fd = -1, rc;
+
+	if (env && atoi(env) > 0)
+		h.arena_size = (uint64_t)atoi(env) << 20;
+	c->seq++;
+	rc = ipc_send(c->sock, IPC_HELLO, c->seq, &h, sizeof(h), -1);
+	if (rc)
+		return fail(err, rc, "cannot send hello to the daemon");
+	rc = reply(c, IPC_ACCEPT, &a, &fd, err);
+	if (rc)
+		return rc;
+	if (fd < 0)
+		return fail(err, DKV_E_PROTO, "the daemon passed no shared region");
+	rc = map_region(c, &a, fd, err);
+	close(fd);
+	return rc;
+}
+
+int ipc_connect(const char *path, struct ipc_conn **out, char *err)
+{
+	struct ipc_conn *c = calloc(1, sizeof(*c));
+	int rc;
+
+	if (!c)
+		return fail(err, DKV_E_NOMEM, "out of memory");
+	rc = unix_connect(path, &c->sock);
+	if (rc) {
+		free(c);
+		snprintf(err, IPC_MSGLEN, "cannot connect to %s: %s", path, strerror(errno));
+		return rc;
+	}
+	pthread_mutex_init(&c->lock, NULL);
+	rc = handshake(c, err);
+	if (rc) {
+		ipc_close(c);
+		return rc;
+	}
+	*out = c;
+	return DKV_OK;
+}
+
+void ipc_close(struct ipc_conn *c)
+{
+	if (!c)
+		return;
+	if (c->region)
+		munmap(c->region, c->region_size);
+	close(c->sock);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+int ipc_open(struct ipc_conn *c, const dkv_seq_config *cfg, uint32_t *id,
+	     dkv_seq_config *resolved, char *err)
+{
+	struct ipc_open m;
+	struct ipc_open_ok ok;
+	int rc;
+
+	memset(&m, 0, sizeof(m));
+	memcpy(&m.cfg, cfg, cfg->struct_size < sizeof(m.cfg) ?
+	       cfg->struct_size : sizeof(m.cfg));
+	m.cfg.struct_size = cfg->struct_size;
+	pthread_mutex_lock(&c->lock);
+	rc = request(c, IPC_OPEN, &m, sizeof(m), IPC_OPEN_OK, &ok, err);
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		return rc;
+	if (!ok.seq_id)
+		return fail(err, DKV_E_PROTO, "the daemon returned sequence id 0");
+	*id = ok.seq_id;
+	*resolved = ok.cfg;
+	return DKV_OK;
+}
+
+static int ref_call(struct ipc_conn *c, uint16_t type, uint32_t id,
+		    uint32_t layer, uint16_t want, void *buf, char *err)
+{
+	struct ipc_ref r = { .seq_id = id, .layer = layer };
+	int rc;
+
+	pthread_mutex_lock(&c->lock);
+	rc = request(c, type, &r, sizeof(r), want, buf, err);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+int ipc_seq_close(struct ipc_conn *c, uint32_t id, char *err)
+{
+	return ref_call(c, IPC_CLOSE, id, 0, IPC_OK, NULL, err);
+}
+
+int ipc_length(struct ipc_conn *c, uint32_t id, uint32_t layer,
+	       uint64_t *tokens, char *err)
+{
+	struct ipc_length_ok ok;
+	int rc = ref_call(c, IPC_LENGTH, id, layer, IPC_LENGTH_OK, &ok, err);
+
+	if (!rc)
+		*tokens = ok.tokens;
+	return rc;
+}
+
+int ipc_train(struct ipc_conn *c, uint32_t id, char *err)
+{
+	return ref_call(c, IPC_TRAIN, id, 0, IPC_OK, NULL, err);
+}
+
+int ipc_stats(struct ipc_conn *c, uint32_t id, dkv_stats *st, char *err)
+{
+	return ref_call(c, IPC_STATS, id, 0, IPC_STATS_OK, st, err);
+}
+
+/* ---- the data path ---- */
+
+static uint64_t up64(uint64_t x)
+{
+	return (x + 63) & ~63ull;
+}
+
+static int daemon_gone(struct ipc_conn *c)
+{
+	char b;
+	ssize_t n = recv(c->sock, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+		       errno != EINTR))
+		c->dead = 1;
+	return c->dead;
+}
+
+/* Wait for the next completion; the caller holds the lock. */
+static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
+{
+	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
+	unsigned spin = 0;
+
+	for (;;) {
+		uint32_t tail = atomic_load_explicit(&c->cq->tail, memory_order_acquire);
+
+		if (tail != head) {
+			*out = c->cqes[head & (c->off.entries - 1)];
+			atomic_store_explicit(&c->cq->head, head + 1, memory_order_release);
+			return DKV_OK;
+		}
+		if (spin++ < IPC_SPIN)
+			continue;
+		atomic_store_explicit(&c->cq->sleeping, 1, memory_order_seq_cst);
+		uint32_t bell = atomic_load_explicit(&c->cq->bell, memory_order_seq_cst);
+		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) == head)
+			ipc_futex_wait(&c->cq->bell, bell, IPC_POLL_MS);
+		atomic_store_explicit(&c->cq->sleeping, 0, memory_order_relaxed);
+		if (daemon_gone(c))
+			return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+	}
+}
+
+static int submit(struct ipc_conn *c, const struct ipc_sqe *e, char *err)
+{
+	uint32_t tail = atomic_load_explicit(&c->sq->tail, memory_order_relaxed);
+	uint32_t head = atomic_load_explicit(&c->sq->head, memory_order_acquire);
+
+	if (tail - head >= c->off.entries)
+		return fail(err, DKV_E_INTERNAL, "submission ring full");
+	c->sqes[tail & (c->off.entries - 1)] = *e;
+	atomic_store_explicit(&c->sq->tail, tail + 1, memory_order_release);
+	ipc_ring_bell(c->sq);
+	return DKV_OK;
+}
+
+static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_geom *g,
+		       const void *q, const void *k, const void *v, void *out,
+		       char *err)
+{
+	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new);
+	struct ipc_cqe cqe;
+	int rc;
+
+	e->q_off = 0;
+	e->k_off = up64(qb);
+	e->v_off = e->k_off + up64(kb);
+	e->out_off = e->v_off + up64(kb);
+	if (e->out_off + qb > c->off.arena_size) {
+		snprintf(err, IPC_MSGLEN, "step needs %llu bytes, the shared arena "
+			 "holds %llu (DASHKV_IPC_ARENA_MB)",
+			 (unsigned long long)(e->out_off + qb),
+			 (unsigned long long)c->off.arena_size);
+		return DKV_E_NOSPACE;
+	}
+	if (qb)
+		memcpy(c->arena + e->q_off, q, qb);
+	if (kb) {
+		memcpy(c->arena + e->k_off, k, kb);
+		memcpy(c->arena + e->v_off, v, kb);
+	}
+	rc = submit(c, e, err);
+	if (!rc)
+		rc = wait_cqe(c, &cqe, err);
+	if (rc)
+		return rc;
+	if (cqe.user != e->user || ipc_check_cqe(&cqe, err, IPC_MSGLEN))
+		return fail(err, DKV_E_PROTO, "bad completion from the daemon");
+	if (cqe.status)
+		return fail(err, cqe.status, cqe.msg);
+	if (qb)
+		memcpy(out, c->arena + e->out_off, qb);
+	return DKV_OK;
+}
+
+int ipc_step(struct ipc_conn *c, uint32_t id, const struct ipc_geom *g,
+	     uint32_t layer, const void *q, uint32_t n_q, const void *k,
+	     const void *v, uint32_t n_new, void *out, char *err)
+{
+	struct ipc_sqe e = { .seq_id = id, .layer = layer, .n_q = n_q, .n_new = n_new };
+	int rc;
+
+	if (n_q && (!q || !out))
+		return fail(err, DKV_E_INVAL, "q or out is NULL");
+	if (n_new && (!k || !v))
+		return fail(err, DKV_E_INVAL, "k or v is NULL");
+	pthread_mutex_lock(&c->lock);
+	if (c->dead) {
+		pthread_mutex_unlock(&c->lock);
+		return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+	}
+	e.user = ++c->seq;
+	rc = step_locked(c, &e, g, q, k, v, out, err);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}

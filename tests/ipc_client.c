@@ -1,0 +1,279 @@
+/*
+ * ipc_client.c - the client half of tests/daemon.sh: drives dashkvd through
+ * the public API and compares it with the embedded engine.
+ *   ipc_client api ADDR      steps, errors, daemon vs embedded bit for bit
+ *   ipc_client hold ADDR     open and step, print "ready", then wait
+ *   ipc_client dead ADDR PID SIGKILL the daemon, then expect DISCONNECTED
+ *   ipc_client perm ADDR     expect DKV_E_PERM at connect
+ *   ipc_client lat ADDR      round trip of a tiny step, daemon and embedded
+ * Exit 0 on success, 1 on a failed check (with a message).
+ */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dashkv.h"
+
+#define L 2
+#define QH 4
+#define KVH 2
+#define HD 64
+
+static int failed;
+
+#define CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, "FAIL %s:%d: ", \
+	__FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); \
+	failed = 1; } } while (0)
+
+static uint64_t rng = 42;
+
+static float rnd(void)
+{
+	rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+	return (float)((int64_t)(rng >> 33) % 2000001 - 1000000) * 1e-6f;
+}
+
+static float *arr(size_t n)
+{
+	float *a = malloc(n * sizeof(*a));
+
+	if (!a)
+		exit(1);
+	for (size_t i = 0; i < n; i++)
+		a[i] = rnd();
+	return a;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static dkv_seq *open_seq(dkv_client *c, uint32_t train)
+{
+	dkv_seq_config cfg;
+	dkv_seq *s = NULL;
+	int rc;
+
+	dkv_seq_config_init(&cfg);
+	cfg.n_layers = L;
+	cfg.n_q_heads = QH;
+	cfg.n_kv_heads = KVH;
+	cfg.head_dim = HD;
+	cfg.dtype = DKV_F32;
+	cfg.max_tokens = 4096;
+	cfg.train_tokens = train;
+	cfg.top_k = 32;
+	cfg.candidates = 128;
+	rc = dkv_seq_open(c, &cfg, &s);
+	CHECK(rc == DKV_OK, "open: %s", dkv_strerror(rc));
+	return s;
+}
+
+static dkv_client *conn(const char *addr)
+{
+	dkv_client *c = NULL;
+	int rc = dkv_connect(addr, &c);
+
+	if (rc) {
+		fprintf(stderr, "FAIL connect %s: %s\n", addr, dkv_strerror(rc));
+		exit(1);
+	}
+	return c;
+}
+
+/* The same script of steps on a sequence; outputs appended to out. */
+static void script(dkv_seq *s, float *out)
+{
+	size_t pre = 600, qsz = QH * HD, ksz = KVH * HD;
+	int rc;
+
+	rng = 7;
+	for (uint32_t l = 0; l < L; l++) {
+		float *q = arr(pre * qsz), *k = arr(pre * ksz), *v = arr(pre * ksz);
+
+		rc = dkv_step(s, l, q, (uint32_t)pre, k, v, (uint32_t)pre, out);
+		CHECK(rc == DKV_OK, "prefill layer %u: %s", l, dkv_strerror(rc));
+		out += pre * qsz;
+		free(q), free(k), free(v);
+	}
+	for (int t = 0; t < 20; t++) {
+		for (uint32_t l = 0; l < L; l++) {
+			float *q = arr(qsz), *k = arr(ksz), *v = arr(ksz);
+
+			rc = dkv_step(s, l, q, 1, k, v, 1, out);
+			CHECK(rc == DKV_OK, "decode: %s", dkv_strerror(rc));
+			out += qsz;
+			free(q), free(k), free(v);
+		}
+	}
+}
+
+static size_t script_floats(void)
+{
+	return (size_t)L * 600 * QH * HD + 20 * L * QH * HD;
+}
+
+static void errors(dkv_client *c, dkv_seq *s)
+{
+	float q[QH * HD], k[KVH * HD], v[KVH * HD], o[QH * HD];
+	uint64_t before = 0, after = 0;
+	dkv_seq_config bad;
+	dkv_seq *s2 = NULL;
+	int rc;
+
+	memset(q, 0, sizeof(q)), memset(k, 0, sizeof(k)), memset(v, 0, sizeof(v));
+	rc = dkv_step(s, L, q, 1, k, v, 1, o);
+	CHECK(rc == DKV_E_INVAL, "layer out of range gave %d", rc);
+	CHECK(strstr(dkv_errmsg(c), "layer") != NULL, "message: %s", dkv_errmsg(c));
+	dkv_seq_length(s, 0, &before);
+	k[5] = NAN;
+	rc = dkv_step(s, 0, q, 1, k, v, 1, o);
+	CHECK(rc == DKV_E_BADINPUT, "NaN key gave %d", rc);
+	dkv_seq_length(s, 0, &after);
+	CHECK(before == after, "NaN step stored tokens: %llu -> %llu",
+	      (unsigned long long)before, (unsigned long long)after);
+	k[5] = 0;
+	q[3] = INFINITY;
+	rc = dkv_step(s, 0, q, 1, NULL, NULL, 0, o);
+	CHECK(rc == DKV_E_BADINPUT, "Inf query gave %d", rc);
+	rc = dkv_seq_length(s, L + 3, &after);
+	CHECK(rc == DKV_E_INVAL, "length of a bad layer gave %d", rc);
+	dkv_seq_config_init(&bad);
+	bad.n_layers = 1, bad.n_q_heads = 3, bad.n_kv_heads = 2, bad.head_dim = 64;
+	rc = dkv_seq_open(c, &bad, &s2);
+	CHECK(rc == DKV_E_INVAL, "bad geometry gave %d", rc);
+	rc = dkv_step(s, 0, NULL, 1, NULL, NULL, 0, o);
+	CHECK(rc == DKV_E_INVAL, "NULL q gave %d", rc);
+}
+
+static int do_api(const char *addr)
+{
+	size_t n = script_floats();
+	float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
+	dkv_client *cd = conn(addr), *ce = conn("embedded");
+	dkv_seq *sd = open_seq(cd, 256), *se = open_seq(ce, 256);
+	dkv_stats std, ste;
+	uint64_t len = 0;
+	int rc;
+
+	if (!a || !b || !sd || !se)
+		return 1;
+	script(sd, a);
+	script(se, b);
+	CHECK(!memcmp(a, b, n * sizeof(float)), "daemon and embedded outputs differ");
+	rc = dkv_seq_length(sd, 1, &len);
+	CHECK(rc == DKV_OK && len == 620, "length %llu rc %d", (unsigned long long)len, rc);
+	rc = dkv_seq_stats(sd, &std);
+	dkv_seq_stats(se, &ste);
+	CHECK(rc == DKV_OK && std.steps == ste.steps && std.bytes_full == ste.bytes_full,
+	      "stats differ: steps %llu/%llu", (unsigned long long)std.steps,
+	      (unsigned long long)ste.steps);
+	rc = dkv_seq_train(sd);
+	CHECK(rc == DKV_OK, "train: %s", dkv_strerror(rc));
+	errors(cd, sd);
+	rc = dkv_seq_close(sd);
+	CHECK(rc == DKV_OK, "close: %d", rc);
+	dkv_disconnect(cd);
+	dkv_disconnect(ce);
+	free(a), free(b);
+	return failed;
+}
+
+static int do_hold(const char *addr)
+{
+	dkv_client *c = conn(addr);
+	dkv_seq *s = open_seq(c, 4096);
+	float *q = arr(QH * HD), *k = arr(KVH * HD), *v = arr(KVH * HD), o[QH * HD];
+
+	if (!s || dkv_step(s, 0, q, 1, k, v, 1, o))
+		return 1;
+	printf("ready\n");
+	fflush(stdout);
+	for (;;)
+		pause();
+}
+
+static int do_dead(const char *addr, pid_t pid)
+{
+	dkv_client *c = conn(addr);
+	dkv_seq *s = open_seq(c, 4096);
+	float *q = arr(QH * HD), *k = arr(KVH * HD), *v = arr(KVH * HD), o[QH * HD];
+	uint64_t len;
+	double t0;
+	int rc;
+
+	if (!s || dkv_step(s, 0, q, 1, k, v, 1, o))
+		return 1;
+	kill(pid, SIGKILL);
+	t0 = now();
+	rc = dkv_step(s, 0, q, 1, k, v, 1, o);
+	CHECK(rc == DKV_E_DISCONNECTED, "step after the daemon died gave %d", rc);
+	rc = dkv_seq_length(s, 0, &len);
+	CHECK(rc == DKV_E_DISCONNECTED, "length after the daemon died gave %d", rc);
+	CHECK(now() - t0 < 2.0, "took %.2f s to notice", now() - t0);
+	dkv_disconnect(c);
+	return failed;
+}
+
+static int do_perm(const char *addr)
+{
+	dkv_client *c = NULL;
+	int rc = dkv_connect(addr, &c);
+
+	CHECK(rc == DKV_E_PERM, "connect as a refused user gave %d", rc);
+	return failed;
+}
+
+static double tiny_steps(const char *addr)
+{
+	dkv_client *c = conn(addr);
+	dkv_seq *s = open_seq(c, 1u << 20);
+	size_t n = 1024;
+	float *q = arr(n * QH * HD), *k = arr(n * KVH * HD), *v = arr(n * KVH * HD);
+	float *o = malloc(n * QH * HD * sizeof(float));
+	int iters = 2000;
+	double t0;
+
+	if (!s || dkv_step(s, 0, q, (uint32_t)n, k, v, (uint32_t)n, o))
+		exit(1);
+	for (int i = 0; i < 200; i++)
+		dkv_step(s, 0, q, 1, NULL, NULL, 0, o);
+	t0 = now();
+	for (int i = 0; i < iters; i++)
+		dkv_step(s, 0, q, 1, NULL, NULL, 0, o);
+	t0 = (now() - t0) / iters;
+	dkv_disconnect(c);
+	free(q), free(k), free(v), free(o);
+	return t0 * 1e6;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: ipc_client api|hold|dead|perm|lat ADDR [PID]\n");
+		return 2;
+	}
+	if (!strcmp(argv[1], "api"))
+		return do_api(argv[2]);
+	if (!strcmp(argv[1], "hold"))
+		return do_hold(argv[2]);
+	if (!strcmp(argv[1], "dead") && argc > 3)
+		return do_dead(argv[2], (pid_t)atoi(argv[3]));
+	if (!strcmp(argv[1], "perm"))
+		return do_perm(argv[2]);
+	if (!strcmp(argv[1], "lat")) {
+		double d = tiny_steps(argv[2]), e = tiny_steps("embedded");
+
+		printf("tiny step (N=1K, 1 query): daemon %.1f us, embedded %.1f us\n", d, e);
+		return 0;
+	}
+	return 2;
+}
