@@ -161,9 +161,8 @@ static int handshake(struct ipc_conn *c, char *err)
 	if (env && atoi(env) > 0)
 		h.arena_size = (uint64_t)atoi(env) << 20;
 	c->seq++;
-	rc = ipc_send(c->sock, IPC_HELLO, c->seq, &h, sizeof(h), -1);
-	if (rc)
-		return fail(err, rc, "cannot send hello to the daemon");
+	/* a refusal may already wait for us even if the send fails */
+	ipc_send(c->sock, IPC_HELLO, c->seq, &h, sizeof(h), -1);
 	rc = reply(c, IPC_ACCEPT, &a, &fd, err);
 	if (rc)
 		return rc;
