@@ -32,7 +32,7 @@ static const struct centry table[] = {
 	{ "memory_limit", C_SIZE, F(memory_limit), 0, UINT64_MAX, "0", 1 },
 	{ "session_memory_limit", C_SIZE, F(session_memory_limit), 0, UINT64_MAX, "0", 1 },
 	{ "max_sessions", C_UINT, F(max_sessions), 1, 4096, "64", 1 },
-	{ "workers", C_UINT, F(workers), 0, 1024, "0", 0 },
+	{ "workers", C_UINT, F(workers), 0, 0, "0", 0 }, /* thread per session */
 	{ "log_level", C_LEVEL, F(log_level), 0, 3, "info", 1 },
 	{ "ring_entries", C_UINT, F(ring_entries), 1, 65536, "64", 0 },
 	{ "max_arena", C_SIZE, F(max_arena), 1 << 20, 1ull << 36, "1G", 1 },
@@ -116,6 +116,18 @@ static int parse_value(const struct centry *e, struct dmn_config *c,
 	return 0;
 }
 
+/* Rules beyond a setting's bounds. */
+static int check_value(const struct dmn_config *c, const char *name,
+		       char *err, size_t errlen)
+{
+	if (!strcmp(name, "ring_entries") && (c->ring_entries & (c->ring_entries - 1))) {
+		snprintf(err, errlen, "ring_entries: %" PRIu64 " is not a power of two",
+			 c->ring_entries);
+		return -1;
+	}
+	return 0;
+}
+
 void dmn_config_defaults(struct dmn_config *c)
 {
 	char err[128];
@@ -142,7 +154,8 @@ int dmn_config_line(struct dmn_config *c, const char *line, char *err, size_t er
 		v += 1 + strspn(v + 1, " \t");
 	for (size_t i = 0; i < N_ENTRIES; i++)
 		if (!strcmp(table[i].name, name))
-			return parse_value(&table[i], c, v, err, errlen);
+			return parse_value(&table[i], c, v, err, errlen) ||
+			       check_value(c, name, err, errlen) ? -1 : 0;
 	snprintf(err, errlen, "unknown setting \"%s\"", name);
 	return -1;
 }

@@ -213,7 +213,8 @@ START_TEST(conf_bad)
 		"nonsense 1\n", "max_sessions 0\n", "max_sessions 5000\n",
 		"memory_limit 12Q\n", "memory_limit -1\n", "socket_mode 0999\n",
 		"log_level loud\n", "max_sessions\n", "socket\n",
-		"memory_limit 99999999999999999999T\n",
+		"memory_limit 99999999999999999999T\n", "ring_entries 48\n",
+		"workers 4\n",
 	};
 	struct dmn_config c;
 
