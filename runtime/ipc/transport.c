@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,13 +14,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "transport.h"
 
 #define IPC_POLL_MS 50
 #define IPC_CTL_TIMEOUT_MS 30000
-#define IPC_SPIN 2000
+#define IPC_SPIN_NS 200000 /* spin this long before sleeping on a completion */
 #define IPC_DEF_ARENA (64ull << 20)
 
 struct ipc_conn {
@@ -287,10 +289,18 @@ static int daemon_gone(struct ipc_conn *c)
 }
 
 /* Wait for the next completion; the caller holds the lock. */
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
 {
 	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
-	unsigned spin = 0;
+	uint64_t spin_end = now_ns() + IPC_SPIN_NS;
 
 	for (;;) {
 		uint32_t tail = atomic_load_explicit(&c->cq->tail, memory_order_acquire);
@@ -300,8 +310,11 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
 			atomic_store_explicit(&c->cq->head, head + 1, memory_order_release);
 			return DKV_OK;
 		}
-		if (spin++ < IPC_SPIN)
+		if (spin_end && now_ns() < spin_end) {
+			sched_yield();
 			continue;
+		}
+		spin_end = 0;
 		atomic_store_explicit(&c->cq->sleeping, 1, memory_order_seq_cst);
 		uint32_t bell = atomic_load_explicit(&c->cq->bell, memory_order_seq_cst);
 		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) == head)
