@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -239,6 +240,7 @@ int main(int argc, char **argv)
 		return 0;
 	dmn_log_level((int)srv.cfg.log_level);
 	srv.self_uid = getuid();
+	srv.started = time(NULL);
 	set_signals();
 	return run(&srv, path);
 }

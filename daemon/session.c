@@ -276,6 +276,23 @@ close_fd:
 	return DKV_E_NOMEM;
 }
 
+static void send_status(struct dmn_session *s, uint32_t seq)
+{
+	struct dmn_server *srv = s->srv;
+	struct ipc_status st = {
+		.sessions = (uint32_t)atomic_load(&srv->n_sessions) - 1, /* not us */
+		.max_sessions = (uint32_t)srv->cfg.max_sessions,
+		.sessions_total = atomic_load(&srv->sessions_total),
+		.bytes_used = rt_engine_used(srv->eng),
+		.memory_limit = srv->cfg.memory_limit,
+		.rejects = atomic_load(&srv->rejects),
+		.dropped = atomic_load(&srv->dropped),
+		.uptime_s = (uint64_t)(time(NULL) - srv->started),
+	};
+
+	ipc_send(s->sock, IPC_STATUS_OK, seq, &st, sizeof(st), -1);
+}
+
 static int handshake(struct dmn_session *s)
 {
 	char err[IPC_MSGLEN] = "";
@@ -288,6 +305,10 @@ static int handshake(struct dmn_session *s)
 	int fd, rc;
 
 	rc = ipc_recv(s->sock, &h, &p, HELLO_MS, NULL, err, sizeof(err));
+	if (rc == DKV_OK && h.type == IPC_STATUS) {
+		send_status(s, h.seq);
+		return -1;
+	}
 	if (rc == DKV_OK && h.type != IPC_HELLO)
 		rc = DKV_E_PROTO, snprintf(err, sizeof(err), "expected hello");
 	if (rc == DKV_OK)
@@ -353,6 +374,7 @@ static void *session_main(void *arg)
 	struct dmn_session *s = arg;
 
 	if (handshake(s) == 0) {
+		atomic_fetch_add(&s->srv->sessions_total, 1);
 		dmn_log(DMN_INFO, "session of uid %d pid %d started",
 			(int)s->cred.uid, (int)s->cred.pid);
 		serve(s);

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "conf.h"
 #include "engine.h"
@@ -17,7 +18,9 @@ struct dmn_server {
 	atomic_int n_sessions;
 	atomic_ullong rejects;       /* bad requests and refused peers */
 	atomic_ullong dropped;       /* ring entries dropped */
+	atomic_ullong sessions_total;
 	uid_t self_uid;
+	time_t started;
 };
 
 struct dmn_session;

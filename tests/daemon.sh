@@ -60,6 +60,11 @@ stop
 start "$dir/ok.conf"
 "$cli" api "unix:$sock" || fail "api through the daemon"
 
+$b/dashkvctl -s "$sock" status >"$dir/status" || fail "dashkvctl status"
+grep -q "^sessions [01] of 64 (1 since start)" "$dir/status" || fail "status: $(cat "$dir/status")"
+rejects() { $b/dashkvctl -s "$sock" status | sed -n 's/^rejected \([0-9]*\) .*/\1/p'; }
+before=$(rejects)
+
 # garbage bytes on the socket
 if command -v python3 >/dev/null 2>&1; then
 	python3 - "$sock" <<'PY' || fail "garbage client"
@@ -77,6 +82,7 @@ for junk in [b"\0" * 16, os.urandom(4000), b"DDKV" + b"\xff" * 60, b""]:
 PY
 fi
 kill -0 "$pid" || fail "dashkvd died of garbage"
+[ "$(rejects)" -gt "$before" ] || fail "garbage not counted"
 
 # a client killed with SIGKILL mid-session
 "$cli" hold "unix:$sock" >"$dir/hold.out" &

@@ -30,6 +30,8 @@ uint32_t ipc_payload_size(uint16_t type)
 	case IPC_STATS_OK: return sizeof(dkv_stats);
 	case IPC_OK: return 0;
 	case IPC_ERROR: return sizeof(struct ipc_error);
+	case IPC_STATUS: return 0;
+	case IPC_STATUS_OK: return sizeof(struct ipc_status);
 	}
 	return 0;
 }

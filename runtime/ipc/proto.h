@@ -37,6 +37,8 @@ enum ipc_type {
 	IPC_TRAIN,      /* client: struct ipc_ref */
 	IPC_OK,         /* daemon: CLOSE / TRAIN done, no payload */
 	IPC_ERROR,      /* daemon: struct ipc_error */
+	IPC_STATUS,     /* client, instead of HELLO: no payload (dashkvctl) */
+	IPC_STATUS_OK,  /* daemon: struct ipc_status */
 	IPC_TYPE_END
 };
 
@@ -93,6 +95,15 @@ struct ipc_error {
 	int32_t status;       /* a DKV_E_* code */
 	uint32_t reserved;
 	char msg[IPC_MSGLEN]; /* NUL-terminated */
+};
+
+struct ipc_status {
+	uint32_t sessions, max_sessions;
+	uint64_t sessions_total;   /* served since start */
+	uint64_t bytes_used, memory_limit;
+	uint64_t rejects, dropped;
+	uint64_t uptime_s;
+	uint64_t reserved[4];
 };
 
 /* Ring control block: head and tail on their own cache lines. */
