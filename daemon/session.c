@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,10 +257,12 @@ static int make_region(struct dmn_session *s, uint64_t arena, int *fd_out)
 
 	if (ipc_layout((uint32_t)s->srv->cfg.ring_entries, arena, &s->off, &s->region_size))
 		return DKV_E_INVAL;
-	fd = memfd_create("dashkv-session", MFD_CLOEXEC);
+	fd = memfd_create("dashkv-session", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return DKV_E_NOMEM;
-	if (ftruncate(fd, (off_t)s->region_size) < 0)
+	/* sealed: a client that shrinks the file could SIGBUS the daemon */
+	if (ftruncate(fd, (off_t)s->region_size) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
 		goto close_fd;
 	r = mmap(NULL, s->region_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (r == MAP_FAILED)
