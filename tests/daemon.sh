@@ -82,6 +82,11 @@ for junk in [b"\0" * 16, os.urandom(4000), b"DDKV" + b"\xff" * 60, b""]:
 PY
 fi
 kill -0 "$pid" || fail "dashkvd died of garbage"
+# hostile shared memory (python3.9+ for socket.recv_fds)
+if python3 -c 'import socket; socket.recv_fds' 2>/dev/null; then
+	python3 "${top_srcdir:-.}/tests/ipc_hostile.py" "$sock" || fail "hostile client"
+	kill -0 "$pid" || fail "dashkvd died of a hostile client"
+fi
 [ "$(rejects)" -gt "$before" ] || fail "garbage not counted"
 
 # a client killed with SIGKILL mid-session
