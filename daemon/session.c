@@ -46,6 +46,7 @@ struct dmn_session {
 	uint32_t next_id;
 	void *scratch;
 	size_t scratch_size;
+	dkv_stats *stats;       /* scratch for session_bytes() */
 };
 
 /* ---- control messages ---- */
@@ -192,6 +193,42 @@ static void *scratch(struct dmn_session *s, uint64_t bytes)
 	return s->scratch;
 }
 
+/* Bytes the session's sequences hold (keys, values, codes, summaries). */
+static uint64_t session_bytes(struct dmn_session *s)
+{
+	dkv_stats *st = s->stats;
+	uint64_t sum = 0;
+
+	for (int i = 0; i < MAX_SEQS; i++) {
+		if (!s->seqs[i].rs)
+			continue;
+		memset(st, 0, sizeof(*st));
+		rt_seq_get_stats(s->seqs[i].rs, st);
+		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
+	}
+	return sum;
+}
+
+/*
+ * session_memory_limit, checked before a step against what the session
+ * holds plus the step's new keys and values (codes and summaries of the
+ * new tokens are not counted in advance).
+ */
+static int check_session_limit(struct dmn_session *s, uint64_t add, char *err)
+{
+	uint64_t limit = s->srv->cfg.session_memory_limit, held;
+
+	if (!limit || !add)
+		return DKV_OK;
+	held = session_bytes(s);
+	if (held + add <= limit)
+		return DKV_OK;
+	snprintf(err, RT_ERRLEN, "session memory limit: %llu bytes held, step adds "
+		 "%llu, limit %llu", (unsigned long long)held,
+		 (unsigned long long)add, (unsigned long long)limit);
+	return DKV_E_NOSPACE;
+}
+
 static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 {
 	struct sseq *q = find_seq(s, e->seq_id);
@@ -208,6 +245,9 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 		return rc;
 	qb = ipc_q_bytes(&q->geom, e->n_q);
 	kb = ipc_kv_bytes(&q->geom, e->n_new);
+	rc = check_session_limit(s, 2 * kb, err);
+	if (rc)
+		return rc;
 	buf = scratch(s, qb + 2 * kb + 1);
 	if (!buf)
 		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
@@ -387,6 +427,7 @@ static void *session_main(void *arg)
 	if (s->region)
 		munmap(s->region, s->region_size);
 	free(s->scratch);
+	free(s->stats);
 	close(s->sock);
 	s->sock = -1;
 	atomic_fetch_sub(&s->srv->n_sessions, 1);
@@ -423,14 +464,19 @@ int dmn_session_start(struct dmn_server *srv, int sock, struct dmn_session **out
 	if ((uint64_t)atomic_load(&srv->n_sessions) >= srv->cfg.max_sessions)
 		return refuse(srv, sock, DKV_E_NOSPACE, "too many sessions");
 	s = calloc(1, sizeof(*s));
-	if (!s)
+	if (s)
+		s->stats = malloc(sizeof(*s->stats));
+	if (!s || !s->stats) {
+		free(s);
 		return refuse(srv, sock, DKV_E_NOMEM, "out of memory");
+	}
 	s->srv = srv;
 	s->sock = sock;
 	s->cred = cred;
 	atomic_fetch_add(&srv->n_sessions, 1);
 	if (pthread_create(&s->thread, NULL, session_main, s)) {
 		atomic_fetch_sub(&srv->n_sessions, 1);
+		free(s->stats);
 		free(s);
 		return refuse(srv, sock, DKV_E_NOMEM, "cannot start a session thread");
 	}

@@ -113,6 +113,12 @@ grep -q "configuration reloaded" "$dir/log" || fail "SIGHUP reload"
 [ -n "${DASHKV_IPC_LATENCY:-}" ] && "$cli" lat "unix:$sock"
 stop
 
+# the per-session memory limit
+printf 'allow_users %s\nsession_memory_limit 1M\n' "$uid" >"$dir/limit.conf"
+start "$dir/limit.conf"
+"$cli" limit "unix:$sock" || fail "session memory limit"
+stop
+
 # the daemon dies under a client
 start "$dir/ok.conf"
 "$cli" dead "unix:$sock" "$pid" || fail "client of a dead daemon"

@@ -5,6 +5,7 @@
  *   ipc_client hold ADDR     open and step, print "ready", then wait
  *   ipc_client dead ADDR PID SIGKILL the daemon, then expect DISCONNECTED
  *   ipc_client perm ADDR     expect DKV_E_PERM at connect
+ *   ipc_client limit ADDR    a step over session_memory_limit (1M) is refused
  *   ipc_client lat ADDR      round trip of a tiny step, daemon and embedded
  * Exit 0 on success, 1 on a failed check (with a message).
  */
@@ -223,6 +224,34 @@ static int do_dead(const char *addr, pid_t pid)
 	return failed;
 }
 
+/* Under session_memory_limit 1M: the second 600-token prefill is refused. */
+static int do_limit(const char *addr)
+{
+	dkv_client *c = conn(addr);
+	dkv_seq *s = open_seq(c, 4096);
+	size_t n = 600;
+	float *q = arr(n * QH * HD), *k = arr(n * KVH * HD), *v = arr(n * KVH * HD);
+	float *o = malloc(n * QH * HD * sizeof(float));
+	uint64_t len = 1;
+	int rc;
+
+	if (!s || !o)
+		return 1;
+	rc = dkv_step(s, 0, q, (uint32_t)n, k, v, (uint32_t)n, o);
+	CHECK(rc == DKV_OK, "first prefill: %s", dkv_strerror(rc));
+	rc = dkv_step(s, 1, q, (uint32_t)n, k, v, (uint32_t)n, o);
+	CHECK(rc == DKV_E_NOSPACE, "prefill over the session limit gave %d", rc);
+	CHECK(strstr(dkv_errmsg(c), "session memory limit") != NULL, "message: %s",
+	      dkv_errmsg(c));
+	dkv_seq_length(s, 1, &len);
+	CHECK(len == 0, "refused step stored %llu tokens", (unsigned long long)len);
+	rc = dkv_step(s, 1, q, 1, NULL, NULL, 0, o);
+	CHECK(rc == DKV_E_INVAL || rc == DKV_OK, "query-only step gave %d", rc);
+	dkv_disconnect(c);
+	free(q), free(k), free(v), free(o);
+	return failed;
+}
+
 static int do_perm(const char *addr)
 {
 	dkv_client *c = NULL;
@@ -269,6 +298,8 @@ int main(int argc, char **argv)
 		return do_dead(argv[2], (pid_t)atoi(argv[3]));
 	if (!strcmp(argv[1], "perm"))
 		return do_perm(argv[2]);
+	if (!strcmp(argv[1], "limit"))
+		return do_limit(argv[2]);
 	if (!strcmp(argv[1], "lat")) {
 		double d = tiny_steps(argv[2]), e = tiny_steps("embedded");
 
