@@ -26,6 +26,7 @@
 #define MAX_TRACKED 4096
 
 static volatile sig_atomic_t got_stop, got_hup;
+static const char *socket_override; /* -s, kept across reloads */
 
 static void on_stop(int sig)
 {
@@ -129,6 +130,8 @@ static void reload(struct dmn_server *srv, const char *path)
 	if (dmn_config_load(path, 0, &next, err, sizeof(err))) {
 		dmn_log(DMN_ERROR, "reload refused: %s", err);
 	} else {
+		if (socket_override)
+			strcpy(next.socket, socket_override);
 		dmn_config_reload(&srv->cfg, &next);
 		dmn_log_level((int)srv->cfg.log_level);
 		rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
@@ -233,6 +236,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		strcpy(srv.cfg.socket, sock);
+		socket_override = sock;
 	}
 	if (print)
 		dmn_config_print(&srv.cfg, stdout);

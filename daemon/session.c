@@ -166,6 +166,7 @@ static void post(struct dmn_session *s, uint64_t user, int status, const char *m
 {
 	uint32_t head = atomic_load_explicit(&s->cq->head, memory_order_acquire);
 	struct ipc_cqe *c;
+	size_t len;
 
 	if (s->cq_tail - head >= s->off.entries) {
 		atomic_fetch_add(&s->srv->dropped, 1);
@@ -175,7 +176,9 @@ static void post(struct dmn_session *s, uint64_t user, int status, const char *m
 	memset(c, 0, sizeof(*c));
 	c->user = user;
 	c->status = status;
-	snprintf(c->msg, sizeof(c->msg), "%s", msg);
+	len = strnlen(msg, sizeof(c->msg) - 1); /* truncate long engine messages */
+	memcpy(c->msg, msg, len);
+	c->msg[len] = '\0';
 	atomic_store_explicit(&s->cq->tail, ++s->cq_tail, memory_order_release);
 	ipc_ring_bell(s->cq);
 }

@@ -221,6 +221,7 @@ static int do_dead(const char *addr, pid_t pid)
 	CHECK(rc == DKV_E_DISCONNECTED, "length after the daemon died gave %d", rc);
 	CHECK(now() - t0 < 2.0, "took %.2f s to notice", now() - t0);
 	dkv_disconnect(c);
+	free(q), free(k), free(v);
 	return failed;
 }
 
