@@ -262,7 +262,7 @@ static int do_perm(const char *addr)
 	return failed;
 }
 
-static double tiny_steps(const char *addr)
+static double tiny_steps(const char *addr, uint32_t n_q)
 {
 	dkv_client *c = conn(addr);
 	dkv_seq *s = open_seq(c, 1u << 20);
@@ -275,10 +275,10 @@ static double tiny_steps(const char *addr)
 	if (!s || dkv_step(s, 0, q, (uint32_t)n, k, v, (uint32_t)n, o))
 		exit(1);
 	for (int i = 0; i < 200; i++)
-		dkv_step(s, 0, q, 1, NULL, NULL, 0, o);
+		dkv_step(s, 0, q, n_q, NULL, NULL, 0, o);
 	t0 = now();
 	for (int i = 0; i < iters; i++)
-		dkv_step(s, 0, q, 1, NULL, NULL, 0, o);
+		dkv_step(s, 0, q, n_q, NULL, NULL, 0, o);
 	t0 = (now() - t0) / iters;
 	dkv_disconnect(c);
 	free(q), free(k), free(v), free(o);
@@ -302,9 +302,12 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "limit"))
 		return do_limit(argv[2]);
 	if (!strcmp(argv[1], "lat")) {
-		double d = tiny_steps(argv[2]), e = tiny_steps("embedded");
+		double d = tiny_steps(argv[2], 1), e = tiny_steps("embedded", 1);
+		double d0 = tiny_steps(argv[2], 0), e0 = tiny_steps("embedded", 0);
 
 		printf("tiny step (N=1K, 1 query): daemon %.1f us, embedded %.1f us\n", d, e);
+		printf("empty step (no query, no token): daemon %.1f us, embedded %.1f us\n",
+		       d0, e0);
 		return 0;
 	}
 	return 2;
