@@ -15,17 +15,6 @@
 
 #include "plan.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* ---- specs ---- */
 
 struct spec {
@@ -58,7 +47,7 @@ static int parse_cpu(const char *spec, struct spec *sp, char *err, size_t errlen
 	const char *p = spec + 4;
 
 	if (parse_uint(&p, &sp->n) < 0 || *p || sp->n < 1 || sp->n > SHARD_PLAN_MAX) {
-		set_err(err, errlen, "%s: want cpu:N with N from 1 to %u",
+		shard_set_err(err, errlen, "%s: want cpu:N with N from 1 to %u",
 			spec, SHARD_PLAN_MAX);
 		return -1;
 	}
@@ -84,12 +73,12 @@ static int add_gpu_index(const struct shard_topo *t, const char *spec,
 
 	gpu_range(t, have, sizeof(have));
 	if (g >= t->n_gpus) {
-		set_err(err, errlen, "%s: no GPU %u (%s)", spec, g, have);
+		shard_set_err(err, errlen, "%s: no GPU %u (%s)", spec, g, have);
 		return -1;
 	}
 	for (unsigned i = 0; i < sp->n; i++) {
 		if (sp->gpus[i] == g) {
-			set_err(err, errlen, "%s: GPU %u listed twice", spec, g);
+			shard_set_err(err, errlen, "%s: GPU %u listed twice", spec, g);
 			return -1;
 		}
 	}
@@ -99,7 +88,7 @@ static int add_gpu_index(const struct shard_topo *t, const char *spec,
 
 static void bad_gpu_list(const char *spec, char *err, size_t errlen)
 {
-	set_err(err, errlen, "%s: want gpu:all or gpu:LIST with indices and "
+	shard_set_err(err, errlen, "%s: want gpu:all or gpu:LIST with indices and "
 		"ranges such as gpu:0,2-3", spec);
 }
 
@@ -135,13 +124,13 @@ static int parse_gpu(const struct shard_topo *t, const char *spec,
 	sp->kind = SHARD_GPU;
 	sp->gpus = malloc((t->n_gpus + 1) * sizeof(*sp->gpus));
 	if (!sp->gpus) {
-		set_err(err, errlen, "out of memory");
+		shard_set_err(err, errlen, "out of memory");
 		return -1;
 	}
 	if (strcmp(p, "all") == 0) {
 		gpu_range(t, have, sizeof(have));
 		if (!t->n_gpus) {
-			set_err(err, errlen, "%s: %s", spec, have);
+			shard_set_err(err, errlen, "%s: %s", spec, have);
 			return -1;
 		}
 		for (sp->n = 0; sp->n < t->n_gpus; sp->n++)
@@ -176,7 +165,7 @@ static int parse_spec(const struct shard_topo *t, const char *spec,
 		return parse_cpu(spec, sp, err, errlen);
 	if (strncmp(spec, "gpu:", 4) == 0)
 		return parse_gpu(t, spec, sp, err, errlen);
-	set_err(err, errlen, "%s: unknown shard spec (want auto, cpu:N or gpu:LIST)",
+	shard_set_err(err, errlen, "%s: unknown shard spec (want auto, cpu:N or gpu:LIST)",
 		spec);
 	return -1;
 }
@@ -278,20 +267,20 @@ static int fill_shard(struct shard_plan *p, const struct spec *sp,
 	s->kind = sp->kind;
 	s->device = sp->kind == SHARD_GPU ? (int)sp->gpus[i] : -1;
 	if (node < 0) {
-		set_err(err, errlen, "GPU %d has no NUMA node with CPUs", s->device);
+		shard_set_err(err, errlen, "GPU %d has no NUMA node with CPUs", s->device);
 		return -1;
 	}
 	s->numa_idx = node;
 	s->numa = t->numa[node].os;
 	s->cpuset = hwloc_bitmap_alloc();
 	if (!s->cpuset) {
-		set_err(err, errlen, "out of memory");
+		shard_set_err(err, errlen, "out of memory");
 		return -1;
 	}
 	k = count_on(t, sp, hosts, node, i, &rank);
 	if (split_node(t->topo, t->numa[node].cpuset, k, rank,
 		       sp->kind == SHARD_GPU, &p->shared_cpus, s->cpuset) < 0) {
-		set_err(err, errlen, "cpu:%u: NUMA node %u has %d PUs for %u shards",
+		shard_set_err(err, errlen, "cpu:%u: NUMA node %u has %d PUs for %u shards",
 			sp->n, s->numa, hwloc_bitmap_weight(t->numa[node].cpuset), k);
 		return -1;
 	}
@@ -334,7 +323,7 @@ static int build(struct shard_plan *p, const struct spec *sp,
 
 	p->shards = calloc(sp->n, sizeof(*p->shards));
 	if (!hosts || !p->shards) {
-		set_err(err, errlen, "out of memory");
+		shard_set_err(err, errlen, "out of memory");
 		goto free_hosts;
 	}
 	for (p->n = 0; p->n < sp->n; p->n++)
@@ -362,7 +351,7 @@ int shard_plan_make_flags(const struct shard_topo *t, const char *spec,
 		goto free_spec;
 	p = calloc(1, sizeof(*p));
 	if (!p) {
-		set_err(err, errlen, "out of memory");
+		shard_set_err(err, errlen, "out of memory");
 		goto free_spec;
 	}
 	p->topo = t;

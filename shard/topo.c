@@ -12,7 +12,7 @@
 
 #include "topo.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
+void shard_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -50,16 +50,16 @@ static int open_topology(hwloc_topology_t *out, const char *xml_path,
 	hwloc_topology_t topo;
 
 	if (hwloc_topology_init(&topo) < 0) {
-		set_err(err, errlen, "hwloc_topology_init: %s", strerror(errno));
+		shard_set_err(err, errlen, "hwloc_topology_init: %s", strerror(errno));
 		return -1;
 	}
 	if (xml_path && hwloc_topology_set_xml(topo, xml_path) < 0) {
-		set_err(err, errlen, "cannot use XML topology %s: %s",
+		shard_set_err(err, errlen, "cannot use XML topology %s: %s",
 			xml_path, strerror(errno));
 		goto destroy;
 	}
 	if (synthetic && hwloc_topology_set_synthetic(topo, synthetic) < 0) {
-		set_err(err, errlen, "invalid synthetic topology \"%s\"",
+		shard_set_err(err, errlen, "invalid synthetic topology \"%s\"",
 			synthetic);
 		goto destroy;
 	}
@@ -70,7 +70,7 @@ static int open_topology(hwloc_topology_t *out, const char *xml_path,
 			HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
 	hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
 	if (hwloc_topology_load(topo) < 0) {
-		set_err(err, errlen, "cannot load topology%s%s: %s",
+		shard_set_err(err, errlen, "cannot load topology%s%s: %s",
 			xml_path ? " from " : "", xml_path ? xml_path : "",
 			strerror(errno));
 		goto destroy;
@@ -166,7 +166,7 @@ static int load_numa(struct shard_topo *t, char *err, size_t errlen)
 	int n = hwloc_get_nbobjs_by_type(t->topo, HWLOC_OBJ_NUMANODE);
 
 	if (n <= 0) {
-		set_err(err, errlen, "the topology has no NUMA node");
+		shard_set_err(err, errlen, "the topology has no NUMA node");
 		return -1;
 	}
 	t->numa = calloc(n, sizeof(*t->numa));
@@ -187,13 +187,13 @@ static int load_numa(struct shard_topo *t, char *err, size_t errlen)
 	if (classify_numa(t) < 0)
 		goto nomem;
 	if (!t->n_cpu_numa) {
-		set_err(err, errlen, "no NUMA node of the topology has CPUs");
+		shard_set_err(err, errlen, "no NUMA node of the topology has CPUs");
 		return -1;
 	}
 	return 0;
 
 nomem:
-	set_err(err, errlen, "out of memory");
+	shard_set_err(err, errlen, "out of memory");
 	return -1;
 }
 
@@ -511,17 +511,17 @@ int shard_topo_load(struct shard_topo **out, const char *xml_path,
 	struct shard_topo *t;
 
 	if (xml_path && synthetic) {
-		set_err(err, errlen, "give an XML topology or a synthetic one, not both");
+		shard_set_err(err, errlen, "give an XML topology or a synthetic one, not both");
 		return -1;
 	}
 	if (xml_path && access(xml_path, R_OK) < 0) {
-		set_err(err, errlen, "cannot read XML topology %s: %s",
+		shard_set_err(err, errlen, "cannot read XML topology %s: %s",
 			xml_path, strerror(errno));
 		return -1;
 	}
 	t = calloc(1, sizeof(*t));
 	if (!t) {
-		set_err(err, errlen, "out of memory");
+		shard_set_err(err, errlen, "out of memory");
 		return -1;
 	}
 	if (open_topology(&t->topo, xml_path, synthetic, err, errlen) < 0)
@@ -530,7 +530,7 @@ int shard_topo_load(struct shard_topo **out, const char *xml_path,
 	if (load_numa(t, err, errlen) < 0)
 		goto free_topo;
 	if (scan_gpus(t) < 0 || place_gpus(t) < 0) {
-		set_err(err, errlen, "out of memory");
+		shard_set_err(err, errlen, "out of memory");
 		goto free_topo;
 	}
 	*out = t;

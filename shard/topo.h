@@ -68,4 +68,8 @@ void shard_topo_free(struct shard_topo *t);
 /* Index in t->numa of the node with this OS index, or -1. */
 int shard_topo_numa_by_os(const struct shard_topo *t, unsigned os);
 
+/* Write a formatted message to err (errlen bytes) if err is not NULL. */
+void shard_set_err(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 #endif
