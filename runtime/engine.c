@@ -39,6 +39,7 @@ struct rt_engine {
 	struct shard_plan *plan;
 	struct shard_pool *pool;   /* the shards' workers */
 	uint32_t n_shards;
+	int *node;                 /* [n_shards] NUMA node of each shard's pages */
 };
 
 struct rt_layer {
@@ -154,6 +155,13 @@ static int engine_shards(struct rt_engine *e, char *err)
 			    "DASHKV_SHARDS=%s: GPU shards are not available in this engine", spec);
 	}
 	e->n_shards = e->plan ? e->plan->n : 1;
+	if (e->plan && e->plan->n_nodes > 1) {
+		e->node = calloc(e->n_shards, sizeof(int));
+		if (!e->node)
+			return fail(err, DKV_E_NOMEM, "out of memory for the shard plan");
+		for (uint32_t i = 0; i < e->n_shards; i++)
+			e->node[i] = (int)e->plan->shards[i].numa;
+	}
 	return shard_pool_new(&e->pool, e->n_shards, e->plan, err);
 }
 
@@ -185,6 +193,7 @@ void rt_engine_free(struct rt_engine *e)
 		return;
 	shard_pool_free(e->pool);
 	shard_plan_free(e->plan);
+	free(e->node);
 	if (e->topo)
 		shard_topo_free(e->topo);
 	pthread_mutex_destroy(&e->lock);
@@ -629,6 +638,8 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	s->geom.dtype = (uint32_t)s->cfg.dtype;
 	s->geom.elt_size = s->cfg.dtype == DKV_F32 ? 4 : 2;
 	s->geom.words = s->cfg.hash_bits / 64;
+	s->geom.n_shards = e->n_shards;
+	s->geom.node = e->node;
 	s->trace_cap = s->cfg.sink_tokens + s->cfg.recent_window + s->cfg.top_k;
 	s->P = rt_hash_projection(s->cfg.hash_bits, s->cfg.head_dim,
 				  0x44415348ull * 1000003u + s->cfg.head_dim);

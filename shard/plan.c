@@ -504,6 +504,12 @@ static void prefer_node(void *p, size_t bytes, int node)
 	numa_free_nodemask(mask);
 }
 
+void shard_numa_prefer(void *p, size_t bytes, int numa_node)
+{
+	if (node_usable(numa_node))
+		prefer_node(p, bytes, numa_node);
+}
+
 /*
  * mmap, then a libnuma memory policy: numa_alloc_onnode() would do the
  * same with a strict bind, but its memory must go back through numa_free()

@@ -81,6 +81,9 @@ int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard);
  * memory when libnuma is unavailable or the node is absent here.  Free with
  * shard_numa_free() and the same size.  NULL on failure or bytes == 0. */
 void *shard_numa_alloc(size_t bytes, int numa_node);
+/* Ask that the not yet touched pages of [p, p + bytes) come from the node
+ * (a preference, not a bind); nothing when the node is not usable here. */
+void shard_numa_prefer(void *p, size_t bytes, int numa_node);
 void shard_numa_free(void *p, size_t bytes);
 
 #endif

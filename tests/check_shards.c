@@ -160,6 +160,65 @@ START_TEST(sharded_dash_near_exact)
 }
 END_TEST
 
+/*
+ * A step whose pages do not fit the memory limit fails on every shard
+ * before anything is stored: the length stays, and the sequence goes on
+ * to give what a fresh one-shard sequence gives.
+ */
+START_TEST(sharded_append_all_or_nothing)
+{
+	struct shape sh = shapes[0];
+	size_t qn = (size_t)sh.q_heads * sh.dim, kn = (size_t)sh.kv_heads * sh.dim;
+	size_t n_big = 5 * 4096;
+	float *k = calloc(n_big * kn, 4), *v = calloc(n_big * kn, 4), *q = calloc(qn, 4);
+	float *o1 = calloc(qn, 4), *o2 = calloc(qn, 4);
+	struct rt_engine *e[2];
+	struct rt_seq *s[2];
+	dkv_seq_config cfg;
+	char err[RT_ERRLEN] = "";
+	uint64_t len;
+
+	ck_assert(k && v && q && o1 && o2);
+	for (size_t i = 0; i < n_big * kn; i++) {
+		k[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+		v[i] = (float)((i * 40503u) % 1000) / 500.0f - 1.0f;
+	}
+	for (size_t i = 0; i < qn; i++)
+		q[i] = (float)(i % 7) / 7.0f;
+	rt_config_defaults(&cfg);
+	cfg.n_layers = 1;
+	cfg.n_q_heads = sh.q_heads;
+	cfg.n_kv_heads = sh.kv_heads;
+	cfg.head_dim = sh.dim;
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(setenv("DASHKV_SHARDS", i ? "cpu:1" : "cpu:2", 1), 0);
+		ck_assert_msg(rt_engine_new(&e[i], err) == DKV_OK, "%s", err);
+		ck_assert_msg(rt_seq_open(e[i], &cfg, &s[i], err) == DKV_OK, "%s", err);
+		ck_assert_int_eq(rt_seq_step(s[i], 0, NULL, 0, k, v, 4096, NULL, err), DKV_OK);
+	}
+	/* room for a little more, not for four more pages */
+	rt_engine_set_limit(e[0], rt_engine_used(e[0]) + (1u << 20));
+	ck_assert_int_eq(rt_seq_step(s[0], 0, q, 1, k, v, (uint32_t)n_big - 4096, o1, err),
+			 DKV_E_NOSPACE);
+	ck_assert_int_eq(rt_seq_len(s[0], 0, &len, err), DKV_OK);
+	ck_assert_uint_eq(len, 4096);
+	rt_engine_set_limit(e[0], 0);
+	for (int i = 0; i < 2; i++)
+		ck_assert_msg(rt_seq_step(s[i], 0, q, 1, k + 4096 * kn, v + 4096 * kn,
+					  (uint32_t)n_big - 4096, i ? o2 : o1, err) == DKV_OK, "%s", err);
+	ck_assert(!memcmp(o1, o2, qn * 4));
+	for (int i = 0; i < 2; i++) {
+		rt_seq_close(s[i]);
+		rt_engine_free(e[i]);
+	}
+	free(k);
+	free(v);
+	free(q);
+	free(o1);
+	free(o2);
+}
+END_TEST
+
 /* A spec the engine cannot honour is refused with a message. */
 START_TEST(bad_spec_refused)
 {
@@ -184,6 +243,7 @@ int main(void)
 
 	tcase_add_loop_test(tc, shards_bit_identical, 0, N_SHAPES);
 	tcase_add_test(tc, sharded_dash_near_exact);
+	tcase_add_test(tc, sharded_append_all_or_nothing);
 	tcase_add_test(tc, bad_spec_refused);
 	suite_add_tcase(su, tc);
 	sr = srunner_create(su);
