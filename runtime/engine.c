@@ -1078,21 +1078,31 @@ static void attend_tail(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 	struct rt_scratch *sc = &s->sc;
 	uint32_t g = s->group, dim = s->cfg.head_dim;
 	uint64_t nb = (m1 + SHARD_BLOCK - 1) / SHARD_BLOCK - m0 / SHARD_BLOCK;
-	float mass[DKV_MAX_HEADS];
+	double mass[DKV_MAX_HEADS];
 
 	for (uint32_t j = 0; j < g; j++) {
 		const float *blk = sc->blk + (size_t)j * sc->blk_cap;
 		double sum = 0;
 		for (uint64_t b = 0; b < nb; b++)
 			sum += blk[b];
-		mass[j] = (float)sum;
+		mass[j] = sum;
 	}
 	memset(sc->tail_acc, 0, (size_t)g * dim * sizeof(float));
 	shard_tail(st, h, sc->blk, sc->blk_cap, g, m0, m1, sc->tail_acc);
 	for (uint32_t j = 0; j < g; j++) {
-		struct krn_part t = { sc->mref[j], mass[j], sc->tail_acc + (size_t)j * dim };
-		if (mass[j] > 0.0f)
-			krn_get()->merge(&sc->part[j], &t, dim);
+		float *acc = sc->tail_acc + (size_t)j * dim;
+		if (!(mass[j] > 0.0))
+			continue;
+		/*
+		 * mref is only a bound: the masses may lie far below it (down
+		 * to denormals when a short middle passes whole).  Merge the
+		 * tail at its own log-sum-exp, with mean values, so the exact
+		 * part is not scaled down to nothing.
+		 */
+		for (uint32_t d = 0; d < dim; d++)
+			acc[d] = (float)(acc[d] / mass[j]);
+		struct krn_part t = { sc->mref[j] + (float)log(mass[j]), 1.0f, acc };
+		krn_get()->merge(&sc->part[j], &t, dim);
 	}
 }
 
