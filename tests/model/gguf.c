@@ -67,9 +67,12 @@ static uint32_t rd_u32(struct cursor *c, const char *what)
 
 static uint64_t rd_u64(struct cursor *c, const char *what)
 {
-	uint64_t lo = rd_u32(c, what);
+	const uint8_t *p = take(c, 8, what);
+	uint64_t v = 0;
 
-	return lo | (uint64_t)rd_u32(c, what) << 32;
+	for (int i = 7; p && i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
 }
 
 static int rd_str(struct cursor *c, struct gguf_str *s, const char *what)
