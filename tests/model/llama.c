@@ -156,30 +156,35 @@ static int read_weights(struct llama *m, char *err, size_t errlen)
 	return 0;
 }
 
+int llama_init(struct llama *m, char *err, size_t errlen)
+{
+	const struct gguf_kv *arch = gguf_find_kv(&m->g, "general.architecture");
+	uint64_t alen;
+
+	if (!arch || arch->type != GGUF_STRING) {
+		snprintf(err, errlen, "general.architecture missing");
+		return -1;
+	}
+	memcpy(&alen, arch->val, 8);
+	if (alen != 5 || memcmp(arch->val + 8, "llama", 5)) {
+		snprintf(err, errlen, "architecture is not llama");
+		return -1;
+	}
+	if (read_hparams(m, err, errlen) || read_tokens(m, err, errlen) ||
+	    read_weights(m, err, errlen))
+		return -1;
+	return 0;
+}
+
 int llama_load(const char *path, struct llama *m, char *err, size_t errlen)
 {
-	const struct gguf_kv *arch;
 	char msg[256];
 
 	memset(m, 0, sizeof(*m));
 	if (gguf_load(path, &m->g, err, errlen))
 		return -1;
-	arch = gguf_find_kv(&m->g, "general.architecture");
-	if (!arch || arch->type != GGUF_STRING) {
-		snprintf(msg, sizeof(msg), "general.architecture missing");
-		goto fail;
-	}
-	uint64_t alen;
-	memcpy(&alen, arch->val, 8);
-	if (alen != 5 || memcmp(arch->val + 8, "llama", 5)) {
-		snprintf(msg, sizeof(msg), "architecture is not llama");
-		goto fail;
-	}
-	if (read_hparams(m, msg, sizeof(msg)) || read_tokens(m, msg, sizeof(msg)) ||
-	    read_weights(m, msg, sizeof(msg)))
-		goto fail;
-	return 0;
-fail:
+	if (llama_init(m, msg, sizeof(msg)) == 0)
+		return 0;
 	snprintf(err, errlen, "%s: %s", path, msg);
 	llama_free(m);
 	return -1;

@@ -43,6 +43,8 @@ struct llama_state {
 };
 
 int llama_load(const char *path, struct llama *m, char *err, size_t errlen);
+/* The model of an already parsed m->g (llama_load's second half). */
+int llama_init(struct llama *m, char *err, size_t errlen);
 void llama_free(struct llama *m);
 
 int llama_state_init(const struct llama *m, struct llama_state *st);
