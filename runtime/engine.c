@@ -1003,10 +1003,22 @@ static float threshold(struct rt_scratch *sc, uint32_t j, uint32_t ns, uint32_t 
  * uncounted as hits.
  */
 static float tail_ref(const struct rt_hash *hm, const float *tab, float thr,
-		      float ca, float cb)
+		      float ca, float cb, const float *e, uint32_t ns)
 {
 	if (ca > 0.0f && thr > -INFINITY)
 		return ca * thr + cb + 30.0f;
+	if (thr == -INFINITY && ns) {
+		/*
+		 * Every key passes, so no estimate reaches the tail, only exact
+		 * logits (which move the reference if they must): start near
+		 * the sample's largest calibrated logit, not at a loose bound
+		 * under which the masses would flush to zero.
+		 */
+		float m = -INFINITY;
+		for (uint32_t i = 0; i < ns; i++)
+			m = ca * e[i] + cb > m ? ca * e[i] + cb : m;
+		return m + 30.0f;
+	}
 	float emax = fabsf(tab[0]) * hm->max_norm;
 	return fabsf(ca) * emax + cb;
 }
@@ -1150,7 +1162,8 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 			const float *tab = sc->tab + (size_t)j * tl;
 			sc->thr[j] = threshold(sc, j, ns, (uint32_t)(rank ? rank : 1));
 			probe_limits(&L->hash[h], tab, sc->thr[j], sc->lim + j * RT_CLASSES);
-			sc->mref[j] = tail_ref(&L->hash[h], tab, sc->thr[j], sc->ca[j], sc->cb[j]);
+			sc->mref[j] = tail_ref(&L->hash[h], tab, sc->thr[j], sc->ca[j], sc->cb[j],
+					       sc->samp_e + (size_t)j * sc->samp_max, ns);
 			/* the kernel adds exp(ca * e + cb - mref) */
 			sc->cb[j] -= sc->mref[j];
 		}
@@ -1198,13 +1211,13 @@ static void attend_tail(struct rt_seq *s, uint64_t m0, uint64_t m1)
 	uint32_t g = s->group, dim = s->cfg.head_dim;
 	uint64_t p0, np = shard_pages_of(m0, m1, &p0);
 	size_t stride = (size_t)g * dim;
-	float mass[DKV_MAX_HEADS];
+	double mass[DKV_MAX_HEADS];
 
 	for (uint32_t j = 0; j < g; j++) {
 		double sum = 0;
 		for (uint64_t p = p0; p < p0 + np; p++)
 			sum += sc->pmass[p * g + j];
-		mass[j] = (float)sum;
+		mass[j] = sum;
 		sc->cut[j] = (float)(RT_TAIL_NEGLIGIBLE * sum / (double)(m1 - m0));
 	}
 	run_job(s, shard_job_tail, m0, m1);
@@ -1213,9 +1226,19 @@ static void attend_tail(struct rt_seq *s, uint64_t m0, uint64_t m1)
 		for (size_t i = 0; i < stride; i++)
 			sc->tail_acc[i] += sc->pacc[p * stride + i];
 	for (uint32_t j = 0; j < g; j++) {
-		struct krn_part t = { sc->mref[j], mass[j], sc->tail_acc + (size_t)j * dim };
-		if (mass[j] > 0.0f)
-			krn_get()->merge(&sc->part[j], &t, dim);
+		float *acc = sc->tail_acc + (size_t)j * dim;
+		if (!(mass[j] > 0.0))
+			continue;
+		/*
+		 * mref is only a bound: the masses may lie far below it (down
+		 * to denormals when a short middle passes whole).  Merge the
+		 * tail at its own log-sum-exp, with mean values, so the exact
+		 * part is not scaled down to nothing.
+		 */
+		for (uint32_t d = 0; d < dim; d++)
+			acc[d] = (float)(acc[d] / mass[j]);
+		struct krn_part t = { sc->mref[j] + (float)log(mass[j]), 1.0f, acc };
+		krn_get()->merge(&sc->part[j], &t, dim);
 	}
 }
 
