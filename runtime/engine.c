@@ -418,8 +418,7 @@ static void rank_layout(struct rt_seq *s, struct shard_rank *rk, struct carver *
 	rk->sel = carve(cv, hc * u);
 	rk->top = carve(cv, g * c->top_k * u);
 	rk->rec = carve(cv, rb);
-	/* the gathered records, then room to merge one head's lists */
-	rk->recv = carve(cv, shards * rb + shards * c->top_k * 2 * f);
+	rk->recv = carve(cv, shard_recv_bytes((uint32_t)shards, s->group, c->top_k));
 	rk->bufs.kbuf = carve(cv, blk);
 	rk->bufs.vbuf = carve(cv, blk);
 	rk->bufs.rows = carve(cv, KRN_BLOCK * u);
