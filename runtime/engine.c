@@ -138,13 +138,12 @@ static uint64_t now_ns(void)
 /* ---- engine and memory accounting ---- */
 
 /*
- * The shards of the engine's sequences from DASHKV_SHARDS (plan.h).  Unset
+ * The shards of the engine's sequences from a plan spec (plan.h).  Unset
  * or "auto" on a machine whose topology cannot be read gives one unbound
  * shard; GPU shards need the GPU module, which this engine does not drive.
  */
-static int engine_shards(struct rt_engine *e, char *err)
+static int engine_shards(struct rt_engine *e, const char *spec, char *err)
 {
-	const char *spec = getenv("DASHKV_SHARDS");
 	int is_auto = !spec || !*spec || !strcmp(spec, "auto");
 	char perr[RT_ERRLEN];
 
@@ -171,6 +170,11 @@ static int engine_shards(struct rt_engine *e, char *err)
 
 int rt_engine_new(struct rt_engine **out, char *err)
 {
+	return rt_engine_new_shards(out, getenv("DASHKV_SHARDS"), err);
+}
+
+int rt_engine_new_shards(struct rt_engine **out, const char *spec, char *err)
+{
 	struct rt_engine *e = calloc(1, sizeof(*e));
 	char kerr[160];
 	int rc;
@@ -182,7 +186,7 @@ int rt_engine_new(struct rt_engine **out, char *err)
 	if (!e)
 		return fail(err, DKV_E_NOMEM, "out of memory for the engine");
 	pthread_mutex_init(&e->lock, NULL);
-	rc = engine_shards(e, err);
+	rc = engine_shards(e, spec, err);
 	if (rc) {
 		rt_engine_free(e);
 		return rc;
