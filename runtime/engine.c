@@ -857,8 +857,8 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			uint64_t t = len0 + i;
 			size_t off = ((size_t)i * H + h) * dim;
 			const void *vsrc = (const uint8_t *)v + off * es;
-			float *vf = s->sc.vrow;
-			float *sum = shard_vsum(st, h, t);
+			float *restrict vf = s->sc.vrow;
+			float *restrict sum = shard_vsum(st, h, t);
 			memcpy(shard_key(st, h, t), (const uint8_t *)k + off * es, (size_t)dim * es);
 			memcpy(shard_value(st, h, t), vsrc, (size_t)dim * es);
 			to_f32(c->dtype, vsrc, dim, vf);
@@ -1207,6 +1207,16 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 		cnt->est += (double)(m1 - m0) - n_top;
 }
 
+/* acc = the sum of the pages' rows [p0, p0 + np) of pacc, in page order. */
+static void fold_pages(float *restrict acc, const float *restrict pacc, uint64_t p0,
+		       uint64_t np, size_t stride)
+{
+	memset(acc, 0, stride * sizeof(float));
+	for (uint64_t p = p0; p < p0 + np; p++)
+		for (size_t i = 0; i < stride; i++)
+			acc[i] += pacc[p * stride + i];
+}
+
 /*
  * The estimated tail of the whole group: block masses times block mean
  * values, page by page on the shards, folded in page order and merged
@@ -1228,10 +1238,7 @@ static void attend_tail(struct rt_seq *s, uint64_t m0, uint64_t m1)
 		sc->cut[j] = (float)(RT_TAIL_NEGLIGIBLE * sum / (double)(m1 - m0));
 	}
 	run_job(s, shard_job_tail, m0, m1);
-	memset(sc->tail_acc, 0, stride * sizeof(float));
-	for (uint64_t p = p0; p < p0 + np; p++)
-		for (size_t i = 0; i < stride; i++)
-			sc->tail_acc[i] += sc->pacc[p * stride + i];
+	fold_pages(sc->tail_acc, sc->pacc, p0, np, stride);
 	for (uint32_t j = 0; j < g; j++) {
 		float *acc = sc->tail_acc + (size_t)j * dim;
 		if (!(mass[j] > 0.0))
