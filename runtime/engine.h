@@ -33,6 +33,8 @@ void rt_engine_free(struct rt_engine *e);
 /* Total bytes the engine may hold for sequences; 0 = no limit. */
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes);
 uint64_t rt_engine_used(const struct rt_engine *e);
+/* Shards of the engine's sequences (DASHKV_SHARDS). */
+uint32_t rt_engine_shards(const struct rt_engine *e);
 
 /* Fill every knob's default (geometry left zero). */
 void rt_config_defaults(dkv_seq_config *cfg);
