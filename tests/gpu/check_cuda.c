@@ -939,11 +939,15 @@ START_TEST(test_search)
 }
 END_TEST
 
-/* One rank: the all-gather of one rank is a copy, through the collective's ops. */
+/*
+ * One rank through the shard collective (shard_coll_new with the module's
+ * NCCL constructor registered): the all-gather of one rank is a copy.
+ */
 START_TEST(test_nccl_one_rank)
 {
 	struct shard_coll *c = NULL;
 	const int dev = 0;
+	int bad = 99;
 	const size_t bytes = 1001;
 	uint8_t in[1001], out[1001];
 
@@ -951,17 +955,21 @@ START_TEST(test_nccl_one_rank)
 		printf("check_cuda: NCCL one-rank merge skipped: module built without NCCL\n");
 		return;
 	}
-	OK(g->coll_nccl_new(&c, 1, &dev, err));
-	expect(c->nranks == 1 && !strcmp(c->ops->name, "nccl"), "an NCCL collective of 1 rank");
+	shard_coll_set_nccl(g->coll_nccl_new);
+	OK(shard_coll_new(&c, SHARD_COLL_NCCL, 1, &dev, err));
+	expect(shard_coll_nranks(c) == 1 && !strcmp(shard_coll_name(c), "nccl"),
+	       "an NCCL collective of 1 rank");
 	for (size_t i = 0; i < bytes; i++)
 		in[i] = (uint8_t)rnd64();
 	void *ds = dput(in, bytes), *dr = dnew(bytes);
-	expect(c->ops->allgather(c, 0, ds, dr, bytes) == DKV_OK, "allgather");
+	expect(shard_coll_allgather(c, 0, ds, dr, bytes) == DKV_OK, "allgather");
 	dget(out, dr, bytes);
 	expect(!memcmp(in, out, bytes), "one-rank all-gather returns the contribution");
-	c->ops->free(c);
-	int bad = 99;
-	expect(g->coll_nccl_new(&c, 1, &bad, err) == DKV_E_INVAL, "device 99 refused");
+	shard_coll_free(c);
+	expect(shard_coll_new(&c, SHARD_COLL_NCCL, 1, &bad, err) == DKV_E_INVAL,
+	       "device 99 refused");
+	printf("check_cuda: NCCL one-rank merge passed\n");
+	shard_coll_set_nccl(NULL);
 	g->dfree(ds);
 	g->dfree(dr);
 }
