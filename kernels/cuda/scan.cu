@@ -58,7 +58,7 @@ k_scan(const struct krn_gpu_scan s, struct scan_geom g, uint32_t *bits, uint32_t
 	__shared__ int32_t lim[KRN_GPU_MAXQ][KRN_CLASSES];
 	__shared__ float thr[KRN_GPU_MAXQ], ca[KRN_GPU_MAXQ], cb[KRN_GPU_MAXQ];
 	__shared__ float tab[KRN_GPU_MAXQ * TLEN_MAX];
-	__shared__ __align__(16) uint8_t buf[SCAN_WARPS][4 * 8 * 32];
+	__shared__ __align__(16) uint8_t buf[SCAN_WARPS][2 * 4 * 8 * 32];
 	__shared__ float tail[SCAN_WARPS][KRN_GPU_MAXQ];
 	const uint32_t words = s.words, nq = s.nq, tl = 64 * words + 1;
 	const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -93,21 +93,42 @@ k_scan(const struct krn_gpu_scan s, struct scan_geom g, uint32_t *bits, uint32_t
 
 		if (lane < nq)
 			tail[warp][lane] = 0.0f;
+		/*
+		 * Both groups of the unit at once: `words` 16-byte loads per
+		 * lane, all issued before the first use, with the norm classes.
+		 */
+		const uint4 *src = (const uint4 *)codes;
+		uint4 r[4];
+		uint32_t cl0 = 0, cl1 = 0;
+#pragma unroll
+		for (uint32_t t = 0; t < 4; t++)
+			if (t < words)
+				r[t] = src[t * 32 + lane];
+		if (pbase + lane >= s.first && pbase + lane < end)
+			cl0 = cls[lane];
+		if (pbase + 32 + lane >= s.first && pbase + 32 + lane < end)
+			cl1 = cls[32 + lane];
+		__syncwarp(); /* the previous unit's reads of wb are done */
+#pragma unroll
+		for (uint32_t t = 0; t < 4; t++)
+			if (t < words)
+				((uint4 *)wb)[t * 32 + lane] = r[t];
+		__syncwarp();
 		for (uint32_t gi = 0; gi < 2; gi++) {
 			uint32_t G = u * 2 + gi;
 			uint64_t p = pbase + gi * 32 + lane;
 			bool valid = p >= s.first && p < end;
-			const uint4 *src = (const uint4 *)(codes + gi * gbytes);
-
-			__syncwarp();
-			for (uint32_t i = lane; i < gbytes / 16; i += 32)
-				((uint4 *)wb)[i] = src[i];
-			__syncwarp();
+			const uint8_t *gb = wb + gi * gbytes;
 			uint64_t c[4] = { 0, 0, 0, 0 };
-			for (uint32_t w = 0; w < words; w++)
-				for (uint32_t b = 0; b < 8; b++)
-					c[w] |= (uint64_t)wb[(w * 8 + b) * 32 + lane] << (8 * b);
-			uint32_t cl = valid ? cls[gi * 32 + lane] & (KRN_CLASSES - 1) : 0;
+
+			/* unrolled with guards: c stays in registers */
+#pragma unroll
+			for (uint32_t w = 0; w < 4; w++)
+				if (w < words)
+#pragma unroll
+					for (uint32_t b = 0; b < 8; b++)
+						c[w] |= (uint64_t)gb[(w * 8 + b) * 32 + lane] << (8 * b);
+			uint32_t cl = (gi ? cl1 : cl0) & (KRN_CLASSES - 1);
 			float nr = 0.0f;
 			bool nr_loaded = false;
 			if (valid && s.blk && p % s.stride == 0) {
@@ -116,8 +137,10 @@ k_scan(const struct krn_gpu_scan s, struct scan_geom g, uint32_t *bits, uint32_t
 			}
 			for (uint32_t j = 0; j < nq; j++) {
 				uint32_t h = 0;
-				for (uint32_t w = 0; w < words; w++)
-					h += __popcll(c[w] ^ qc[j][w]);
+#pragma unroll
+				for (uint32_t w = 0; w < 4; w++)
+					if (w < words)
+						h += __popcll(c[w] ^ qc[j][w]);
 				bool probe = valid && (int32_t)h <= lim[j][cl];
 				bool hit = false;
 				float e = 0.0f;
