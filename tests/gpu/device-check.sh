@@ -13,6 +13,12 @@
 # Figures go to $OUT/device-check.txt when OUT is set, else to
 # ./device-check.txt.  Exit status: 0 when every step passed, 1 otherwise.
 #
+# The source tree needs a configure script: a checkout without one is
+# bootstrapped with autoreconf (autoconf, automake, libtool); where those
+# are missing, bring the generated files along (configure, Makefile.in,
+# aclocal.m4, config.h.in, build-aux/).  The build needs what a CPU build
+# needs (hwloc, libnuma, check) plus CUDA and NCCL under /usr/local/cuda.
+#
 # Environment: DKV_BUILD (build directory, default a new one under /tmp),
 # DKV_CONFIGURE_FLAGS (extra configure flags), DKV_DEADLINE (seconds,
 # default 470).
@@ -90,6 +96,8 @@ machine_info() {
 bootstrap() {
 	cd "$src"
 	if [ ! -x configure ]; then
+		command -v autoreconf >/dev/null ||
+			{ echo "no configure script and no autoreconf to make one" >&2; exit 1; }
 		autoreconf -fi
 	fi
 }
