@@ -28,7 +28,10 @@
 struct rt_engine;
 struct rt_seq;
 
+/* An engine whose shards follow DASHKV_SHARDS ... */
 int rt_engine_new(struct rt_engine **out, char *err);
+/* ... or the plan spec given (NULL or "auto": the machine's default). */
+int rt_engine_new_shards(struct rt_engine **out, const char *spec, char *err);
 void rt_engine_free(struct rt_engine *e);
 /* Total bytes the engine may hold for sequences; 0 = no limit. */
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes);

@@ -172,13 +172,10 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-/* Blocks below this share of their query's mean block mass are skipped. */
-#define TAIL_NEGLIGIBLE 1e-3f
-
 /*
- * Is block i (of nb) worth its value row for any query?  Skipping blocks
- * under TAIL_NEGLIGIBLE of the mean drops at most that share of the tail
- * mass; concentrated attention leaves most blocks there.
+ * Is block i worth its value row for any query?  The caller's cut (a share
+ * of the query's mean block mass) bounds the tail mass the skipped blocks
+ * hold to that share; concentrated attention leaves most blocks there.
  */
 static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut, uint64_t i)
 {

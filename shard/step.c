@@ -27,6 +27,14 @@ size_t shard_rec_bytes(uint32_t g, uint32_t top_k)
 	return (size_t)g * (sizeof(struct rec_head) + (size_t)top_k * sizeof(struct rec_ent));
 }
 
+size_t shard_recv_bytes(uint32_t n_shards, uint32_t g, uint32_t top_k)
+{
+	/* per entry of the merge: the entry, its logit, select index and scratch */
+	size_t merge = (size_t)n_shards * top_k * (sizeof(struct rec_ent) + 3 * 4);
+
+	return (size_t)n_shards * shard_rec_bytes(g, top_k) + merge;
+}
+
 static struct rec_head *rec_head(void *rec, uint32_t j, uint32_t top_k)
 {
 	return (struct rec_head *)((char *)rec + shard_rec_bytes(j, top_k));
@@ -166,46 +174,52 @@ static uint32_t owner(const struct shard_task *t, uint32_t pos)
 	return (uint32_t)(pos / SHARD_PAGE % t->n_shards);
 }
 
-static int by_rank(const void *pa, const void *pb)
-{
-	const struct rec_ent *a = pa, *b = pb;
-
-	if (a->logit != b->logit)
-		return a->logit > b->logit ? -1 : 1;
-	return a->pos < b->pos ? -1 : a->pos > b->pos;
-}
-
-static int by_pos(const void *pa, const void *pb)
-{
-	const struct rec_ent *a = pa, *b = pb;
-
-	return a->pos < b->pos ? -1 : a->pos > b->pos;
-}
-
 /*
  * The global top-K of query head j from every shard's record, sorted by
  * position into ent[0..k); returns k.  *rest: the largest logit of the
- * hits outside it.
+ * hits outside it.  The shards' lists (each in position order) are merged
+ * by position first, so the select's ties go to the lower position, as in
+ * one shard's select over all hits.
  */
 static uint32_t global_top(const struct shard_task *t, struct shard_rank *rk, uint32_t j,
 			   struct rec_ent *ent, float *rest)
 {
-	size_t rb = shard_rec_bytes(t->g, t->top_k);
-	uint32_t n = 0, k;
+	size_t rb = shard_rec_bytes(t->g, t->top_k), most = (size_t)t->n_shards * t->top_k;
+	float *x = (float *)(ent + most);
+	uint32_t *idx = (uint32_t *)(x + most), *sel = idx + most;
+	uint32_t at[SHARD_MERGE_MAX] = { 0 }, n = 0, k;
 
 	*rest = -INFINITY;
 	for (uint32_t s = 0; s < t->n_shards; s++) {
-		void *rec = (char *)rk->recv + s * rb;
-		const struct rec_head *hd = rec_head(rec, j, t->top_k);
-		memcpy(ent + n, rec_ents(rec, j, t->top_k), hd->n * sizeof(*ent));
-		n += hd->n;
+		const struct rec_head *hd = rec_head((char *)rk->recv + s * rb, j, t->top_k);
 		*rest = hd->rest_max > *rest ? hd->rest_max : *rest;
 	}
-	qsort(ent, n, sizeof(*ent), by_rank);
+	for (;;) {
+		uint32_t best = UINT32_MAX, from = 0;
+		for (uint32_t s = 0; s < t->n_shards; s++) {
+			void *rec = (char *)rk->recv + s * rb;
+			if (at[s] < rec_head(rec, j, t->top_k)->n &&
+			    rec_ents(rec, j, t->top_k)[at[s]].pos < best) {
+				best = rec_ents(rec, j, t->top_k)[at[s]].pos;
+				from = s;
+			}
+		}
+		if (best == UINT32_MAX)
+			break;
+		ent[n] = rec_ents((char *)rk->recv + from * rb, j, t->top_k)[at[from]++];
+		x[n] = ent[n].logit;
+		n++;
+	}
 	k = t->top_k < n ? t->top_k : n;
-	for (uint32_t i = k; i < n; i++)
-		*rest = ent[i].logit > *rest ? ent[i].logit : *rest;
-	qsort(ent, k, sizeof(*ent), by_pos);
+	if (k == n)
+		return k;
+	k = krn_select_top(x, n, k, idx, sel);
+	for (uint32_t i = 0, at_i = 0; i < n; i++) {
+		if (at_i < k && idx[at_i] == i)
+			ent[at_i++] = ent[i];
+		else if (x[i] > *rest)
+			*rest = x[i];
+	}
 	return k;
 }
 

@@ -44,7 +44,7 @@ struct shard_rank {
 	uint32_t *sel;      /* [hit_cap] select scratch */
 	uint32_t *top;      /* [g][top_k] local top-K: indices into hit */
 	void *rec;          /* this shard's all-gather record */
-	void *recv;         /* [n_shards] records */
+	void *recv;         /* shard_recv_bytes: [n_shards] records, merge room */
 	struct shard_bufs bufs;
 };
 
@@ -73,8 +73,13 @@ struct shard_task {
 	struct shard_coll *coll;
 };
 
+/* Shards whose lists one merge takes (the size of its cursor array). */
+#define SHARD_MERGE_MAX 4096u
+
 /* Bytes of one shard's all-gather record for g heads and top_k. */
 size_t shard_rec_bytes(uint32_t g, uint32_t top_k);
+/* Bytes of a shard's recv: the gathered records and room to merge them. */
+size_t shard_recv_bytes(uint32_t n_shards, uint32_t g, uint32_t top_k);
 
 void shard_job_scan(void *task, uint32_t shard);
 void shard_job_rank(void *task, uint32_t shard);
