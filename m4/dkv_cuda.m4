@@ -51,4 +51,12 @@ AC_DEFUN([DKV_CHECK_CUDA], [
   AC_SUBST([CUDA_CPPFLAGS])
   AC_SUBST([CUDA_LDFLAGS])
   AC_SUBST([CUDA_LIBS])
+  dnl the GPU module is opened with dlopen (kernels/gpu_load.c)
+  dkv_save_LIBS=$LIBS
+  DLOPEN_LIBS=
+  AC_SEARCH_LIBS([dlopen], [dl],
+    [AS_IF([test "x$ac_cv_search_dlopen" != "xnone required"], [DLOPEN_LIBS=$ac_cv_search_dlopen])],
+    [AC_MSG_ERROR([dlopen is required (the GPU module is loaded with it)])])
+  LIBS=$dkv_save_LIBS
+  AC_SUBST([DLOPEN_LIBS])
 ])
