@@ -145,7 +145,7 @@ static void status_line(struct dmn_server *srv)
 	char line[160];
 
 	snprintf(line, sizeof(line), "STATUS=%d sessions, %llu bytes held, %llu rejected",
-		 atomic_load(&srv->n_sessions),
+		 atomic_load(&srv->n_active),
 		 (unsigned long long)rt_engine_used(srv->eng),
 		 (unsigned long long)atomic_load(&srv->rejects));
 	dmn_notify(line);
@@ -161,6 +161,10 @@ static void main_loop(struct dmn_server *srv, int lfd, const char *path)
 	while (!got_stop) {
 		struct pollfd p = { .fd = lfd, .events = POLLIN };
 
+		if (atomic_load(&srv->draining) && !atomic_load(&srv->n_active)) {
+			dmn_log(DMN_INFO, "drained: no session left");
+			break;
+		}
 		if (poll(&p, 1, 200) > 0)
 			accept_one(srv, lfd, t);
 		if (got_hup) {
@@ -245,6 +249,7 @@ int main(int argc, char **argv)
 	dmn_log_level((int)srv.cfg.log_level);
 	srv.self_uid = getuid();
 	srv.started = time(NULL);
+	pthread_mutex_init(&srv.lock, NULL);
 	set_signals();
 	return run(&srv, path);
 }
