@@ -21,6 +21,8 @@ struct dmn_config {
 	uint64_t log_level;         /* enum dmn_level */
 	uint64_t ring_entries;
 	uint64_t max_arena;         /* bytes of shared arena per session */
+	uint64_t step_timeout;      /* s a step may run before its client
+				       stops seeing a heartbeat; 0 = none */
 };
 
 void dmn_config_defaults(struct dmn_config *c);

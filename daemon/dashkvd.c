@@ -165,14 +165,15 @@ static void main_loop(struct dmn_server *srv, int lfd, const char *path)
 			dmn_log(DMN_INFO, "drained: no session left");
 			break;
 		}
-		if (poll(&p, 1, 200) > 0)
+		if (poll(&p, 1, IPC_HEARTBEAT_MS) > 0)
 			accept_one(srv, lfd, t);
+		dmn_heartbeat(srv);
 		if (got_hup) {
 			got_hup = 0;
 			reload(srv, path);
 		}
 		reap(t, 0);
-		if (++ticks % 25 == 0)
+		if (++ticks % 50 == 0)
 			status_line(srv);
 	}
 	dmn_notify("STOPPING=1");

@@ -42,6 +42,8 @@ struct dmn_session {
 	time_t started;
 	atomic_uint n_seqs;           /* read by dashkvctl sessions */
 	atomic_ullong bytes, steps, rejects;
+	atomic_ullong busy_since;     /* ms, CLOCK_MONOTONIC; 0 between steps */
+	int heartbeat;                /* the client wants IPC_FEAT_HEARTBEAT */
 	char *region;
 	uint64_t region_size;
 	struct ipc_offsets off;
@@ -53,6 +55,29 @@ struct dmn_session {
 	size_t scratch_size;
 	dkv_stats *stats;       /* scratch for session_bytes() */
 };
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void dmn_heartbeat(struct dmn_server *srv)
+{
+	uint64_t limit = srv->cfg.step_timeout * 1000, now = now_ms();
+
+	pthread_mutex_lock(&srv->lock);
+	for (struct dmn_session *t = srv->list; t; t = t->next) {
+		uint64_t since = atomic_load_explicit(&t->busy_since, memory_order_relaxed);
+
+		if (!t->heartbeat || (limit && since && now - since > limit))
+			continue;
+		atomic_fetch_add_explicit(&t->sq->alive, 1, memory_order_release);
+	}
+	pthread_mutex_unlock(&srv->lock);
+}
 
 void dmn_reject(struct dmn_server *srv, enum ipc_reject why)
 {
@@ -326,7 +351,9 @@ static int serve_ring(struct dmn_session *s)
 		int rc;
 
 		atomic_store_explicit(&s->sq->head, ++s->sq_head, memory_order_release);
+		atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
 		rc = step(s, &e, err);
+		atomic_store_explicit(&s->busy_since, 0, memory_order_relaxed);
 		if (rc)
 			session_reject(s, rc);
 		else
@@ -480,14 +507,19 @@ static int handshake(struct dmn_session *s)
 		char raw[IPC_MAX_PAYLOAD];
 	} p;
 	struct ipc_accept a = { .features = IPC_FEAT_RING };
+	enum ipc_reject why = IPC_REJ_HANDSHAKE;
 	int fd, rc;
 
 	rc = ipc_recv(s->sock, &h, &p, HELLO_MS, NULL, err, sizeof(err));
+	if (rc == DKV_E_PROTO)
+		why = IPC_REJ_MESSAGE;
 	if (rc == DKV_OK && control_request(s, &h))
 		return -1;
-	if (rc == DKV_OK && atomic_load(&s->srv->draining))
+	if (rc == DKV_OK && atomic_load(&s->srv->draining)) {
 		rc = DKV_E_DISCONNECTED, snprintf(err, sizeof(err), "the daemon is "
 			"draining and takes no new sessions");
+		why = IPC_REJ_BUSY;
+	}
 	if (rc == DKV_OK && h.type != IPC_HELLO)
 		rc = DKV_E_PROTO, snprintf(err, sizeof(err), "expected hello");
 	if (rc == DKV_OK)
@@ -499,14 +531,15 @@ static int handshake(struct dmn_session *s)
 		rc = make_region(s, p.hello.arena_size, &fd);
 	if (rc) {
 		if (err[0] || rc != DKV_E_DISCONNECTED) {
-			dmn_reject(s->srv, atomic_load(&s->srv->draining) ?
-				   IPC_REJ_BUSY : IPC_REJ_HANDSHAKE);
+			dmn_reject(s->srv, why);
 			dmn_log(DMN_WARN, "pid %d: handshake: %s", (int)s->cred.pid,
 				err[0] ? err : dkv_strerror(rc));
 			reply_error(s->sock, 0, rc, err[0] ? err : dkv_strerror(rc));
 		}
 		return -1;
 	}
+	s->heartbeat = !!(p.hello.features & IPC_FEAT_HEARTBEAT);
+	a.features |= p.hello.features & IPC_FEAT_HEARTBEAT;
 	a.region_size = s->region_size;
 	a.off = s->off;
 	rc = ipc_send(s->sock, IPC_ACCEPT, h.seq, &a, sizeof(a), fd);
@@ -595,10 +628,10 @@ static void *session_main(void *arg)
 			(int)s->cred.pid);
 	}
 	close_all(s);
-	if (s->region)
-		munmap(s->region, s->region_size);
 	if (served)
 		delist(s);
+	if (s->region)
+		munmap(s->region, s->region_size);
 	free(s->scratch);
 	free(s->stats);
 	close(s->sock);

@@ -33,6 +33,11 @@ struct dmn_server {
 	time_t started;
 };
 
+/*
+ * Bump the heartbeat of every session whose step (if any) has run less
+ * than step_timeout; the main loop calls it every IPC_HEARTBEAT_MS.
+ */
+void dmn_heartbeat(struct dmn_server *srv);
 /* Count a rejected request. */
 void dmn_reject(struct dmn_server *srv, enum ipc_reject why);
 

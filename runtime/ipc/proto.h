@@ -22,7 +22,9 @@
 
 /* Feature bits negotiated in HELLO / ACCEPT. */
 #define IPC_FEAT_RING 0x1u      /* steps through the shared rings */
-#define IPC_FEAT_ALL IPC_FEAT_RING
+#define IPC_FEAT_HEARTBEAT 0x2u /* the daemon bumps sq `alive` while well */
+#define IPC_FEAT_ALL (IPC_FEAT_RING | IPC_FEAT_HEARTBEAT)
+#define IPC_HEARTBEAT_MS 100    /* how often the daemon bumps it */
 
 enum ipc_type {
 	IPC_HELLO = 1,  /* client: struct ipc_hello */
@@ -160,6 +162,7 @@ struct ipc_ring_ctl {
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t tail;  /* producer */
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t sleeping; /* consumer waits */
 	_Atomic uint32_t bell;  /* futex word: bumped by the producer */
+	_Atomic uint32_t alive; /* submission ring: the daemon's heartbeat */
 };
 
 /* A step: the arena offsets of q, k, v (read) and out (written). */
