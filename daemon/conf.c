@@ -96,6 +96,8 @@ static int parse_value(const struct centry *e, struct dmn_config *c,
 			snprintf(err, errlen, "%s: value empty or too long", e->name);
 			return -1;
 		}
+		/* zero the rest: reload compares whole fields */
+		memset((char *)c + e->off, 0, e->size);
 		strcpy((char *)c + e->off, v);
 		return 0;
 	case C_UINT: rc = parse_uint(v, 10, &x); break;
