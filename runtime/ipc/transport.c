@@ -23,7 +23,12 @@
 
 #define IPC_POLL_MS 50
 #define IPC_CTL_TIMEOUT_MS 30000
-#define IPC_SPIN_NS 200000 /* spin this long before sleeping on a completion */
+/*
+ * Spin (yielding) this long before sleeping on a completion; default, or
+ * DASHKV_IPC_SPIN_US.  Spinning longer than a step takes only steals the
+ * CPU the daemon needs on a small machine.
+ */
+#define IPC_SPIN_NS 200000
 #define IPC_DEF_ARENA (64ull << 20)
 #define IPC_HUNG_MS 2000 /* default; DASHKV_IPC_TIMEOUT_MS */
 
@@ -43,6 +48,7 @@ struct ipc_conn {
 	uint32_t last_alive;    /* heartbeat seen last, and when (ns) */
 	uint64_t alive_at;
 	uint64_t hung_ns;       /* no heartbeat this long: DKV_E_TIMEOUT */
+	uint64_t spin_ns;       /* before sleeping on a completion */
 };
 
 static uint64_t now_ns(void)
@@ -238,6 +244,8 @@ static int handshake(struct ipc_conn *c, char *err)
 		h.arena_size = (uint64_t)atoi(env) << 20;
 	env = getenv("DASHKV_IPC_TIMEOUT_MS");
 	c->hung_ns = (uint64_t)(env && atoi(env) > 0 ? atoi(env) : IPC_HUNG_MS) * 1000000;
+	env = getenv("DASHKV_IPC_SPIN_US");
+	c->spin_ns = env && atoi(env) >= 0 ? (uint64_t)atoi(env) * 1000 : IPC_SPIN_NS;
 	c->seq++;
 	/* a refusal may already wait for us even if the send fails */
 	ipc_send(c->sock, IPC_HELLO, c->seq, &h, sizeof(h), -1);
@@ -368,7 +376,7 @@ static int daemon_gone(struct ipc_conn *c)
 static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
 {
 	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
-	uint64_t spin_end = now_ns() + IPC_SPIN_NS;
+	uint64_t spin_end = c->spin_ns ? now_ns() + c->spin_ns : 0;
 
 	watch(c);
 
