@@ -140,12 +140,8 @@ static int ask(const char *path, uint16_t type)
 		fprintf(stderr, "dashkvctl: %s: %m\n", path);
 		return 1;
 	}
-	rc = ipc_send(fd, type, 1, NULL, 0, -1);
-	if (rc) {
-		fprintf(stderr, "dashkvctl: %s\n", dkv_strerror(rc));
-		close(fd);
-		return 1;
-	}
+	/* a refusal may wait for us even if the send fails */
+	ipc_send(fd, type, 1, NULL, 0, -1);
 	rc = answer(fd, type);
 	close(fd);
 	return rc;

@@ -8,6 +8,8 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -86,6 +88,45 @@ static int listen_on(const struct dmn_config *cfg)
 		return -1;
 	}
 	return fd;
+}
+
+/*
+ * Become cfg->user once the socket is bound: the socket is handed to that
+ * user (so that the daemon can remove it at exit), then setgroups, setgid,
+ * setuid; any failure is fatal.  Not root: only the own user is accepted.
+ */
+static int drop_privileges(struct dmn_server *srv)
+{
+	const char *name = srv->cfg.user;
+	struct passwd *pw;
+
+	if (!name[0])
+		return 0;
+	pw = getpwnam(name);
+	if (!pw) {
+		dmn_log(DMN_ERROR, "user %s: no such user", name);
+		return -1;
+	}
+	if (geteuid() != 0) {
+		if (pw->pw_uid == geteuid())
+			return 0;
+		dmn_log(DMN_ERROR, "user %s: only root can change its user", name);
+		return -1;
+	}
+	if (chown(srv->cfg.socket, pw->pw_uid, pw->pw_gid) < 0 ||
+	    initgroups(name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		dmn_log(DMN_ERROR, "user %s: dropping privileges: %m", name);
+		return -1;
+	}
+	if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+		dmn_log(DMN_ERROR, "user %s: could regain root", name);
+		return -1;
+	}
+	srv->self_uid = pw->pw_uid;
+	dmn_log(DMN_INFO, "running as %s (uid %d, gid %d)", name, (int)pw->pw_uid,
+		(int)pw->pw_gid);
+	return 0;
 }
 
 struct tracked {
@@ -198,11 +239,18 @@ static int run(struct dmn_server *srv, const char *path)
 		rt_engine_free(srv->eng);
 		return 1;
 	}
+	if (drop_privileges(srv)) {
+		close(lfd);
+		unlink(srv->cfg.socket);
+		rt_engine_free(srv->eng);
+		return 1;
+	}
 	dmn_log(DMN_INFO, "listening on %s", srv->cfg.socket);
 	dmn_notify("READY=1\nSTATUS=listening");
 	main_loop(srv, lfd, path);
 	close(lfd);
-	unlink(srv->cfg.socket);
+	if (unlink(srv->cfg.socket) < 0)
+		dmn_log(DMN_WARN, "%s: %m", srv->cfg.socket);
 	rt_engine_free(srv->eng);
 	dmn_log(DMN_INFO, "stopped");
 	return 0;

@@ -97,6 +97,29 @@ start "$dir/perm.conf"
 grep -q "not allowed" "$dir/err" || fail "dashkvctl refusal: $(cat "$dir/err")"
 stop
 
+# privilege drop: started as root with "user nobody", it serves as nobody
+printf 'allow_users %s\nuser no-such-user-dkv\n' "$uid" >"$dir/nouser.conf"
+"$dmn" -c "$dir/nouser.conf" -s "$sock" 2>"$dir/err" && fail "started as an unknown user"
+grep -q "no such user" "$dir/err" || fail "unknown user: $(cat "$dir/err")"
+if [ "$uid" -eq 0 ] && nob=$(id -u nobody 2>/dev/null); then
+	chmod 0711 "$dir" && mkdir "$dir/priv" && chown nobody "$dir/priv"
+	printf 'allow_users 0\nuser nobody\n' >"$dir/user.conf"
+	main_sock=$sock
+	sock=$dir/priv/d.sock
+	start "$dir/user.conf"
+	ids=$(awk '/^[UG]id:/ { printf "%s %s %s %s ", $2, $3, $4, $5 }' "/proc/$pid/status")
+	[ "$ids" = "$nob $nob $nob $nob $(id -g nobody) $(id -g nobody) $(id -g nobody) $(id -g nobody) " ] ||
+		fail "after the drop: $ids"
+	grep -Eq '^Groups:.*(\s|^)0(\s|$)' "/proc/$pid/status" && fail "kept group 0"
+	[ "$(stat -c %u "$sock")" = "$nob" ] || fail "socket not handed to nobody"
+	"$cli" api "unix:$sock" || fail "api through a daemon running as nobody"
+	stop
+	sock=$main_sock
+	echo "privilege drop: uid/gid $ids"
+else
+	echo "not root: the privilege drop is not tested"
+fi
+
 start "$dir/ok.conf"
 "$cli" api "unix:$sock" || fail "api through the daemon"
 
