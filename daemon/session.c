@@ -103,6 +103,34 @@ static void session_reject(struct dmn_session *s, int status)
 	dmn_reject(s->srv, ipc_reject_of(status));
 }
 
+/* ---- accounting ---- */
+
+/* Bytes the session's sequences hold (keys, values, codes, summaries). */
+static uint64_t session_bytes(struct dmn_session *s)
+{
+	dkv_stats *st = s->stats;
+	uint64_t sum = 0;
+
+	for (int i = 0; i < MAX_SEQS; i++) {
+		if (!s->seqs[i].rs)
+			continue;
+		memset(st, 0, sizeof(*st));
+		rt_seq_get_stats(s->seqs[i].rs, st);
+		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
+	}
+	return sum;
+}
+
+static void update_usage(struct dmn_session *s)
+{
+	unsigned n = 0;
+
+	for (int i = 0; i < MAX_SEQS; i++)
+		n += s->seqs[i].rs != NULL;
+	atomic_store_explicit(&s->n_seqs, n, memory_order_relaxed);
+	atomic_store_explicit(&s->bytes, session_bytes(s), memory_order_relaxed);
+}
+
 /* ---- control messages ---- */
 
 static int reply_error(int sock, uint32_t seq, int status, const char *msg)
@@ -133,8 +161,6 @@ static struct sseq *find_seq(struct dmn_session *s, uint32_t id)
 			return &s->seqs[i];
 	return NULL;
 }
-
-static void update_usage(struct dmn_session *s);
 
 static int do_open(struct dmn_session *s, uint32_t seq, const struct ipc_open *m)
 {
@@ -265,32 +291,6 @@ static void *scratch(struct dmn_session *s, uint64_t bytes)
 		s->scratch_size = bytes;
 	}
 	return s->scratch;
-}
-
-/* Bytes the session's sequences hold (keys, values, codes, summaries). */
-static uint64_t session_bytes(struct dmn_session *s)
-{
-	dkv_stats *st = s->stats;
-	uint64_t sum = 0;
-
-	for (int i = 0; i < MAX_SEQS; i++) {
-		if (!s->seqs[i].rs)
-			continue;
-		memset(st, 0, sizeof(*st));
-		rt_seq_get_stats(s->seqs[i].rs, st);
-		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
-	}
-	return sum;
-}
-
-static void update_usage(struct dmn_session *s)
-{
-	unsigned n = 0;
-
-	for (int i = 0; i < MAX_SEQS; i++)
-		n += s->seqs[i].rs != NULL;
-	atomic_store_explicit(&s->n_seqs, n, memory_order_relaxed);
-	atomic_store_explicit(&s->bytes, session_bytes(s), memory_order_relaxed);
 }
 
 /*
@@ -444,22 +444,34 @@ static void session_info(const struct dmn_session *t, time_t now,
 	in->age_s = (uint64_t)(now - t->started);
 }
 
-/* One IPC_SESSION_INFO per session, then IPC_OK. */
+/*
+ * One IPC_SESSION_INFO per session, then IPC_OK.  The list is copied under
+ * the lock and sent without it: a reader that stalls must not stall the
+ * heartbeat.
+ */
 static void send_sessions(struct dmn_session *s, uint32_t seq)
 {
 	struct dmn_server *srv = s->srv;
-	struct ipc_session_info in;
+	struct ipc_session_info *in;
 	time_t now = time(NULL);
+	size_t n = 0, cap;
 	int rc = DKV_OK;
 
 	pthread_mutex_lock(&srv->lock);
-	for (const struct dmn_session *t = srv->list; t && !rc; t = t->next) {
-		session_info(t, now, &in);
-		rc = ipc_send(s->sock, IPC_SESSION_INFO, seq, &in, sizeof(in), -1);
-	}
+	cap = (size_t)atomic_load(&srv->n_active);
+	in = calloc(cap ? cap : 1, sizeof(*in));
+	for (const struct dmn_session *t = srv->list; in && t && n < cap; t = t->next)
+		session_info(t, now, &in[n++]);
 	pthread_mutex_unlock(&srv->lock);
+	if (!in) {
+		reply_error(s->sock, seq, DKV_E_NOMEM, "out of memory");
+		return;
+	}
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = ipc_send(s->sock, IPC_SESSION_INFO, seq, &in[i], sizeof(in[i]), -1);
 	if (!rc)
 		ipc_send(s->sock, IPC_OK, seq, NULL, 0, -1);
+	free(in);
 }
 
 static void send_srvstats(struct dmn_session *s, uint32_t seq)
@@ -562,7 +574,6 @@ static int handshake(struct dmn_session *s)
 static int idle_wait(struct dmn_session *s, uint32_t bell)
 {
 	struct pollfd p = { .fd = s->sock, .events = POLLIN };
-
 	uint64_t end = now_ns() + SPIN_NS;
 
 	for (int i = 0;; i++) {
@@ -616,7 +627,10 @@ static void enlist(struct dmn_session *s)
 	pthread_mutex_unlock(&srv->lock);
 }
 
-/* Called once the session's memory is released. */
+/*
+ * Called once the sequences are closed and before the region is unmapped
+ * (dmn_heartbeat writes to it under the lock).
+ */
 static void delist(struct dmn_session *s)
 {
 	struct dmn_server *srv = s->srv;
