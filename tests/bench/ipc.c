@@ -391,7 +391,7 @@ static void ipc_usage(FILE *f)
 "                       socket: dashkvd beside dashkv-bench, ../sbin, $PATH)\n"
 "  --daemon FILE        the dashkvd to start\n"
 "  --tokens N           context length (1024)\n"
-"  --reps R             timed calls per row (20000)\n"
+"  --reps R             timed pairs of calls per row (2000)\n"
 "  --heads H            query heads (32)\n"
 "  --kv-heads H         key/value heads (8)\n"
 "  --dim D              head_dim (128)\n"
@@ -429,7 +429,7 @@ static int ipc_args(int argc, char **argv, struct ipc_opts *o)
 {
 	int c, bad = 0;
 
-	*o = (struct ipc_opts){ .tokens = 1024, .reps = 20000, .heads = 32,
+	*o = (struct ipc_opts){ .tokens = 1024, .reps = 2000, .heads = 32,
 				.kv_heads = 8, .dim = 128, .layers = 1 };
 	optind = 1;
 	while (!bad && (c = getopt_long(argc, argv, "", ipc_longopts, NULL)) != -1) {
