@@ -25,8 +25,9 @@
 #define IPC_CTL_TIMEOUT_MS 30000
 /*
  * Spin (yielding) this long before sleeping on a completion; default, or
- * DASHKV_IPC_SPIN_US.  Spinning longer than a step takes only steals the
- * CPU the daemon needs on a small machine.
+ * DASHKV_IPC_SPIN_US.  The spin adapts: when the last step of the same
+ * shape outlasted the spin, the next one sleeps at once, for spinning
+ * through a long step only steals the CPU the daemon needs.
  */
 #define IPC_SPIN_NS 200000
 #define IPC_DEF_ARENA (64ull << 20)
@@ -49,6 +50,8 @@ struct ipc_conn {
 	uint64_t alive_at;
 	uint64_t hung_ns;       /* no heartbeat this long: DKV_E_TIMEOUT */
 	uint64_t spin_ns;       /* before sleeping on a completion */
+	uint32_t last_n_q, last_n_new;  /* shape of the last step */
+	uint64_t last_ns;       /* and its submit-to-completion time */
 };
 
 static uint64_t now_ns(void)
@@ -373,10 +376,10 @@ static int daemon_gone(struct ipc_conn *c)
 }
 
 /* Wait for the next completion; the caller holds the lock. */
-static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
+static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err)
 {
 	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
-	uint64_t spin_end = c->spin_ns ? now_ns() + c->spin_ns : 0;
+	uint64_t spin_end = spin && c->spin_ns ? now_ns() + c->spin_ns : 0;
 
 	watch(c);
 
@@ -422,9 +425,9 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 		       const void *q, const void *k, const void *v, void *out,
 		       char *err)
 {
-	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new);
+	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new), t0;
 	struct ipc_cqe cqe;
-	int rc;
+	int rc, spin;
 
 	e->q_off = 0;
 	e->k_off = up64(qb);
@@ -443,11 +446,18 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 		memcpy(c->arena + e->k_off, k, kb);
 		memcpy(c->arena + e->v_off, v, kb);
 	}
+	/* spin unless the last step of this shape outlasted the spin */
+	spin = e->n_q != c->last_n_q || e->n_new != c->last_n_new ||
+	       c->last_ns <= c->spin_ns;
+	t0 = now_ns();
 	rc = submit(c, e, err);
 	if (!rc)
-		rc = wait_cqe(c, &cqe, err);
+		rc = wait_cqe(c, &cqe, spin, err);
 	if (rc)
 		return rc;
+	c->last_n_q = e->n_q;
+	c->last_n_new = e->n_new;
+	c->last_ns = now_ns() - t0;
 	if (cqe.user != e->user || ipc_check_cqe(&cqe, err, IPC_MSGLEN))
 		return fail(err, DKV_E_PROTO, "bad completion from the daemon");
 	if (cqe.status)
