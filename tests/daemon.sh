@@ -80,6 +80,23 @@ memfd_rss() {
 uid=$(id -u)
 printf 'allow_users %s\nlog_level debug\n' "$uid" >"$dir/ok.conf"
 
+# the systemd unit: systemd-analyze finds nothing to say (our dashkvd in
+# ExecStart, no man pages installed)
+if command -v systemd-analyze >/dev/null 2>&1 && [ -f "$b/daemon/dashkvd.service" ]; then
+	sed "s|^ExecStart=[^ ]*|ExecStart=$(cd "$b" && pwd)/dashkvd|" \
+		"$b/daemon/dashkvd.service" >"$dir/dashkvd.service"
+	systemd-analyze verify --man=no "$dir/dashkvd.service" >"$dir/verify" 2>&1 ||
+		fail "systemd-analyze verify: $(cat "$dir/verify")"
+	[ -s "$dir/verify" ] && fail "systemd-analyze verify: $(cat "$dir/verify")"
+	grep -q '^Type=notify$' "$dir/dashkvd.service" || fail "unit: not Type=notify"
+	for k in NoNewPrivileges=yes UMask=0077 RuntimeDirectory=dashkv \
+		RestrictAddressFamilies=AF_UNIX 'DeviceAllow=/dev/nvidiactl rw'; do
+		grep -q "^$k\$" "$dir/dashkvd.service" || fail "unit lacks $k"
+	done
+else
+	echo "no systemd-analyze: the unit is not verified"
+fi
+
 # -t, -T and a bad line reported with file:line
 "$dmn" -t -c "$dir/ok.conf" || fail "-t on a good config"
 "$dmn" -T -c "$dir/ok.conf" | grep -q "^allow_users $uid\$" || fail "-T"
