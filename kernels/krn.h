@@ -147,7 +147,12 @@ struct krn_ops {
 	void (*wsum)(const float *w, size_t ld_w, uint32_t nq, const float *rows,
 		     size_t ld, uint32_t n, uint32_t dim, float *acc);
 
-	/* dot: out[j * ld_out + i] = dot(q[j], k[i]), q [nq][dim], k rows ld_k apart. */
+	/*
+	 * dot: out[j * ld_out + i] = dot(q[j], k[i]), q [nq][dim], k rows ld_k
+	 * apart.  Each output is the same arithmetic wherever its row sits
+	 * in the call and however many rows come with it (shards score
+	 * different subsets of the same keys and must agree bit for bit).
+	 */
 	void (*dot)(const float *q, uint32_t nq, const float *k, size_t ld_k,
 		    uint32_t n, uint32_t dim, float *out, size_t ld_out);
 

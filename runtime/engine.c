@@ -16,11 +16,21 @@
 #include "engine.h"
 #include "hash.h"
 #include "krn.h"
+#include "plan.h"
+#include "pool.h"
 #include "search.h"
+#include "step.h"
 #include "store.h"
 
 /* Groups of up to this many query heads fine-rank the union of their hits. */
 #define RT_UNION_MAX 8u
+
+/*
+ * Tail blocks below this share of the mean block mass are not read: they
+ * hold at most 2% of the tail mass.  At 1e-3 instead the output error
+ * was the same to three digits at 32K and 1M tokens (dashkv-bench).
+ */
+#define RT_TAIL_NEGLIGIBLE 2e-2
 
 /* Tokens sampled per query head to calibrate the tail estimate. */
 #define RT_TAIL_SAMPLES 128u
@@ -29,6 +39,11 @@ struct rt_engine {
 	pthread_mutex_t lock;
 	uint64_t used;
 	uint64_t limit; /* 0 = none */
+	struct shard_topo *topo;
+	struct shard_plan *plan;
+	struct shard_pool *pool;   /* the shards' workers */
+	uint32_t n_shards;
+	int *node;                 /* [n_shards] NUMA node of each shard's pages */
 };
 
 struct rt_layer {
@@ -43,14 +58,15 @@ struct rt_scratch {
 	float *vrow;       /* [dim]: one value row */
 	size_t blk_cap;    /* tail blocks per query head in blk */
 	float *blk;        /* [group][blk_cap] tail mass per 64-token block */
+	size_t page_cap;   /* pages in the page slots below */
+	double *pmass;     /* [page][group] tail mass of each page */
+	float *pacc;       /* [page][group][dim] each page's tail value or partial */
+	float *pms;        /* [page][group][2] each page's exact (m, s) */
 	uint32_t hit_cap;  /* hits kept per query head */
-	uint32_t *hit;     /* [group][hit_cap] coarse-filter survivors */
-	uint32_t *n_hit;   /* [group] */
-	float *hit_logit;  /* [group][hit_cap] exact logits of the hits */
-	uint32_t *u_pos;   /* [group * hit_cap]: the union of the group's hits */
-	uint32_t *u_map;   /* [group][hit_cap]: union index of each hit */
-	float *u_logit;    /* [group][group * hit_cap] */
-	uint32_t *sel;     /* select scratch: max(hit_cap, samp_max) */
+	uint32_t *n_hit;   /* [group] hits of all shards */
+	struct shard_rank *rank; /* [n_shards] each shard's scratch */
+	struct shard_task task;  /* the group's search, as the shards see it */
+	uint32_t *sel;     /* select scratch: samp_max */
 	uint32_t samp_max; /* keys sampled per group for thresholds */
 	uint32_t *samp_pos;    /* [samp_max] */
 	uint64_t *samp_codes;  /* [samp_max][words] */
@@ -59,11 +75,11 @@ struct rt_scratch {
 	uint32_t *samp_idx;    /* [samp_max] */
 	uint32_t *cal_pos;     /* [RT_TAIL_SAMPLES] */
 	float *cal_logit;      /* [RT_TAIL_SAMPLES] */
-	float *thr, *ca, *cb, *mref; /* [group] per query head of the group */
+	float *thr, *ca, *cb, *mref, *cut; /* [group] per query head of the group */
 	int32_t *lim;          /* [group][RT_CLASSES] stage-1 limits */
-	uint32_t *top;     /* [top_k] indices into hit */
-	uint32_t *top_pos; /* [top_k] positions */
-	float *top_logit;  /* [top_k] */
+	uint32_t *n_top;   /* [group] */
+	uint32_t *top_pos; /* [group][top_k] positions, ascending */
+	float *top_logit;  /* [group][top_k] */
 	uint64_t *qc;      /* [group][words] */
 	float *tab;        /* [group][bits + 1] */
 	float *shift;      /* [group] */
@@ -121,16 +137,60 @@ static uint64_t now_ns(void)
 
 /* ---- engine and memory accounting ---- */
 
+/*
+ * The shards of the engine's sequences from a plan spec (plan.h).  Unset
+ * or "auto" on a machine whose topology cannot be read gives one unbound
+ * shard; GPU shards need the GPU module, which this engine does not drive.
+ */
+static int engine_shards(struct rt_engine *e, const char *spec, char *err)
+{
+	int is_auto = !spec || !*spec || !strcmp(spec, "auto");
+	char perr[RT_ERRLEN];
+
+	if (shard_topo_load(&e->topo, NULL, NULL, perr, sizeof(perr))) {
+		if (!is_auto)
+			return fail(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec, perr);
+		e->topo = NULL;
+	} else if (shard_plan_make(e->topo, spec, &e->plan, perr, sizeof(perr))) {
+		return fail(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec ? spec : "", perr);
+	} else if (e->plan->n_gpu) {
+		return fail(err, DKV_E_UNSUPPORTED,
+			    "DASHKV_SHARDS=%s: GPU shards are not available in this engine", spec);
+	}
+	e->n_shards = e->plan ? e->plan->n : 1;
+	if (e->plan && e->plan->n_nodes > 1) {
+		e->node = calloc(e->n_shards, sizeof(int));
+		if (!e->node)
+			return fail(err, DKV_E_NOMEM, "out of memory for the shard plan");
+		for (uint32_t i = 0; i < e->n_shards; i++)
+			e->node[i] = (int)e->plan->shards[i].numa;
+	}
+	return shard_pool_new(&e->pool, e->n_shards, e->plan, err);
+}
+
 int rt_engine_new(struct rt_engine **out, char *err)
+{
+	return rt_engine_new_shards(out, getenv("DASHKV_SHARDS"), err);
+}
+
+int rt_engine_new_shards(struct rt_engine **out, const char *spec, char *err)
 {
 	struct rt_engine *e = calloc(1, sizeof(*e));
 	char kerr[160];
+	int rc;
 
-	if (krn_init(kerr, sizeof(kerr)))
+	if (krn_init(kerr, sizeof(kerr))) {
+		free(e);
 		return fail(err, DKV_E_INVAL, "%s", kerr);
+	}
 	if (!e)
 		return fail(err, DKV_E_NOMEM, "out of memory for the engine");
 	pthread_mutex_init(&e->lock, NULL);
+	rc = engine_shards(e, spec, err);
+	if (rc) {
+		rt_engine_free(e);
+		return rc;
+	}
 	*out = e;
 	return DKV_OK;
 }
@@ -139,8 +199,18 @@ void rt_engine_free(struct rt_engine *e)
 {
 	if (!e)
 		return;
+	shard_pool_free(e->pool);
+	shard_plan_free(e->plan);
+	free(e->node);
+	if (e->topo)
+		shard_topo_free(e->topo);
 	pthread_mutex_destroy(&e->lock);
 	free(e);
+}
+
+uint32_t rt_engine_shards(const struct rt_engine *e)
+{
+	return e->n_shards;
 }
 
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes)
@@ -305,6 +375,10 @@ static void scratch_free(struct rt_scratch *sc)
 {
 	free(sc->arena);
 	free(sc->blk);
+	free(sc->pmass);
+	free(sc->pacc);
+	free(sc->pms);
+	free(sc->rank);
 	memset(sc, 0, sizeof(*sc));
 }
 
@@ -328,6 +402,32 @@ static uint32_t samp_max_of(uint32_t group)
 	return m > 65536 ? 65536 : m < 1024 ? 1024 : m;
 }
 
+/* One shard's scratch (step.h). */
+static void rank_layout(struct rt_seq *s, struct shard_rank *rk, struct carver *cv)
+{
+	const dkv_seq_config *c = &s->cfg;
+	size_t g = s->group, hc = s->sc.hit_cap, u = sizeof(uint32_t), f = sizeof(float);
+	size_t blk = KRN_BLOCK * c->head_dim * f, rb = shard_rec_bytes(s->group, c->top_k);
+	size_t shards = s->eng->n_shards;
+
+	rk->hit = carve(cv, g * hc * u);
+	rk->n_hit = carve(cv, g * u);
+	rk->n_keep = carve(cv, g * u);
+	rk->logit = carve(cv, g * hc * f);
+	if (g <= RT_UNION_MAX) {
+		rk->u_pos = carve(cv, g * hc * u);
+		rk->u_map = carve(cv, g * hc * u);
+		rk->u_logit = carve(cv, g * g * hc * f);
+	}
+	rk->sel = carve(cv, hc * u);
+	rk->top = carve(cv, g * c->top_k * u);
+	rk->rec = carve(cv, rb);
+	rk->recv = carve(cv, shard_recv_bytes((uint32_t)shards, s->group, c->top_k));
+	rk->bufs.kbuf = carve(cv, blk);
+	rk->bufs.vbuf = carve(cv, blk);
+	rk->bufs.rows = carve(cv, KRN_BLOCK * u);
+}
+
 static void scratch_layout(struct rt_seq *s, struct carver *cv)
 {
 	struct rt_scratch *sc = &s->sc;
@@ -335,15 +435,10 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	size_t dim = c->head_dim, g = s->group, words = s->geom.words, f = sizeof(float);
 	size_t blk = KRN_BLOCK * dim * f, u = sizeof(uint32_t);
 
-	sc->hit = carve(cv, g * sc->hit_cap * u);
 	sc->n_hit = carve(cv, g * u);
-	sc->hit_logit = carve(cv, g * sc->hit_cap * f);
-	if (g <= RT_UNION_MAX) {
-		sc->u_pos = carve(cv, g * sc->hit_cap * u);
-		sc->u_map = carve(cv, g * sc->hit_cap * u);
-		sc->u_logit = carve(cv, g * g * sc->hit_cap * f);
-	}
-	sc->sel = carve(cv, (sc->hit_cap > sc->samp_max ? sc->hit_cap : sc->samp_max) * u);
+	for (uint32_t r = 0; r < s->eng->n_shards; r++)
+		rank_layout(s, &sc->rank[r], cv);
+	sc->sel = carve(cv, sc->samp_max * u);
 	sc->samp_pos = carve(cv, sc->samp_max * u);
 	sc->samp_codes = carve(cv, sc->samp_max * words * sizeof(uint64_t));
 	sc->samp_norms = carve(cv, sc->samp_max * f);
@@ -355,10 +450,11 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	sc->ca = carve(cv, g * f);
 	sc->cb = carve(cv, g * f);
 	sc->mref = carve(cv, g * f);
+	sc->cut = carve(cv, g * f);
 	sc->lim = carve(cv, g * RT_CLASSES * sizeof(int32_t));
-	sc->top = carve(cv, c->top_k * u);
-	sc->top_pos = carve(cv, c->top_k * u);
-	sc->top_logit = carve(cv, c->top_k * f);
+	sc->n_top = carve(cv, g * u);
+	sc->top_pos = carve(cv, g * c->top_k * u);
+	sc->top_logit = carve(cv, g * c->top_k * f);
 	sc->qc = carve(cv, g * words * sizeof(uint64_t));
 	sc->tab = carve(cv, g * (c->hash_bits + 1) * f);
 	sc->shift = carve(cv, g * f);
@@ -378,6 +474,28 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	sc->bufs.rows = carve(cv, KRN_BLOCK * u);
 }
 
+/* The parts of the shards' task that stay the same from step to step. */
+static void task_init(struct rt_seq *s)
+{
+	struct rt_scratch *sc = &s->sc;
+	struct shard_task *t = &sc->task;
+
+	t->g = s->group;
+	t->dim = s->cfg.head_dim;
+	t->qg = sc->qg;
+	t->scale = s->cfg.scale;
+	t->hit_cap = sc->hit_cap;
+	t->top_k = s->cfg.top_k;
+	t->tail = s->cfg.tail_estimate;
+	t->mref = sc->mref;
+	t->cut = sc->cut;
+	t->n_top = sc->n_top;
+	t->top_pos = sc->top_pos;
+	t->top_logit = sc->top_logit;
+	t->rank = sc->rank;
+	t->coll = shard_pool_coll(s->eng->pool);
+}
+
 /* The scratch whose size depends only on the geometry and knobs. */
 static int scratch_fixed(struct rt_seq *s)
 {
@@ -386,6 +504,9 @@ static int scratch_fixed(struct rt_seq *s)
 
 	sc->hit_cap = s->cfg.candidates * 4;
 	sc->samp_max = samp_max_of(s->group);
+	sc->rank = calloc(s->eng->n_shards, sizeof(*sc->rank));
+	if (!sc->rank)
+		return -1;
 	scratch_layout(s, &cv);
 	sc->arena = aligned_alloc(64, cv.off);
 	if (!sc->arena)
@@ -396,6 +517,7 @@ static int scratch_fixed(struct rt_seq *s)
 	scratch_layout(s, &cv);
 	for (size_t j = 0; j < s->group; j++)
 		sc->part[j].acc = sc->acc + j * s->cfg.head_dim;
+	task_init(s);
 	return 0;
 }
 
@@ -424,22 +546,33 @@ static int grow(void **p, size_t n, size_t sz)
 static int scratch_reserve(struct rt_seq *s, uint64_t tokens, char *err)
 {
 	struct rt_scratch *sc = &s->sc;
-	size_t want = tokens / SHARD_BLOCK + 2;
+	size_t want = tokens / SHARD_BLOCK + 2, g = s->group, dim = s->cfg.head_dim;
 
 	if (want <= sc->blk_cap)
 		return DKV_OK;
-	size_t cap = round_cap(want);
-	size_t bytes = cap * s->group * sizeof(float);
+	size_t cap = round_cap(want), pages = cap / SHARD_PAGE_BLOCKS + 1;
+	size_t bytes = cap * g * sizeof(float) +
+		       pages * g * (sizeof(double) + (dim + 2) * sizeof(float));
 	if (mem_take(s->eng, bytes - sc->grow_bytes))
 		return fail(err, DKV_E_NOSPACE,
 			    "memory limit: %zu more scratch bytes would exceed it",
 			    bytes - sc->grow_bytes);
-	if (grow((void **)&sc->blk, cap * s->group, sizeof(float))) {
+	int bad = grow((void **)&sc->blk, cap * g, sizeof(float)) ||
+		  grow((void **)&sc->pmass, pages * g, sizeof(double)) ||
+		  grow((void **)&sc->pacc, pages * g * dim, sizeof(float)) ||
+		  grow((void **)&sc->pms, pages * g * 2, sizeof(float));
+	/* what did grow stays (freed with the sequence); the task follows it */
+	sc->task.blk = sc->blk;
+	sc->task.pmass = sc->pmass;
+	sc->task.pacc = sc->pacc;
+	sc->task.pms = sc->pms;
+	if (bad) {
 		mem_give(s->eng, bytes - sc->grow_bytes);
 		return fail(err, DKV_E_NOMEM, "out of memory for step scratch");
 	}
 	sc->grow_bytes = bytes;
-	sc->blk_cap = cap;
+	sc->blk_cap = sc->task.blk_cap = cap;
+	sc->page_cap = pages;
 	return DKV_OK;
 }
 
@@ -512,6 +645,8 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	s->geom.dtype = (uint32_t)s->cfg.dtype;
 	s->geom.elt_size = s->cfg.dtype == DKV_F32 ? 4 : 2;
 	s->geom.words = s->cfg.hash_bits / 64;
+	s->geom.n_shards = e->n_shards;
+	s->geom.node = e->node;
 	s->trace_cap = s->cfg.sink_tokens + s->cfg.recent_window + s->cfg.top_k;
 	s->P = rt_hash_projection(s->cfg.hash_bits, s->cfg.head_dim,
 				  0x44415348ull * 1000003u + s->cfg.head_dim);
@@ -722,8 +857,8 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			uint64_t t = len0 + i;
 			size_t off = ((size_t)i * H + h) * dim;
 			const void *vsrc = (const uint8_t *)v + off * es;
-			float *vf = s->sc.vrow;
-			float *sum = shard_vsum(st, h, t);
+			float *restrict vf = s->sc.vrow;
+			float *restrict sum = shard_vsum(st, h, t);
 			memcpy(shard_key(st, h, t), (const uint8_t *)k + off * es, (size_t)dim * es);
 			memcpy(shard_value(st, h, t), vsrc, (size_t)dim * es);
 			to_f32(c->dtype, vsrc, dim, vf);
@@ -875,10 +1010,22 @@ static float threshold(struct rt_scratch *sc, uint32_t j, uint32_t ns, uint32_t 
  * uncounted as hits.
  */
 static float tail_ref(const struct rt_hash *hm, const float *tab, float thr,
-		      float ca, float cb)
+		      float ca, float cb, const float *e, uint32_t ns)
 {
 	if (ca > 0.0f && thr > -INFINITY)
 		return ca * thr + cb + 30.0f;
+	if (thr == -INFINITY && ns) {
+		/*
+		 * Every key passes, so no estimate reaches the tail, only exact
+		 * logits (which move the reference if they must): start near
+		 * the sample's largest calibrated logit, not at a loose bound
+		 * under which the masses would flush to zero.
+		 */
+		float m = -INFINITY;
+		for (uint32_t i = 0; i < ns; i++)
+			m = ca * e[i] + cb > m ? ca * e[i] + cb : m;
+		return m + 30.0f;
+	}
 	float emax = fabsf(tab[0]) * hm->max_norm;
 	return fabsf(ca) * emax + cb;
 }
@@ -920,6 +1067,70 @@ static int pass_ok(const struct rt_seq *s, uint32_t n_mid)
 	return PASS_OK;
 }
 
+/*
+ * Run a job of the group's task on every shard, or on this thread alone
+ * when [t0, t1) lies in one page: the work is the same page by page, so
+ * the results are too.
+ */
+static void run_job(struct rt_seq *s, shard_job_fn fn, uint64_t t0, uint64_t t1)
+{
+	struct shard_task *t = &s->sc.task;
+	uint64_t p0;
+
+	if (s->eng->n_shards > 1 && shard_pages_of(t0, t1, &p0) > 1) {
+		t->n_shards = s->eng->n_shards;
+		shard_pool_run(s->eng->pool, fn, t);
+	} else {
+		t->n_shards = 1;
+		fn(t, 0);
+	}
+}
+
+/* The group's hits over all shards, as pass_ok judges them. */
+static void count_hits(struct rt_seq *s)
+{
+	struct rt_scratch *sc = &s->sc;
+
+	for (uint32_t j = 0; j < s->group; j++) {
+		sc->n_hit[j] = 0;
+		for (uint32_t r = 0; r < sc->task.n_shards; r++)
+			sc->n_hit[j] += sc->rank[r].n_hit[j];
+	}
+}
+
+/*
+ * The hits each shard ranks: all of them, or when the group's head has
+ * more than hit_cap, the first hit_cap in position order (the pages in
+ * order, each from its shard), as one shard would keep them.
+ */
+static void keep_hits(struct rt_seq *s)
+{
+	struct rt_scratch *sc = &s->sc;
+	struct shard_task *t = &sc->task;
+	uint32_t S = t->n_shards, hc = sc->hit_cap;
+
+	for (uint32_t j = 0; j < s->group; j++) {
+		uint32_t left = hc;
+		for (uint32_t r = 0; r < S; r++) {
+			uint32_t n = sc->rank[r].n_hit[j];
+			sc->rank[r].n_keep[j] = sc->n_hit[j] <= hc ? n : 0;
+		}
+		if (sc->n_hit[j] <= hc)
+			continue;
+		uint64_t p0, np = shard_pages_of(t->m0, t->m1, &p0);
+		for (uint64_t p = p0; p < p0 + np && left; p++) {
+			struct shard_rank *rk = &sc->rank[p % S];
+			uint32_t n = rk->n_hit[j] < hc ? rk->n_hit[j] : hc;
+			const uint32_t *hit = rk->hit + (size_t)j * hc;
+			while (left && rk->n_keep[j] < n &&
+			       hit[rk->n_keep[j]] < (p + 1) * SHARD_PAGE) {
+				rk->n_keep[j]++;
+				left--;
+			}
+		}
+	}
+}
+
 /* Middles longer than this estimate their tail from one key in eight. */
 #define RT_TAIL_FULL 65536u
 
@@ -947,22 +1158,25 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		.lim = sc->lim, .thr = sc->thr, .ca = sc->ca, .cb = sc->cb,
 		.stride = n_mid > RT_TAIL_FULL ? 8 : 1,
 	};
-	struct krn_scan_out o = { sc->hit, sc->hit_cap, sc->n_hit,
-				  c->tail_estimate ? sc->blk : NULL, sc->blk_cap };
 
-	for (uint32_t j = 0; j < g; j++)
+	for (uint32_t j = 0; j < g; j++) {
+		sc->ca[j] = sc->cb[j] = 0.0f;
 		if (c->tail_estimate)
 			calibrate(s, st, h, j, sc->qg + (size_t)j * c->head_dim, ns);
+	}
 	for (int tries = 0;; tries++) {
 		for (uint32_t j = 0; j < g; j++) {
 			const float *tab = sc->tab + (size_t)j * tl;
 			sc->thr[j] = threshold(sc, j, ns, (uint32_t)(rank ? rank : 1));
 			probe_limits(&L->hash[h], tab, sc->thr[j], sc->lim + j * RT_CLASSES);
-			sc->mref[j] = tail_ref(&L->hash[h], tab, sc->thr[j], sc->ca[j], sc->cb[j]);
+			sc->mref[j] = tail_ref(&L->hash[h], tab, sc->thr[j], sc->ca[j], sc->cb[j],
+					       sc->samp_e + (size_t)j * sc->samp_max, ns);
 			/* the kernel adds exp(ca * e + cb - mref) */
 			sc->cb[j] -= sc->mref[j];
 		}
-		shard_scan(st, h, &q, m0, m1, &o);
+		sc->task.q = &q;
+		run_job(s, shard_job_scan, m0, m1);
+		count_hits(s);
 		for (uint32_t j = 0; j < g; j++)
 			sc->cb[j] += sc->mref[j];
 		int v = pass_ok(s, n_mid);
@@ -970,130 +1184,98 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 			break;
 		rank = v == PASS_TOO_MANY ? rank / 4 : rank * 4 + 1;
 	}
-}
-
-/* Merge the group's sorted hit lists into u_pos; u_map maps them back. */
-static uint32_t hit_union(struct rt_scratch *sc, uint32_t g)
-{
-	uint32_t at[RT_UNION_MAX] = { 0 }, n[RT_UNION_MAX], nu = 0;
-
-	for (uint32_t j = 0; j < g; j++)
-		n[j] = sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
-	for (;;) {
-		uint32_t next = UINT32_MAX;
-		for (uint32_t j = 0; j < g; j++)
-			if (at[j] < n[j] && sc->hit[(size_t)j * sc->hit_cap + at[j]] < next)
-				next = sc->hit[(size_t)j * sc->hit_cap + at[j]];
-		if (next == UINT32_MAX)
-			return nu;
-		for (uint32_t j = 0; j < g; j++)
-			if (at[j] < n[j] && sc->hit[(size_t)j * sc->hit_cap + at[j]] == next)
-				sc->u_map[(size_t)j * sc->hit_cap + at[j]++] = nu;
-		sc->u_pos[nu++] = next;
-	}
+	keep_hits(s);
 }
 
 /*
- * Exact logits of every query head's hits into hit_logit.  Small groups
- * gather the union of their hits once and score it against all their
- * queries: heads of a group often share hits, and each row read serves
- * them all.
- */
-static void fine_group(struct rt_seq *s, struct shard_layer *st, uint32_t h)
-{
-	struct rt_scratch *sc = &s->sc;
-	uint32_t g = s->group, hc = sc->hit_cap;
-
-	if (g > RT_UNION_MAX) {
-		for (uint32_t j = 0; j < g; j++)
-			shard_fine(st, h, sc->qg + (size_t)j * s->cfg.head_dim,
-				   sc->hit + (size_t)j * hc, sc->n_hit[j] < hc ? sc->n_hit[j] : hc,
-				   s->cfg.scale, sc->hit_logit + (size_t)j * hc, &sc->bufs);
-		return;
-	}
-	uint32_t nu = hit_union(sc, g);
-	size_t ld = (size_t)g * hc;
-	shard_fine_multi(st, h, sc->qg, g, sc->u_pos, nu, s->cfg.scale, sc->u_logit, ld,
-			 &sc->bufs);
-	for (uint32_t j = 0; j < g; j++) {
-		uint32_t n = sc->n_hit[j] < hc ? sc->n_hit[j] : hc;
-		for (uint32_t i = 0; i < n; i++)
-			sc->hit_logit[(size_t)j * hc + i] =
-				sc->u_logit[j * ld + sc->u_map[(size_t)j * hc + i]];
-	}
-}
-
-/*
- * Query head j after fine ranking: select the top-K of its hits, attend the
- * top-K exactly into part, and fold the estimated rest in as the tail.
+ * Query head j after the shards' ranking: attend its global top-K
+ * exactly into part; the rest is the tail.
  */
 static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 			  uint32_t j, uint64_t m0, uint64_t m1, struct step_counts *cnt)
 {
 	struct rt_scratch *sc = &s->sc;
 	const dkv_seq_config *c = &s->cfg;
-	uint32_t n_mid = (uint32_t)(m1 - m0);
-	uint32_t *hit = sc->hit + (size_t)j * sc->hit_cap;
-	uint32_t n_hit = sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
-	float *logit = sc->hit_logit + (size_t)j * sc->hit_cap;
+	uint32_t n_top = sc->n_top[j];
+	size_t at = (size_t)j * c->top_k;
 
-	uint32_t n_top = krn_select_top(logit, n_hit, c->top_k, sc->top, sc->sel);
-	for (uint32_t i = 0; i < n_top; i++) {
-		sc->top_pos[i] = hit[sc->top[i]];
-		sc->top_logit[i] = logit[sc->top[i]];
-		logit[sc->top[i]] = -INFINITY; /* leaves the tail */
-	}
-	shard_attend_list(st, h, sc->top_pos, sc->top_logit, n_top, &sc->part[j], &sc->bufs);
-	cnt->cand += n_hit;
+	shard_attend_list(st, h, sc->top_pos + at, sc->top_logit + at, n_top, &sc->part[j],
+			  &sc->bufs);
+	cnt->cand += sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
 	cnt->exact += n_top;
-	if (!c->tail_estimate)
-		return;
-	/* hits outside the top-K join the tail with their exact logits */
-	float *blk = sc->blk + (size_t)j * sc->blk_cap;
-	uint64_t b0 = m0 / SHARD_BLOCK, nb = (m1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0;
-	float mx = -INFINITY;
-	for (uint32_t i = 0; i < n_hit; i++)
-		mx = logit[i] > mx ? logit[i] : mx;
-	if (mx > sc->mref[j] + 60.0f) {
-		/* an exact logit far above the estimates' bound: move the reference */
-		float f = expf(sc->mref[j] - mx);
-		for (uint64_t b = 0; b < nb; b++)
-			blk[b] *= f;
-		sc->mref[j] = mx;
-	}
-	for (uint32_t i = 0; i < n_hit; i++)
-		if (logit[i] > -INFINITY)
-			blk[hit[i] / SHARD_BLOCK - b0] += expf(logit[i] - sc->mref[j]);
-	cnt->est += n_mid - n_top;
+	if (c->tail_estimate)
+		cnt->est += (double)(m1 - m0) - n_top;
+}
+
+/* acc = the sum of the pages' rows [p0, p0 + np) of pacc, in page order. */
+static void fold_pages(float *restrict acc, const float *restrict pacc, uint64_t p0,
+		       uint64_t np, size_t stride)
+{
+	memset(acc, 0, stride * sizeof(float));
+	for (uint64_t p = p0; p < p0 + np; p++)
+		for (size_t i = 0; i < stride; i++)
+			acc[i] += pacc[p * stride + i];
 }
 
 /*
  * The estimated tail of the whole group: block masses times block mean
- * values, one pass over the value summaries for all query heads, merged
+ * values, page by page on the shards, folded in page order and merged
  * into each head's exact partial.
  */
-static void attend_tail(struct rt_seq *s, struct shard_layer *st, uint32_t h,
-			uint64_t m0, uint64_t m1)
+static void attend_tail(struct rt_seq *s, uint64_t m0, uint64_t m1)
 {
 	struct rt_scratch *sc = &s->sc;
 	uint32_t g = s->group, dim = s->cfg.head_dim;
-	uint64_t nb = (m1 + SHARD_BLOCK - 1) / SHARD_BLOCK - m0 / SHARD_BLOCK;
-	float mass[DKV_MAX_HEADS];
+	uint64_t p0, np = shard_pages_of(m0, m1, &p0);
+	size_t stride = (size_t)g * dim;
+	double mass[DKV_MAX_HEADS];
 
 	for (uint32_t j = 0; j < g; j++) {
-		const float *blk = sc->blk + (size_t)j * sc->blk_cap;
 		double sum = 0;
-		for (uint64_t b = 0; b < nb; b++)
-			sum += blk[b];
-		mass[j] = (float)sum;
+		for (uint64_t p = p0; p < p0 + np; p++)
+			sum += sc->pmass[p * g + j];
+		mass[j] = sum;
+		sc->cut[j] = (float)(RT_TAIL_NEGLIGIBLE * sum / (double)(m1 - m0));
 	}
-	memset(sc->tail_acc, 0, (size_t)g * dim * sizeof(float));
-	shard_tail(st, h, sc->blk, sc->blk_cap, g, m0, m1, sc->tail_acc);
+	run_job(s, shard_job_tail, m0, m1);
+	fold_pages(sc->tail_acc, sc->pacc, p0, np, stride);
 	for (uint32_t j = 0; j < g; j++) {
-		struct krn_part t = { sc->mref[j], mass[j], sc->tail_acc + (size_t)j * dim };
-		if (mass[j] > 0.0f)
-			krn_get()->merge(&sc->part[j], &t, dim);
+		float *acc = sc->tail_acc + (size_t)j * dim;
+		if (!(mass[j] > 0.0))
+			continue;
+		/*
+		 * mref is only a bound: the masses may lie far below it (down
+		 * to denormals when a short middle passes whole).  Merge the
+		 * tail at its own log-sum-exp, with mean values, so the exact
+		 * part is not scaled down to nothing.
+		 */
+		for (uint32_t d = 0; d < dim; d++)
+			acc[d] = (float)(acc[d] / mass[j]);
+		struct krn_part t = { sc->mref[j] + (float)log(mass[j]), 1.0f, acc };
+		krn_get()->merge(&sc->part[j], &t, dim);
 	}
+}
+
+/*
+ * Exact attention of the group over [t0, t1): each page's partial on its
+ * shard, folded in page order.
+ */
+static void attend_exact(struct rt_seq *s, uint64_t t0, uint64_t t1)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t g = s->group, dim = s->cfg.head_dim;
+	uint64_t p0, np = shard_pages_of(t0, t1, &p0);
+	size_t stride = (size_t)g * dim;
+
+	sc->task.t0 = t0;
+	sc->task.t1 = t1;
+	run_job(s, shard_job_exact, t0, t1);
+	for (uint64_t p = p0; p < p0 + np; p++)
+		for (uint32_t j = 0; j < g; j++) {
+			const float *ms = sc->pms + (p * g + j) * 2;
+			struct krn_part pp = { ms[0], ms[1], sc->pacc + p * stride + (size_t)j * dim };
+			krn_get()->merge(&sc->part[j], &pp, dim);
+		}
 }
 
 /* Attention of the group of kv head h for the query at position p. */
@@ -1112,8 +1294,10 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		part_reset(&sc->part[j], dim);
 	if (w0 < sink_end)
 		w0 = sink_end;
+	sc->task.l = st;
+	sc->task.h = h;
 	if (c->exact || w0 - sink_end <= c->top_k) {
-		shard_attend_range(st, h, sc->qg, g, 0, p1, c->scale, sc->part, &sc->bufs);
+		attend_exact(s, 0, p1);
 		for (uint32_t j = 0; j < g; j++) {
 			/* the trace holds at most sinks + top_k + window tokens */
 			if (p1 <= s->trace_cap)
@@ -1129,17 +1313,19 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 			      sc->qc + (size_t)j * words,
 			      sc->tab + (size_t)j * (c->hash_bits + 1), &sc->shift[j]);
 	uint64_t t0 = now_ns();
+	sc->task.m0 = sink_end;
+	sc->task.m1 = w0;
 	coarse_filter(s, L, h, sink_end, w0);
 	uint64_t t1 = now_ns();
-	fine_group(s, st, h);
+	run_job(s, shard_job_rank, sink_end, w0);
 	for (uint32_t j = 0; j < g; j++) {
 		attend_middle(s, st, h, j, sink_end, w0, cnt);
-		trace_exact(s, h * g + j, sink_end, sc->top_pos,
-			    c->top_k < w0 - sink_end ? c->top_k : (uint32_t)(w0 - sink_end), w0, p1);
+		trace_exact(s, h * g + j, sink_end, sc->top_pos + (size_t)j * c->top_k,
+			    sc->n_top[j], w0, p1);
 	}
 	uint64_t t2 = now_ns();
 	if (c->tail_estimate)
-		attend_tail(s, st, h, sink_end, w0);
+		attend_tail(s, sink_end, w0);
 	uint64_t t3 = now_ns();
 	cnt->coarse_ns += t1 - t0;
 	cnt->fine_ns += t2 - t1;

@@ -28,11 +28,16 @@
 struct rt_engine;
 struct rt_seq;
 
+/* An engine whose shards follow DASHKV_SHARDS ... */
 int rt_engine_new(struct rt_engine **out, char *err);
+/* ... or the plan spec given (NULL or "auto": the machine's default). */
+int rt_engine_new_shards(struct rt_engine **out, const char *spec, char *err);
 void rt_engine_free(struct rt_engine *e);
 /* Total bytes the engine may hold for sequences; 0 = no limit. */
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes);
 uint64_t rt_engine_used(const struct rt_engine *e);
+/* Shards of the engine's sequences (DASHKV_SHARDS). */
+uint32_t rt_engine_shards(const struct rt_engine *e);
 
 /* Fill every knob's default (geometry left zero). */
 void rt_config_defaults(dkv_seq_config *cfg);

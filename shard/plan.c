@@ -278,8 +278,8 @@ static int fill_shard(struct shard_plan *p, const struct spec *sp,
 		return -1;
 	}
 	k = count_on(t, sp, hosts, node, i, &rank);
-	if (split_node(t->topo, t->numa[node].cpuset, k, rank,
-		       sp->kind == SHARD_GPU, &p->shared_cpus, s->cpuset) < 0) {
+	if (split_node(t->topo, t->numa[node].cpuset, k, rank, 1,
+		       &p->shared_cpus, s->cpuset) < 0) {
 		shard_set_err(err, errlen, "cpu:%u: NUMA node %u has %d PUs for %u shards",
 			sp->n, s->numa, hwloc_bitmap_weight(t->numa[node].cpuset), k);
 		return -1;
@@ -400,7 +400,7 @@ void shard_plan_print(const struct shard_plan *p, FILE *f)
 		"%u ignored device%s%s\n", p->n, plural(p->n), p->n_cpu,
 		p->n_gpu, p->n_nodes, plural(p->n_nodes), p->topo->n_ignored,
 		plural(p->topo->n_ignored),
-		p->shared_cpus ? ", GPU shards share PUs" : "");
+		p->shared_cpus ? ", shards share PUs" : "");
 }
 
 /* ---- binding and memory ---- */
@@ -502,6 +502,12 @@ static void prefer_node(void *p, size_t bytes, int node)
 	numa_bitmask_setbit(mask, (unsigned)node);
 	mbind(p, bytes, MPOL_PREFERRED, mask->maskp, mask->size + 1, 0);
 	numa_free_nodemask(mask);
+}
+
+void shard_numa_prefer(void *p, size_t bytes, int numa_node)
+{
+	if (node_usable(numa_node))
+		prefer_node(p, bytes, numa_node);
 }
 
 /*

@@ -10,8 +10,8 @@
  *   "cpu:N"             N CPU shards dealt round-robin over the NUMA nodes
  *                       with CPUs; a node holding k of them splits its cores
  *                       into k disjoint parts differing by at most one core
- *                       (by PUs when k exceeds its cores; more shards than
- *                       PUs is an error)
+ *                       (by PUs when k exceeds its cores; with more shards
+ *                       than PUs, the shards share PUs round-robin)
  *   "gpu:LIST"          one shard per listed GPU ("all", or indices and
  *                       ranges "0,2-3" in the numbering of topo.h), on the
  *                       GPU's local NUMA node; the GPU shards of one node
@@ -56,7 +56,7 @@ struct shard_plan {
 	struct shard_place *shards;
 	unsigned n_cpu, n_gpu;
 	unsigned n_nodes;       /* distinct NUMA nodes used */
-	int shared_cpus;        /* some GPU shards share PUs */
+	int shared_cpus;        /* some shards share PUs (more than PUs) */
 };
 
 /* Make the plan for spec with GPUs excluded from "auto" (until the engine
@@ -81,6 +81,9 @@ int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard);
  * memory when libnuma is unavailable or the node is absent here.  Free with
  * shard_numa_free() and the same size.  NULL on failure or bytes == 0. */
 void *shard_numa_alloc(size_t bytes, int numa_node);
+/* Ask that the not yet touched pages of [p, p + bytes) come from the node
+ * (a preference, not a bind); nothing when the node is not usable here. */
+void shard_numa_prefer(void *p, size_t bytes, int numa_node);
 void shard_numa_free(void *p, size_t bytes);
 
 #endif

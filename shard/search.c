@@ -172,13 +172,10 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-/* Blocks below this share of their query's mean block mass are skipped. */
-#define TAIL_NEGLIGIBLE 1e-3f
-
 /*
- * Is block i (of nb) worth its value row for any query?  Skipping blocks
- * under TAIL_NEGLIGIBLE of the mean drops at most that share of the tail
- * mass; concentrated attention leaves most blocks there.
+ * Is block i worth its value row for any query?  The caller's cut (a share
+ * of the query's mean block mass) bounds the tail mass the skipped blocks
+ * hold to that share; concentrated attention leaves most blocks there.
  */
 static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut, uint64_t i)
 {
@@ -188,24 +185,19 @@ static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut
 	return 0;
 }
 
-void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
-		uint32_t nq, uint64_t t0, uint64_t t1, float *acc)
+void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
+		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, float *acc)
 {
 	const struct krn_ops *ops = krn_get();
 	uint32_t dim = l->g->head_dim;
 	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
-	float cut[DKV_MAX_HEADS];
 
 	/* block sums -> means: every block is full except maybe the last stored */
-	for (uint32_t j = 0; j < nq; j++) {
-		double sum = 0;
+	for (uint32_t j = 0; j < nq; j++)
 		for (uint64_t b = b0; b < b1; b++) {
 			uint64_t cnt = l->len - b * SHARD_BLOCK;
 			w[j * ld_w + (b - b0)] /= (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
-			sum += w[j * ld_w + (b - b0)];
 		}
-		cut[j] = (float)(sum / (double)(b1 - b0)) * TAIL_NEGLIGIBLE;
-	}
 	/* runs of kept blocks inside one page: their value rows are contiguous */
 	for (uint64_t b = b0; b < b1;) {
 		if (!block_kept(w, ld_w, nq, cut, b - b0)) {

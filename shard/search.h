@@ -78,10 +78,10 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
  * Tail values of nq queries over [t0, t1): w[j * ld_w + b] is query j's
  * estimated mass of block t0 / 64 + b; acc[j * dim ..] gains the sum of
  * each block's mass times its mean value.  w is divided in place by the
- * blocks' token counts.  Blocks whose mass is under 1e-3 of the query's
- * mean block mass for every query are skipped.
+ * blocks' token counts.  Blocks whose mean mass is under cut[j] for every
+ * query j are skipped.
  */
-void shard_tail(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
-		uint32_t nq, uint64_t t0, uint64_t t1, float *acc);
+void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
+		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, float *acc);
 
 #endif

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include "krn.h"
+#include "plan.h"
 #include "store.h"
 
 /* Each array starts on a 64-byte boundary (cache line, AVX-512 load). */
@@ -33,7 +34,7 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 		b->total = (b->total + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
 }
 
-static struct shard_page *page_new(const struct shard_geom *g)
+static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 {
 	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
 	size_t kv = align64(rows * g->head_dim * g->elt_size);
@@ -53,6 +54,8 @@ static struct shard_page *page_new(const struct shard_geom *g)
 		free(p);
 		return NULL;
 	}
+	if (g->node && g->n_shards)
+		shard_numa_prefer(mem, b.total, g->node[index % g->n_shards]);
 #ifdef MADV_HUGEPAGE
 	if (b.total >= HUGE_PAGE)
 		madvise(mem, b.total, MADV_HUGEPAGE); /* advice only */
@@ -122,7 +125,7 @@ int shard_layer_reserve(struct shard_layer *l, uint64_t tokens)
 	if (grow_table(l, have + more))
 		return -1;
 	for (uint32_t i = 0; i < more; i++) {
-		l->pages[have + i] = page_new(l->g);
+		l->pages[have + i] = page_new(l->g, have + i);
 		if (!l->pages[have + i]) {
 			while (i-- > 0)
 				page_free(l->pages[have + i]);

@@ -25,6 +25,9 @@ struct shard_geom {
 	uint32_t dtype;     /* DKV_F32, DKV_F16 or DKV_BF16 */
 	uint32_t elt_size;  /* bytes per key/value element: 4 or 2 */
 	uint32_t words;     /* code words (hash_bits / 64) */
+	/* placement: page p prefers NUMA node node[p % n_shards] (NULL: any) */
+	uint32_t n_shards;
+	const int *node;
 };
 
 /* One page; its arrays are carved from one allocation. */

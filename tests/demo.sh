@@ -39,4 +39,22 @@ err=$(sed -n 's/.*median output error vs exact: \([^ ]*\).*/\1/p' "$out")
 test -n "$err" || fail "no median output error"
 awk -v e="$err" 'BEGIN { exit !(e >= 0 && e < 0.5) }' || fail "median output error $err"
 echo "demo.sh: ok (median output error $err)"
+
+# the README's main job (make demo) at a small context: daemon up, demo
+# client and stories260K through it, daemon stopped cleanly
+job=$(mktemp "${TMPDIR:-/tmp}/main-job.XXXXXX") || exit 99
+DEMO_TOKENS=8192 sh "$top_srcdir/tests/demo/main-job.sh" >"$job" 2>&1 ||
+	{ cat "$job"; rm -f "$job"; fail "main job exited $?"; }
+grep -q "^sessions " "$job" || { cat "$job"; fail "main job: no dashkvctl status"; }
+grep -q "median step latency: DASH-KV" "$job" || { cat "$job"; fail "main job: no demo summary"; }
+grep -q "dashkvd stopped (exit status 0)" "$job" || { cat "$job"; fail "main job: dashkvd did not stop cleanly"; }
+if grep -q "stories260K skipped" "$job"; then
+	echo "demo.sh: main job ran without stories260K (model file absent)"
+else
+	grep -q "^Once upon a time, there was a little girl named Lily." "$job" ||
+		{ cat "$job"; fail "main job: stories260K text"; }
+	grep -q "^agreement: " "$job" || { cat "$job"; fail "main job: no agreement line"; }
+fi
+rm -f "$job"
+echo "demo.sh: main job ok"
 exit 0

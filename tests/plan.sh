@@ -33,7 +33,7 @@ check_format() {
 	}
 	/^plan: / {
 		summary++
-		if ($0 !~ /^plan: [0-9]+ shards? \([0-9]+ cpu, [0-9]+ gpu\) over [0-9]+ NUMA nodes?, [0-9]+ ignored devices?(, GPU shards share PUs)?$/) {
+		if ($0 !~ /^plan: [0-9]+ shards? \([0-9]+ cpu, [0-9]+ gpu\) over [0-9]+ NUMA nodes?, [0-9]+ ignored devices?(, shards share PUs)?$/) {
 			print "bad summary: " $0; bad = 1
 		}
 		if ($2 != n) { print "summary count: " $0; bad = 1 }
@@ -91,9 +91,12 @@ check_format "$tmp/cpu16" 16 cpu
 awk '/^shard/ { split($6, a, "[=-]"); if (a[3] - a[2] != 1) exit 1;
 	if (seen[$6]++) exit 1 }' "$tmp/cpu16" || fail "cpu:16 split"
 
+# more shards than PUs: they share PUs, one each, round-robin
+"$plan" --plan --synthetic "$eight" --shards cpu:33 >"$tmp/cpu33" || fail "cpu:33"
+grep -q "^plan: 33 shards .*, shards share PUs$" "$tmp/cpu33" || fail "cpu:33 summary"
+
 # --- errors ---
 expect_error 2 "cpu:0" --plan --synthetic "$eight" --shards cpu:0
-expect_error 2 "has 4 PUs for 5 shards" --plan --synthetic "$eight" --shards cpu:33
 expect_error 2 "unknown shard spec" --plan --synthetic "$eight" --shards tpu:1
 expect_error 2 "no NVIDIA GPU" --plan --synthetic "$eight" --shards gpu:all
 DASHKV_SHARDS=cpu:x expect_error 2 "cpu:x" --plan --synthetic "$eight"

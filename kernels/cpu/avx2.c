@@ -17,6 +17,9 @@
 #include "simd_common.h"
 #include "variants.h"
 
+/* The largest head_dim of the SIMD dot (a padded group lives on the stack). */
+#define DOT_MAX_DIM 256u
+
 /* Keys per block in dot: a block stays in L1 while every query pair reads it. */
 #define DOT_KB 32
 /* Queries whose logits attend keeps at once (8 rows of KRN_BLOCK floats). */
@@ -255,46 +258,7 @@ KRN_UNROLL
 	return krn_hsum8x8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
 }
 
-KRN_INLINE float dot_1x1(const float *q, const float *k, uint32_t dim)
-{
-	__m256 a0 = _mm256_setzero_ps(), a1 = a0;
-	uint32_t d = 0;
-
-	for (; d + 16 <= dim; d += 16) {
-		a0 = _mm256_fmadd_ps(loadf(q + d), loadf(k + d), a0);
-		a1 = _mm256_fmadd_ps(loadf(q + d + 8), loadf(k + d + 8), a1);
-	}
-	if (d < dim)
-		a0 = _mm256_fmadd_ps(loadf(q + d), loadf(k + d), a0);
-	return krn_hsum8(_mm256_add_ps(a0, a1));
-}
-
-static void dot_rows2(const float *q0, const float *q1, const float *k,
-		      size_t ld, uint32_t n, uint32_t dim, float *o0, float *o1)
-{
-	uint32_t i = 0;
-
-	for (; i + 4 <= n; i += 4) {
-		__m256 r = dot_2x4(q0, q1, k + i * ld, ld, dim);
-		_mm_storeu_ps(o0 + i, _mm256_castps256_ps128(r));
-		_mm_storeu_ps(o1 + i, _mm256_extractf128_ps(r, 1));
-	}
-	for (; i < n; i++) {
-		o0[i] = dot_1x1(q0, k + i * ld, dim);
-		o1[i] = dot_1x1(q1, k + i * ld, dim);
-	}
-}
-
-static void dot_rows1(const float *q, const float *k, size_t ld, uint32_t n,
-		      uint32_t dim, float *o)
-{
-	uint32_t i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(o + i, dot_1x8(q, k + i * ld, ld, dim));
-	for (; i < n; i++)
-		o[i] = dot_1x1(q, k + i * ld, dim);
-}
+#include "dot_rows.h"
 
 /* dim % 8 == 0 */
 static void dot_blocks(const float *q, uint32_t nq, const float *k, size_t ld_k,
@@ -318,7 +282,7 @@ static void dot_blocks(const float *q, uint32_t nq, const float *k, size_t ld_k,
 static void avx2_dot(const float *q, uint32_t nq, const float *k, size_t ld_k,
 		     uint32_t n, uint32_t dim, float *out, size_t ld_out)
 {
-	if (dim % 8) {
+	if (dim % 8 || dim > DOT_MAX_DIM) {
 		krn_ops_scalar.dot(q, nq, k, ld_k, n, dim, out, ld_out);
 		return;
 	}

@@ -112,7 +112,7 @@ KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t
 }
 
 /* Stage 1 and 2 for one 64-key block and query j, from its distances. */
-static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+KRN_INLINE uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			   struct krn_scan_out *o, const __m256i dist[2],
 			   const struct qtab *t, uint32_t j, uint32_t p, uint8_t *hd)
 {
@@ -127,6 +127,8 @@ static uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_key
 		__m256i fail = _mm256_cmpeq_epi8(_mm256_max_epu8(h, lim), h);
 		uint32_t probes = ~(uint32_t)_mm256_movemask_epi8(fail);
 		_mm256_store_si256((__m256i *)(hd + 32 * g), h);
+		if (!probes)
+			continue;
 		while (probes) {
 			uint32_t b = (uint32_t)__builtin_ctz(probes), u = 32 * g + b;
 			if (k->norms[p + u] * tab[hd[u]] >= q->thr[j]) {

@@ -18,6 +18,7 @@
 #include "variants.h"
 
 #define DOT_KB 32
+#define DOT_MAX_DIM 256u /* the largest head_dim of the SIMD dot */
 #define ATT_QG 8
 
 static inline __m512 loadz(__mmask16 m, const float *p)
@@ -208,49 +209,7 @@ KRN_UNROLL
 			   krn_fold512(a[6]), krn_fold512(a[7]));
 }
 
-KRN_INLINE float dot_1x1(const float *q, const float *k, uint32_t dim)
-{
-	__m512 a0 = _mm512_setzero_ps(), a1 = a0;
-	uint32_t d = 0;
-
-	for (; d + 32 <= dim; d += 32) {
-		a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a0);
-		a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16),
-				     _mm512_loadu_ps(k + d + 16), a1);
-	}
-	for (; d < dim; d += 16) {
-		__mmask16 m = step_mask(d, dim);
-		a0 = _mm512_fmadd_ps(loadz(m, q + d), loadz(m, k + d), a0);
-	}
-	return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-
-static void dot_rows2(const float *q0, const float *q1, const float *k,
-		      size_t ld, uint32_t n, uint32_t dim, float *o0, float *o1)
-{
-	uint32_t i = 0;
-
-	for (; i + 4 <= n; i += 4) {
-		__m256 r = dot_2x4(q0, q1, k + i * ld, ld, dim);
-		_mm_storeu_ps(o0 + i, _mm256_castps256_ps128(r));
-		_mm_storeu_ps(o1 + i, _mm256_extractf128_ps(r, 1));
-	}
-	for (; i < n; i++) {
-		o0[i] = dot_1x1(q0, k + i * ld, dim);
-		o1[i] = dot_1x1(q1, k + i * ld, dim);
-	}
-}
-
-static void dot_rows1(const float *q, const float *k, size_t ld, uint32_t n,
-		      uint32_t dim, float *o)
-{
-	uint32_t i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(o + i, dot_1x8(q, k + i * ld, ld, dim));
-	for (; i < n; i++)
-		o[i] = dot_1x1(q, k + i * ld, dim);
-}
+#include "dot_rows.h"
 
 static void dot_blocks(const float *q, uint32_t nq, const float *k, size_t ld_k,
 		       uint32_t n, uint32_t dim, float *out, size_t ld_out)
@@ -274,7 +233,7 @@ static void avx512_dot(const float *q, uint32_t nq, const float *k,
 		       size_t ld_k, uint32_t n, uint32_t dim, float *out,
 		       size_t ld_out)
 {
-	if (dim % 8) {
+	if (dim % 8 || dim > DOT_MAX_DIM) {
 		krn_ops_scalar.dot(q, nq, k, ld_k, n, dim, out, ld_out);
 		return;
 	}

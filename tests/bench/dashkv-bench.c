@@ -37,6 +37,7 @@ struct opts {
 	uint32_t heads, kv_heads, dim, queries, reps;
 	uint64_t seed;
 	uint32_t bw_mib, scan_tokens;
+	uint32_t shards[8], n_shards;  /* shard counts of the shards command */
 	int json;
 };
 
@@ -1087,6 +1088,134 @@ static struct scan_result measure_scan(uint32_t n, uint32_t nq)
 	return r;
 }
 
+/* ================= shards ================= */
+
+/*
+ * The same DASH-KV sequence under each shard count (DASHKV_SHARDS=cpu:N,
+ * one embedded engine each), filled with the same tokens; decode steps
+ * alternate between the engines so that they share the machine's noise.
+ * Outputs must be bit-identical; the medians give the speed-up.
+ */
+struct shards_run {
+	dkv_client *c;
+	dkv_seq *s;
+	double *ms;     /* [reps] step wall times */
+	void *out;
+	dkv_stats st;
+};
+
+static int shards_open(const struct opts *o, uint64_t n, struct shards_run *r, uint32_t count)
+{
+	dkv_seq_config cfg;
+	char spec[32];
+	int rc;
+
+	snprintf(spec, sizeof(spec), "cpu:%u", count);
+	setenv("DASHKV_SHARDS", spec, 1);
+	rc = dkv_connect("embedded", &r->c);
+	if (rc) {
+		fprintf(stderr, "dashkv-bench: %s: %s\n", spec, dkv_errmsg(r->c));
+		return rc;
+	}
+	seq_config(o, n + 64, 0, &cfg);
+	rc = dkv_seq_open(r->c, &cfg, &r->s);
+	if (rc)
+		fprintf(stderr, "dashkv-bench: %s: open: %s\n", spec, dkv_errmsg(r->c));
+	return rc;
+}
+
+static int shards_row(const struct opts *o, uint64_t n, uint32_t reps)
+{
+	struct shards_run run[8];
+	struct kvgen *g = make_gen(o);
+	size_t tok = (size_t)o->kv_heads * o->dim, all = (size_t)o->heads * o->dim;
+	size_t elt = o->dtype == DKV_F32 ? 4 : 2;
+	float *k = xmalloc(CHUNK * tok * 4), *v = xmalloc(CHUNK * tok * 4), *q = xmalloc(all * 4);
+	void *kd = xmalloc(CHUNK * tok * elt), *vd = xmalloc(CHUNK * tok * elt), *qd = xmalloc(all * elt);
+	uint32_t ns = o->n_shards;
+	int rc = DKV_OK, same = 1;
+
+	memset(run, 0, sizeof(run));
+	for (uint32_t i = 0; i < ns && !rc; i++) {
+		rc = shards_open(o, n, &run[i], o->shards[i]);
+		run[i].ms = xcalloc(reps, sizeof(double));
+		run[i].out = xcalloc(all, elt);
+	}
+	for (uint64_t t = 0; t < n && !rc; t += CHUNK) {
+		uint32_t m = n - t < CHUNK ? (uint32_t)(n - t) : CHUNK;
+		kvgen_kv(g, t, m, k, v);
+		to_dtype(k, m * tok, o->dtype, kd);
+		to_dtype(v, m * tok, o->dtype, vd);
+		for (uint32_t i = 0; i < ns && !rc; i++)
+			rc = dkv_step(run[i].s, 0, NULL, 0, kd, vd, m, NULL);
+	}
+	/* step 0 is an untimed warm-up; the engines take turns going first */
+	for (uint32_t r = 0; r <= reps && !rc; r++) {
+		kvgen_kv(g, n + r, 1, k, v);
+		kvgen_queries(g, n + r, 0, q);
+		to_dtype(k, tok, o->dtype, kd);
+		to_dtype(v, tok, o->dtype, vd);
+		to_dtype(q, all, o->dtype, qd);
+		for (uint32_t t = 0; t < ns && !rc; t++) {
+			struct shards_run *x = &run[(r + t) % ns];
+			uint64_t t0 = now_ns();
+			rc = dkv_step(x->s, 0, qd, 1, kd, vd, 1, x->out);
+			if (r > 0)
+				x->ms[r - 1] = (now_ns() - t0) / 1e6;
+		}
+		for (uint32_t i = 1; i < ns && !rc; i++)
+			same &= !memcmp(run[i].out, run[0].out, all * elt);
+	}
+	if (rc) {
+		fprintf(stderr, "dashkv-bench: shards at %llu tokens: %s\n",
+			(unsigned long long)n, dkv_errmsg(run[0].c));
+	} else {
+		double base = median_of(run[0].ms, reps);
+		printf("%-10llu", (unsigned long long)n);
+		for (uint32_t i = 0; i < ns; i++) {
+			double med = median_of(run[i].ms, reps);
+			dkv_stats *st = &run[i].st;
+			st->struct_size = sizeof(*st);
+			dkv_seq_stats(run[i].s, st);
+			double bytes = (double)(st->bytes_full + st->bytes_codes + st->bytes_summaries);
+			printf("  cpu:%u %8.2f ms %5.2fx %7.1f MiB/shard %6.0f B/token",
+			       o->shards[i], med, base / med, bytes / o->shards[i] / 1048576.0,
+			       bytes / (double)st->layer_tokens[0]);
+		}
+		printf("  outputs %s\n", same ? "bit-identical" : "DIFFER");
+		if (!same)
+			rc = DKV_E_INTERNAL;
+	}
+	for (uint32_t i = 0; i < ns; i++) {
+		if (run[i].c)
+			dkv_disconnect(run[i].c);
+		free(run[i].ms);
+		free(run[i].out);
+	}
+	kvgen_free(g);
+	free(k);
+	free(v);
+	free(q);
+	free(kd);
+	free(vd);
+	free(qd);
+	return rc;
+}
+
+static int cmd_shards(const struct opts *o)
+{
+	int rc = 0;
+
+	printf("dashkv-bench shards: one layer, %u q heads / %u kv heads, head_dim %u, %s, "
+	       "seed %llu; decode step medians, engines alternating; speed-up against cpu:%u\n",
+	       o->heads, o->kv_heads, o->dim, dtype_name(o->dtype),
+	       (unsigned long long)o->seed, o->shards[0]);
+	for (uint32_t i = 0; i < o->n_tokens && !rc; i++)
+		rc = shards_row(o, o->tokens[i],
+				o->reps ? o->reps : o->tokens[i] >= 1000000 ? 5 : 9);
+	return rc ? 1 : 0;
+}
+
 /* ---- speed output ---- */
 
 static void speed_print_text(const struct speed *b, const struct speed_row *rows,
@@ -1218,13 +1347,16 @@ static int cmd_speed(const struct opts *o)
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: dashkv-bench quality|speed|ipc [options]\n"
+"usage: dashkv-bench quality|speed|shards|ipc [options]\n"
 "\n"
 "quality  recall and output error of DASH-KV against exact attention in\n"
 "         double on the realistic generator, next to an oracle that takes\n"
 "         the true top tokens with the same exact budget\n"
 "speed    decode step of DASH-KV vs exact mode at several context lengths,\n"
 "         memory read bandwidth and the coarse scan's bytes/s\n"
+"shards   decode step of one DASH-KV sequence split over 1, 2, ... CPU\n"
+"         shards (DASHKV_SHARDS=cpu:N), alternating; checks that the\n"
+"         outputs are bit-identical (default --tokens 1048576)\n"
 "ipc      a tiny step through dashkvd vs embedded: added latency per call\n"
 "         (see dashkv-bench ipc --help)\n"
 "\n"
@@ -1246,6 +1378,7 @@ static void usage(FILE *f)
 "  --seed S            generator seed (1)\n"
 "  --bw-mib M          buffer of the bandwidth measurement (1024)\n"
 "  --scan-tokens N     tokens of the coarse-scan measurement (1048576)\n"
+"  --shards N[,N...]   shard counts of the shards command (1,2)\n"
 "  --json              JSON instead of a plain-text table\n"
 "  --help              this text\n"
 "\n"
@@ -1303,6 +1436,24 @@ static int parse_word(const char *s, const char *const *names, const int *vals,
 	return -1;
 }
 
+/* --shards 1,2,4: shard counts, 1 to 64 each */
+static int parse_counts(const char *s, struct opts *o)
+{
+	char buf[128], *save = NULL;
+
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	strcpy(buf, s);
+	o->n_shards = 0;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		uint32_t v;
+		if (o->n_shards == 8 || parse_u32(tok, &v) || !v || v > 64)
+			return -1;
+		o->shards[o->n_shards++] = v;
+	}
+	return o->n_shards ? 0 : -1;
+}
+
 static int parse_opt(int c, const char *a, struct opts *o)
 {
 	static const char *const dt[] = { "f32", "f16", "bf16", NULL };
@@ -1330,6 +1481,7 @@ static int parse_opt(int c, const char *a, struct opts *o)
 	case 'S': return parse_u64(a, &o->seed);
 	case 'B': return parse_u32(a, &o->bw_mib);
 	case 'N': return parse_u32(a, &o->scan_tokens);
+	case 'P': return parse_counts(a, o);
 	}
 	return -1;
 }
@@ -1343,6 +1495,9 @@ static void defaults(struct opts *o, int quality)
 	o->bw_mib = 1024;
 	o->scan_tokens = 1 << 20;
 	o->queries = 64;
+	o->shards[0] = 1;
+	o->shards[1] = 2;
+	o->n_shards = 2;
 	if (quality) {
 		o->tokens[0] = 32768;
 		o->n_tokens = 1;
@@ -1394,6 +1549,7 @@ static const struct option longopts[] = {
 	{ "seed", required_argument, NULL, 'S' },
 	{ "bw-mib", required_argument, NULL, 'B' },
 	{ "scan-tokens", required_argument, NULL, 'N' },
+	{ "shards", required_argument, NULL, 'P' },
 	{ "json", no_argument, NULL, 'j' },
 	{ "help", no_argument, NULL, '?' + 256 },
 	{ NULL, 0, NULL, 0 }
@@ -1406,12 +1562,16 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
 		return argc < 2 ? -1 : 1;
-	if (strcmp(argv[1], "quality") && strcmp(argv[1], "speed")) {
+	if (strcmp(argv[1], "quality") && strcmp(argv[1], "speed") && strcmp(argv[1], "shards")) {
 		fprintf(stderr, "dashkv-bench: unknown command '%s'\n", argv[1]);
 		return -1;
 	}
 	defaults(o, !strcmp(argv[1], "quality"));
 	o->cmd = argv[1];
+	if (!strcmp(argv[1], "shards")) {
+		o->tokens[0] = 1048576;
+		o->n_tokens = 1;
+	}
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
 		if (c == '?' + 256)
@@ -1451,5 +1611,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "Try 'dashkv-bench --help'.\n");
 		return 2;
 	}
+	if (!strcmp(o.cmd, "shards"))
+		return cmd_shards(&o);
 	return !strcmp(o.cmd, "quality") ? cmd_quality(&o) : cmd_speed(&o);
 }

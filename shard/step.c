@@ -1,0 +1,352 @@
+/* step.c - one kv head group's search over a shard's pages (see step.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dashkv.h"
+#include "step.h"
+
+/* Groups of up to this many query heads fine-rank the union of their hits. */
+#define UNION_MAX 8u
+
+/* An entry of a shard's top-K list as the all-gather carries it. */
+struct rec_ent {
+	float logit;
+	uint32_t pos;
+};
+
+/* Per query head of a record: the list's length and the max logit of the
+ * shard's hits outside its list, then top_k entries. */
+struct rec_head {
+	uint32_t n;
+	float rest_max;
+};
+
+size_t shard_rec_bytes(uint32_t g, uint32_t top_k)
+{
+	return (size_t)g * (sizeof(struct rec_head) + (size_t)top_k * sizeof(struct rec_ent));
+}
+
+size_t shard_recv_bytes(uint32_t n_shards, uint32_t g, uint32_t top_k)
+{
+	/* per entry of the merge: the entry, its logit, select index and scratch */
+	size_t merge = (size_t)n_shards * top_k * (sizeof(struct rec_ent) + 3 * 4);
+
+	return (size_t)n_shards * shard_rec_bytes(g, top_k) + merge;
+}
+
+static struct rec_head *rec_head(void *rec, uint32_t j, uint32_t top_k)
+{
+	return (struct rec_head *)((char *)rec + shard_rec_bytes(j, top_k));
+}
+
+static struct rec_ent *rec_ents(void *rec, uint32_t j, uint32_t top_k)
+{
+	return (struct rec_ent *)(rec_head(rec, j, top_k) + 1);
+}
+
+/* The first page of [t0, t1) that shard r owns; step n_shards from there. */
+static uint64_t first_owned(const struct shard_task *t, uint64_t p0, uint32_t r)
+{
+	uint32_t s = t->n_shards;
+
+	return p0 + (r + s - (uint32_t)(p0 % s)) % s;
+}
+
+/* The part of page p inside [t0, t1). */
+static void page_span(uint64_t p, uint64_t t0, uint64_t t1, uint64_t *a, uint64_t *b)
+{
+	uint64_t s = p * SHARD_PAGE, e = s + SHARD_PAGE;
+
+	*a = s > t0 ? s : t0;
+	*b = e < t1 ? e : t1;
+}
+
+#define FOR_OWNED_PAGES(t, r, t0, t1, p, a, b)                                   \
+	for (uint64_t p0_ = 0, np_ = shard_pages_of(t0, t1, &p0_),                \
+		      p = first_owned(t, p0_, r), a = 0, b = 0;                     \
+	     p < p0_ + np_ && (page_span(p, t0, t1, &a, &b), 1); p += (t)->n_shards)
+
+/* ---- scan ---- */
+
+void shard_job_scan(void *arg, uint32_t r)
+{
+	struct shard_task *t = arg;
+	struct shard_rank *rk = &t->rank[r];
+	const struct krn_ops *ops = krn_get();
+	uint64_t b0 = t->m0 / SHARD_BLOCK;
+	struct krn_scan_out o = { rk->hit, t->hit_cap, rk->n_hit, NULL, t->blk_cap };
+
+	memset(rk->n_hit, 0, t->g * sizeof(uint32_t));
+	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
+		uint64_t page0 = p * SHARD_PAGE;
+		uint64_t ba = a / SHARD_BLOCK, bb = (b + SHARD_BLOCK - 1) / SHARD_BLOCK;
+		struct krn_scan_keys k = {
+			.codes = shard_codes(t->l, t->h, a),
+			.cls = shard_cls(t->l, t->h, page0),
+			.norms = shard_norm(t->l, t->h, page0),
+			.first = (uint32_t)(a - page0),
+			.n = (uint32_t)(b - a),
+			.base = (uint32_t)page0,
+		};
+		if (t->tail) {
+			for (uint32_t j = 0; j < t->g; j++)
+				memset(t->blk + j * t->blk_cap + (ba - b0), 0,
+				       (bb - ba) * sizeof(float));
+			o.blk = t->blk + (ba - b0);
+		}
+		ops->scan(t->q, &k, &o);
+	}
+}
+
+/* ---- fine ranking and the global top-K ---- */
+
+/* Merge the group's sorted hit lists into u_pos; u_map maps them back. */
+static uint32_t hit_union(const struct shard_task *t, struct shard_rank *rk)
+{
+	uint32_t at[UNION_MAX] = { 0 }, nu = 0, hc = t->hit_cap;
+
+	for (;;) {
+		uint32_t next = UINT32_MAX;
+		for (uint32_t j = 0; j < t->g; j++)
+			if (at[j] < rk->n_keep[j] && rk->hit[(size_t)j * hc + at[j]] < next)
+				next = rk->hit[(size_t)j * hc + at[j]];
+		if (next == UINT32_MAX)
+			return nu;
+		for (uint32_t j = 0; j < t->g; j++)
+			if (at[j] < rk->n_keep[j] && rk->hit[(size_t)j * hc + at[j]] == next)
+				rk->u_map[(size_t)j * hc + at[j]++] = nu;
+		rk->u_pos[nu++] = next;
+	}
+}
+
+/*
+ * Exact logits of the shard's hits.  Small groups gather the union of
+ * their hits once and score it against all their queries.
+ */
+static void fine(const struct shard_task *t, struct shard_rank *rk)
+{
+	uint32_t g = t->g, hc = t->hit_cap;
+
+	if (g > UNION_MAX) {
+		for (uint32_t j = 0; j < g; j++)
+			shard_fine(t->l, t->h, t->qg + (size_t)j * t->dim, rk->hit + (size_t)j * hc,
+				   rk->n_keep[j], t->scale, rk->logit + (size_t)j * hc, &rk->bufs);
+		return;
+	}
+	uint32_t nu = hit_union(t, rk);
+	size_t ld = (size_t)g * hc;
+	shard_fine_multi(t->l, t->h, t->qg, g, rk->u_pos, nu, t->scale, rk->u_logit, ld,
+			 &rk->bufs);
+	for (uint32_t j = 0; j < g; j++)
+		for (uint32_t i = 0; i < rk->n_keep[j]; i++)
+			rk->logit[(size_t)j * hc + i] =
+				rk->u_logit[j * ld + rk->u_map[(size_t)j * hc + i]];
+}
+
+/* Query head j's local top-K into the record. */
+static void local_top(const struct shard_task *t, struct shard_rank *rk, uint32_t j)
+{
+	const float *logit = rk->logit + (size_t)j * t->hit_cap;
+	const uint32_t *hit = rk->hit + (size_t)j * t->hit_cap;
+	uint32_t *top = rk->top + (size_t)j * t->top_k, n = rk->n_keep[j];
+	uint32_t k = t->top_k < n ? t->top_k : n;
+	struct rec_head *hd = rec_head(rk->rec, j, t->top_k);
+	struct rec_ent *e = rec_ents(rk->rec, j, t->top_k);
+	float rest = -INFINITY;
+
+	k = krn_select_top(logit, n, k, top, rk->sel);
+	for (uint32_t i = 0, at = 0; i < n; i++) {
+		if (at < k && top[at] == i) {
+			e[at].logit = logit[i];
+			e[at++].pos = hit[i];
+		} else if (logit[i] > rest) {
+			rest = logit[i];
+		}
+	}
+	hd->n = k;
+	hd->rest_max = rest;
+}
+
+/* Which shard owns position pos. */
+static uint32_t owner(const struct shard_task *t, uint32_t pos)
+{
+	return (uint32_t)(pos / SHARD_PAGE % t->n_shards);
+}
+
+/*
+ * The global top-K of query head j from every shard's record, sorted by
+ * position into ent[0..k); returns k.  *rest: the largest logit of the
+ * hits outside it.  The shards' lists (each in position order) are merged
+ * by position first, so the select's ties go to the lower position, as in
+ * one shard's select over all hits.
+ */
+static uint32_t global_top(const struct shard_task *t, struct shard_rank *rk, uint32_t j,
+			   struct rec_ent *ent, float *rest)
+{
+	size_t rb = shard_rec_bytes(t->g, t->top_k), most = (size_t)t->n_shards * t->top_k;
+	float *x = (float *)(ent + most);
+	uint32_t *idx = (uint32_t *)(x + most), *sel = idx + most;
+	uint32_t at[SHARD_MERGE_MAX] = { 0 }, n = 0, k;
+
+	*rest = -INFINITY;
+	for (uint32_t s = 0; s < t->n_shards; s++) {
+		const struct rec_head *hd = rec_head((char *)rk->recv + s * rb, j, t->top_k);
+		*rest = hd->rest_max > *rest ? hd->rest_max : *rest;
+	}
+	for (;;) {
+		uint32_t best = UINT32_MAX, from = 0;
+		for (uint32_t s = 0; s < t->n_shards; s++) {
+			void *rec = (char *)rk->recv + s * rb;
+			if (at[s] < rec_head(rec, j, t->top_k)->n &&
+			    rec_ents(rec, j, t->top_k)[at[s]].pos < best) {
+				best = rec_ents(rec, j, t->top_k)[at[s]].pos;
+				from = s;
+			}
+		}
+		if (best == UINT32_MAX)
+			break;
+		ent[n] = rec_ents((char *)rk->recv + from * rb, j, t->top_k)[at[from]++];
+		x[n] = ent[n].logit;
+		n++;
+	}
+	k = t->top_k < n ? t->top_k : n;
+	if (k == n)
+		return k;
+	k = krn_select_top(x, n, k, idx, sel);
+	for (uint32_t i = 0, at_i = 0; i < n; i++) {
+		if (at_i < k && idx[at_i] == i)
+			ent[at_i++] = ent[i];
+		else if (x[i] > *rest)
+			*rest = x[i];
+	}
+	return k;
+}
+
+/* Take the global top-K out of the shard's hits: they leave the tail. */
+static void drop_top(const struct shard_task *t, struct shard_rank *rk, uint32_t j,
+		     uint32_t r, const struct rec_ent *ent, uint32_t k)
+{
+	const uint32_t *hit = rk->hit + (size_t)j * t->hit_cap;
+	float *logit = rk->logit + (size_t)j * t->hit_cap;
+	uint32_t i = 0;
+
+	for (uint32_t e = 0; e < k; e++) {
+		if (owner(t, ent[e].pos) != r)
+			continue;
+		while (hit[i] != ent[e].pos)
+			i++;
+		logit[i] = -INFINITY;
+	}
+}
+
+/* The shard's hits outside the top-K join its block masses. */
+static void hits_to_tail(const struct shard_task *t, struct shard_rank *rk, uint32_t j,
+			 uint32_t r, float *mref, float rest)
+{
+	const uint32_t *hit = rk->hit + (size_t)j * t->hit_cap;
+	const float *logit = rk->logit + (size_t)j * t->hit_cap;
+	float *blk = t->blk + (size_t)j * t->blk_cap;
+	uint64_t b0 = t->m0 / SHARD_BLOCK;
+
+	if (rest > *mref + 60.0f) {
+		/* an exact logit far above the estimates' bound: move the reference */
+		float f = expf(*mref - rest);
+		FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b)
+			for (uint64_t x = a / SHARD_BLOCK; x < (b + SHARD_BLOCK - 1) / SHARD_BLOCK; x++)
+				blk[x - b0] *= f;
+		*mref = rest;
+	}
+	for (uint32_t i = 0; i < rk->n_keep[j]; i++)
+		if (logit[i] > -INFINITY)
+			blk[hit[i] / SHARD_BLOCK - b0] += expf(logit[i] - *mref);
+}
+
+/* Each owned page's tail mass for query head j, summed in block order. */
+static void page_mass(const struct shard_task *t, uint32_t j, uint32_t r)
+{
+	const float *blk = t->blk + (size_t)j * t->blk_cap;
+	uint64_t b0 = t->m0 / SHARD_BLOCK;
+
+	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
+		double sum = 0;
+		for (uint64_t x = a / SHARD_BLOCK; x < (b + SHARD_BLOCK - 1) / SHARD_BLOCK; x++)
+			sum += blk[x - b0];
+		t->pmass[p * t->g + j] = sum;
+	}
+}
+
+void shard_job_rank(void *arg, uint32_t r)
+{
+	struct shard_task *t = arg;
+	struct shard_rank *rk = &t->rank[r];
+	float mref[DKV_MAX_HEADS];
+	size_t rb = shard_rec_bytes(t->g, t->top_k);
+	struct rec_ent *ent = (struct rec_ent *)((char *)rk->recv + t->n_shards * rb);
+
+	memcpy(mref, t->mref, t->g * sizeof(float)); /* before rank 0 writes it */
+	fine(t, rk);
+	for (uint32_t j = 0; j < t->g; j++)
+		local_top(t, rk, j);
+	if (t->n_shards == 1)
+		memcpy(rk->recv, rk->rec, rb);
+	else
+		shard_coll_allgather(t->coll, (int)r, rk->rec, rk->recv, rb);
+	for (uint32_t j = 0; j < t->g; j++) {
+		float rest;
+		uint32_t k = global_top(t, rk, j, ent, &rest);
+		drop_top(t, rk, j, r, ent, k);
+		if (t->tail) {
+			hits_to_tail(t, rk, j, r, &mref[j], rest);
+			page_mass(t, j, r);
+		}
+		if (r == 0) {
+			t->n_top[j] = k;
+			for (uint32_t i = 0; i < k; i++) {
+				t->top_pos[(size_t)j * t->top_k + i] = ent[i].pos;
+				t->top_logit[(size_t)j * t->top_k + i] = ent[i].logit;
+			}
+		}
+	}
+	if (r == 0)
+		memcpy(t->mref, mref, t->g * sizeof(float));
+}
+
+/* ---- tail and exact partials ---- */
+
+void shard_job_tail(void *arg, uint32_t r)
+{
+	struct shard_task *t = arg;
+	uint64_t b0 = t->m0 / SHARD_BLOCK;
+	size_t stride = (size_t)t->g * t->dim;
+
+	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
+		float *acc = t->pacc + p * stride;
+		memset(acc, 0, stride * sizeof(float));
+		shard_tail_range(t->l, t->h, t->blk + (a / SHARD_BLOCK - b0), t->blk_cap, t->g,
+				 a, b, t->cut, acc);
+	}
+}
+
+void shard_job_exact(void *arg, uint32_t r)
+{
+	struct shard_task *t = arg;
+	struct shard_rank *rk = &t->rank[r];
+	struct krn_part part[DKV_MAX_HEADS];
+	size_t stride = (size_t)t->g * t->dim;
+
+	FOR_OWNED_PAGES(t, r, t->t0, t->t1, p, a, b) {
+		float *acc = t->pacc + p * stride;
+		memset(acc, 0, stride * sizeof(float));
+		for (uint32_t j = 0; j < t->g; j++) {
+			part[j].m = -INFINITY;
+			part[j].s = 0.0f;
+			part[j].acc = acc + (size_t)j * t->dim;
+		}
+		shard_attend_range(t->l, t->h, t->qg, t->g, a, b, t->scale, part, &rk->bufs);
+		for (uint32_t j = 0; j < t->g; j++) {
+			t->pms[(p * t->g + j) * 2] = part[j].m;
+			t->pms[(p * t->g + j) * 2 + 1] = part[j].s;
+		}
+	}
+}
