@@ -30,6 +30,7 @@ static const struct centry table[] = {
 	{ "allow_users", C_LIST, F(allow_users), 0, 0, "", 1 },
 	{ "allow_groups", C_LIST, F(allow_groups), 0, 0, "", 1 },
 	{ "user", C_LIST, F(user), 0, 0, "", 0 },
+	{ "shards", C_LIST, F(shards), 0, 0, "", 0 },
 	{ "memory_limit", C_SIZE, F(memory_limit), 0, UINT64_MAX, "0", 1 },
 	{ "session_memory_limit", C_SIZE, F(session_memory_limit), 0, UINT64_MAX, "0", 1 },
 	{ "max_sessions", C_UINT, F(max_sessions), 1, 4096, "64", 1 },

@@ -15,6 +15,7 @@ struct dmn_config {
 	char allow_users[512];      /* names or numeric uids, comma-separated */
 	char allow_groups[512];
 	char user[64];              /* run as this user after binding; "" = stay */
+	char shards[128];           /* plan spec; "" = $DASHKV_SHARDS, else auto */
 	uint64_t memory_limit;      /* bytes, 0 = none */
 	uint64_t session_memory_limit;
 	uint64_t max_sessions;

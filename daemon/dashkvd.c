@@ -23,6 +23,7 @@
 
 #include "conf.h"
 #include "log.h"
+#include "plan_cli.h"
 #include "session.h"
 
 #define MAX_TRACKED 4096
@@ -44,7 +45,72 @@ static void on_hup(int sig)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: dashkvd [-ftTV] [-c config] [-s socket]\n");
+	fprintf(f, "usage: dashkvd [-ftTV] [-c config] [-s socket]\n"
+		"       dashkvd [-c config] --plan [--topology FILE.xml | "
+		"--synthetic DESC]\n"
+		"               [--shards SPEC] [--gpus]\n");
+}
+
+/* The shard spec: the configuration's, else $DASHKV_SHARDS, else auto. */
+static const char *shard_spec(const struct dmn_config *cfg)
+{
+	return cfg->shards[0] ? cfg->shards : getenv("DASHKV_SHARDS");
+}
+
+/*
+ * dashkvd [-c config] --plan ...: print the placement plan the daemon
+ * would use.  -c and -f are taken out; the rest goes to shard_plan_cli.
+ */
+static int plan(int argc, char **argv)
+{
+	static struct dmn_config cfg;
+	const char *path = DMN_DEF_CONFIG;
+	char **rest = calloc((size_t)argc + 1, sizeof(*rest));
+	char err[512];
+	int n = 0, explicit_cfg = 0, rc;
+
+	if (!rest)
+		return 1;
+	rest[n++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+			path = argv[++i];
+			explicit_cfg = 1;
+		} else if (strcmp(argv[i], "-f")) {
+			rest[n++] = argv[i];
+		}
+	}
+	if (dmn_config_load(path, !explicit_cfg, &cfg, err, sizeof(err))) {
+		fprintf(stderr, "dashkvd: %s\n", err);
+		free(rest);
+		return 1;
+	}
+	rc = shard_plan_cli(n, rest, "dashkvd", shard_spec(&cfg),
+			    "shards in dashkv.conf, else $DASHKV_SHARDS, else auto");
+	free(rest);
+	return rc;
+}
+
+static int wants_plan(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--plan"))
+			return 1;
+	return 0;
+}
+
+/* -t: the shard spec must give a plan on this machine. */
+static int check_shards(const struct dmn_config *cfg)
+{
+	struct rt_engine *eng;
+	char err[RT_ERRLEN] = "";
+
+	if (rt_engine_new_shards(&eng, shard_spec(cfg), err)) {
+		fprintf(stderr, "dashkvd: shards: %s\n", err);
+		return 1;
+	}
+	rt_engine_free(eng);
+	return 0;
 }
 
 static void set_signals(void)
@@ -229,10 +295,11 @@ static int run(struct dmn_server *srv, const char *path)
 	char err[RT_ERRLEN] = "";
 	int lfd;
 
-	if (rt_engine_new(&srv->eng, err)) {
+	if (rt_engine_new_shards(&srv->eng, shard_spec(&srv->cfg), err)) {
 		dmn_log(DMN_ERROR, "engine: %s", err);
 		return 1;
 	}
+	dmn_log(DMN_INFO, "%u shard(s)", rt_engine_shards(srv->eng));
 	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
 	lfd = listen_on(&srv->cfg);
 	if (lfd < 0) {
@@ -263,6 +330,8 @@ int main(int argc, char **argv)
 	int check = 0, print = 0, explicit_cfg = 0, opt;
 	char err[512];
 
+	if (wants_plan(argc, argv))
+		return plan(argc, argv);
 	while ((opt = getopt(argc, argv, "fc:s:tTVh")) != -1) {
 		switch (opt) {
 		case 'f': break; /* always in the foreground */
@@ -293,7 +362,9 @@ int main(int argc, char **argv)
 	}
 	if (print)
 		dmn_config_print(&srv.cfg, stdout);
-	if (check || print)
+	if (check)
+		return check_shards(&srv.cfg);
+	if (print)
 		return 0;
 	dmn_log_level((int)srv.cfg.log_level);
 	srv.self_uid = getuid();

@@ -106,6 +106,18 @@ grep -q "bad.conf:2:" "$dir/err" || fail "no file:line in: $(cat "$dir/err")"
 "$dmn" -c "$dir/bad.conf" -s "$sock" 2>/dev/null && fail "started on a bad config"
 "$dmn" -V | grep -q dashkvd || fail "-V"
 
+# shards: --plan with the configuration's spec, -t refuses a bad one
+syn="pack:1 numa:1 core:4 pu:1"
+printf 'allow_users %s\nshards cpu:2\n' "$uid" >"$dir/shards.conf"
+"$dmn" -c "$dir/shards.conf" --plan --synthetic "$syn" >"$dir/plan" || fail "--plan"
+[ "$(grep -c '^shard [01] cpu ' "$dir/plan")" -eq 2 ] || fail "--plan: $(cat "$dir/plan")"
+"$dmn" --plan --synthetic "$syn" --shards cpu:4 | grep -q '^plan: 4 shards' ||
+	fail "--plan --shards cpu:4"
+"$dmn" --plan --bogus 2>/dev/null; [ $? -eq 2 ] || fail "--plan: bad option"
+"$dmn" -t -c "$dir/shards.conf" || fail "-t on shards cpu:2"
+printf 'shards bogus\n' >"$dir/badshards.conf"
+"$dmn" -t -c "$dir/badshards.conf" 2>/dev/null && fail "-t accepted shards bogus"
+
 # a user that is not allowed
 printf 'allow_users %s\n' $((uid + 12345)) >"$dir/perm.conf"
 start "$dir/perm.conf"
@@ -136,6 +148,12 @@ if [ "$uid" -eq 0 ] && nob=$(id -u nobody 2>/dev/null); then
 else
 	echo "not root: the privilege drop is not tested"
 fi
+
+# two shards in the daemon: the same outputs as the embedded engine
+start "$dir/shards.conf"
+grep -q "2 shard(s)" "$dir/log" || fail "daemon with shards cpu:2"
+"$cli" api "unix:$sock" || fail "api through a daemon of 2 shards"
+stop
 
 start "$dir/ok.conf"
 "$cli" api "unix:$sock" || fail "api through the daemon"
