@@ -22,6 +22,7 @@
 #include "session.h"
 
 #define MAX_SEQS 256
+#define CTL_SPARE 8     /* connections beyond max_sessions, for dashkvctl */
 #define HELLO_MS 2000
 #define IDLE_MS 50
 /*
@@ -51,6 +52,7 @@ struct dmn_session {
 	atomic_ullong bytes, steps, rejects;
 	atomic_ullong busy_since;     /* ms, CLOCK_MONOTONIC; 0 between steps */
 	int heartbeat;                /* the client wants IPC_FEAT_HEARTBEAT */
+	int reserved;                 /* holds a slot of max_sessions */
 	char *region;
 	uint64_t region_size;
 	struct ipc_offsets off;
@@ -522,6 +524,17 @@ static int control_request(struct dmn_session *s, const struct ipc_hdr *h)
 	return 0;
 }
 
+/* Take one of the max_sessions slots (counted in n_active); 0 if none. */
+static int reserve(struct dmn_session *s)
+{
+	struct dmn_server *srv = s->srv;
+
+	if ((uint64_t)atomic_fetch_add(&srv->n_active, 1) < srv->cfg.max_sessions)
+		return s->reserved = 1;
+	atomic_fetch_sub(&srv->n_active, 1);
+	return 0;
+}
+
 static int handshake(struct dmn_session *s)
 {
 	char err[IPC_MSGLEN] = "";
@@ -551,6 +564,11 @@ static int handshake(struct dmn_session *s)
 	if (rc == DKV_OK && p.hello.arena_size > s->srv->cfg.max_arena)
 		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "arena of %llu bytes "
 			"above max_arena", (unsigned long long)p.hello.arena_size);
+	if (rc == DKV_OK && !reserve(s)) {
+		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "too many sessions "
+			"(max_sessions %llu)", (unsigned long long)s->srv->cfg.max_sessions);
+		why = IPC_REJ_BUSY;
+	}
 	if (rc == DKV_OK)
 		rc = make_region(s, p.hello.arena_size, &fd);
 	if (rc) {
@@ -622,7 +640,6 @@ static void enlist(struct dmn_session *s)
 	s->started = time(NULL);
 	s->next = srv->list;
 	srv->list = s;
-	atomic_fetch_add(&srv->n_active, 1);
 	atomic_fetch_add(&srv->region_bytes, s->region_size);
 	pthread_mutex_unlock(&srv->lock);
 }
@@ -644,6 +661,7 @@ static void delist(struct dmn_session *s)
 	atomic_fetch_add(&srv->steps, atomic_load(&s->steps));
 	atomic_fetch_sub(&srv->region_bytes, s->region_size);
 	atomic_fetch_sub(&srv->n_active, 1);
+	s->reserved = 0;
 	pthread_mutex_unlock(&srv->lock);
 }
 
@@ -664,6 +682,8 @@ static void *session_main(void *arg)
 	close_all(s);
 	if (served)
 		delist(s);
+	else if (s->reserved)
+		atomic_fetch_sub(&s->srv->n_active, 1); /* accept not sent */
 	if (s->region)
 		munmap(s->region, s->region_size);
 	free(s->scratch);
@@ -701,8 +721,8 @@ int dmn_session_start(struct dmn_server *srv, int sock, struct dmn_session **out
 		return refuse(srv, sock, IPC_REJ_PERM, DKV_E_PERM,
 			      "this user or group is not allowed");
 	}
-	if ((uint64_t)atomic_load(&srv->n_sessions) >= srv->cfg.max_sessions)
-		return refuse(srv, sock, IPC_REJ_BUSY, DKV_E_NOSPACE, "too many sessions");
+	if ((uint64_t)atomic_load(&srv->n_sessions) >= srv->cfg.max_sessions + CTL_SPARE)
+		return refuse(srv, sock, IPC_REJ_BUSY, DKV_E_NOSPACE, "too many connections");
 	s = calloc(1, sizeof(*s));
 	if (s)
 		s->stats = malloc(sizeof(*s->stats));

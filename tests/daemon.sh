@@ -30,10 +30,13 @@ trap 'exit 1' INT TERM
 fail() { echo "FAIL: $*"; [ -f "$dir/log" ] && cat "$dir/log"; exit 1; }
 
 start() { # config
+	rm -f "$sock" # a daemon killed before left it behind
+	n0=$(grep -c "listening on" "$dir/log" 2>/dev/null)
 	"$dmn" -c "$1" -s "$sock" 2>>"$dir/log" &
 	pid=$!
 	i=0
-	while [ ! -S "$sock" ]; do
+	# listening once it says so (the socket file exists a little earlier)
+	while [ "$(grep -c "listening on" "$dir/log")" = "${n0:-0}" ]; do
 		i=$((i + 1))
 		[ $i -gt 100 ] && fail "dashkvd did not start"
 		kill -0 "$pid" 2>/dev/null || fail "dashkvd exited"
@@ -310,6 +313,23 @@ printf 'allow_users %s\nsession_memory_limit 1M\n' "$uid" >"$dir/limit.conf"
 start "$dir/limit.conf"
 "$cli" limit "unix:$sock" || fail "session memory limit"
 [ "$(stat_of rejected_nospace)" -ge 1 ] || fail "over-limit step not counted"
+stop
+
+# max_sessions 1: a second session is refused, dashkvctl still answers
+printf 'allow_users %s\nmax_sessions 1\n' "$uid" >"$dir/one.conf"
+start "$dir/one.conf"
+"$cli" hold "unix:$sock" >"$dir/hold.out" &
+hold=$!
+wait_for "$dir/hold.out" ready
+"$cli" api "unix:$sock" 2>"$dir/err" && fail "a session beyond max_sessions"
+grep -q "too many sessions" "$dir/err" || fail "beyond max_sessions: $(cat "$dir/err")"
+[ "$(stat_of sessions)" = 1 ] || fail "sessions $(stat_of sessions) with max_sessions 1"
+[ "$(stat_of rejected_busy)" -ge 1 ] || fail "refused session not counted"
+kill -9 "$hold"
+wait "$hold" 2>/dev/null
+hold=
+wait_sessions 0
+"$cli" api "unix:$sock" || fail "api once the slot is free"
 stop
 
 # drain: no new sessions, exit once the last one ends
