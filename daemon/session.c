@@ -515,6 +515,12 @@ static int control_request(struct dmn_session *s, const struct ipc_hdr *h)
 		send_srvstats(s, h->seq);
 		return 1;
 	case IPC_DRAIN:
+		if (s->cred.uid != 0 && s->cred.uid != s->srv->self_uid) {
+			dmn_reject(s->srv, IPC_REJ_PERM);
+			reply_error(s->sock, h->seq, DKV_E_PERM, "only root or the "
+				    "daemon's own user may drain it");
+			return 1;
+		}
 		if (!atomic_exchange(&s->srv->draining, 1))
 			dmn_log(DMN_INFO, "draining at the request of uid %d: no new "
 				"sessions, exit after the last one", (int)s->cred.uid);

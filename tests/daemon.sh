@@ -332,8 +332,19 @@ wait_sessions 0
 "$cli" api "unix:$sock" || fail "api once the slot is free"
 stop
 
-# drain: no new sessions, exit once the last one ends
-start "$dir/ok.conf"
+# drain: no new sessions, exit once the last one ends; another allowed
+# user may look but not drain
+printf 'allow_users %s,nobody\n' "$uid" >"$dir/drain.conf"
+start "$dir/drain.conf"
+if [ "$uid" -eq 0 ] && command -v setpriv >/dev/null 2>&1 && nob=$(id -u nobody 2>/dev/null); then
+	chmod 0711 "$dir" && chmod 0666 "$sock"
+	setpriv --reuid "$nob" --regid "$nob" --clear-groups "$ctl" -s "$sock" status >/dev/null ||
+		fail "dashkvctl status as nobody"
+	setpriv --reuid "$nob" --regid "$nob" --clear-groups "$ctl" -s "$sock" drain 2>"$dir/err" &&
+		fail "nobody drained the daemon"
+	grep -q "only root" "$dir/err" || fail "drain as nobody: $(cat "$dir/err")"
+	[ "$(stat_of draining)" = no ] || fail "draining after a refused drain"
+fi
 "$cli" hold "unix:$sock" >"$dir/hold.out" &
 hold=$!
 wait_for "$dir/hold.out" ready
