@@ -29,6 +29,8 @@ static const struct centry table[] = {
 	{ "socket_mode", C_OCTAL, F(socket_mode), 0, 0777, "0660", 0 },
 	{ "allow_users", C_LIST, F(allow_users), 0, 0, "", 1 },
 	{ "allow_groups", C_LIST, F(allow_groups), 0, 0, "", 1 },
+	{ "user", C_LIST, F(user), 0, 0, "", 0 },
+	{ "shards", C_LIST, F(shards), 0, 0, "", 0 },
 	{ "memory_limit", C_SIZE, F(memory_limit), 0, UINT64_MAX, "0", 1 },
 	{ "session_memory_limit", C_SIZE, F(session_memory_limit), 0, UINT64_MAX, "0", 1 },
 	{ "max_sessions", C_UINT, F(max_sessions), 1, 4096, "64", 1 },
@@ -36,6 +38,7 @@ static const struct centry table[] = {
 	{ "log_level", C_LEVEL, F(log_level), 0, 3, "info", 1 },
 	{ "ring_entries", C_UINT, F(ring_entries), 1, 65536, "64", 0 },
 	{ "max_arena", C_SIZE, F(max_arena), 1 << 20, 1ull << 36, "1G", 1 },
+	{ "step_timeout", C_UINT, F(step_timeout), 0, 86400, "300", 1 },
 };
 
 #define N_ENTRIES (sizeof(table) / sizeof(table[0]))
@@ -95,6 +98,8 @@ static int parse_value(const struct centry *e, struct dmn_config *c,
 			snprintf(err, errlen, "%s: value empty or too long", e->name);
 			return -1;
 		}
+		/* zero the rest: reload compares whole fields */
+		memset((char *)c + e->off, 0, e->size);
 		strcpy((char *)c + e->off, v);
 		return 0;
 	case C_UINT: rc = parse_uint(v, 10, &x); break;

@@ -14,6 +14,8 @@ struct dmn_config {
 	uint64_t socket_mode;
 	char allow_users[512];      /* names or numeric uids, comma-separated */
 	char allow_groups[512];
+	char user[64];              /* run as this user after binding; "" = stay */
+	char shards[128];           /* plan spec; "" = $DASHKV_SHARDS, else auto */
 	uint64_t memory_limit;      /* bytes, 0 = none */
 	uint64_t session_memory_limit;
 	uint64_t max_sessions;
@@ -21,6 +23,8 @@ struct dmn_config {
 	uint64_t log_level;         /* enum dmn_level */
 	uint64_t ring_entries;
 	uint64_t max_arena;         /* bytes of shared arena per session */
+	uint64_t step_timeout;      /* s a step may run before its client
+				       stops seeing a heartbeat; 0 = none */
 };
 
 void dmn_config_defaults(struct dmn_config *c);

@@ -8,6 +8,8 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +23,7 @@
 
 #include "conf.h"
 #include "log.h"
+#include "plan_cli.h"
 #include "session.h"
 
 #define MAX_TRACKED 4096
@@ -42,7 +45,72 @@ static void on_hup(int sig)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: dashkvd [-ftTV] [-c config] [-s socket]\n");
+	fprintf(f, "usage: dashkvd [-ftTV] [-c config] [-s socket]\n"
+		"       dashkvd [-c config] --plan [--topology FILE.xml | "
+		"--synthetic DESC]\n"
+		"               [--shards SPEC] [--gpus]\n");
+}
+
+/* The shard spec: the configuration's, else $DASHKV_SHARDS, else auto. */
+static const char *shard_spec(const struct dmn_config *cfg)
+{
+	return cfg->shards[0] ? cfg->shards : getenv("DASHKV_SHARDS");
+}
+
+/*
+ * dashkvd [-c config] --plan ...: print the placement plan the daemon
+ * would use.  -c and -f are taken out; the rest goes to shard_plan_cli.
+ */
+static int plan(int argc, char **argv)
+{
+	static struct dmn_config cfg;
+	const char *path = DMN_DEF_CONFIG;
+	char **rest = calloc((size_t)argc + 1, sizeof(*rest));
+	char err[512];
+	int n = 0, explicit_cfg = 0, rc;
+
+	if (!rest)
+		return 1;
+	rest[n++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+			path = argv[++i];
+			explicit_cfg = 1;
+		} else if (strcmp(argv[i], "-f")) {
+			rest[n++] = argv[i];
+		}
+	}
+	if (dmn_config_load(path, !explicit_cfg, &cfg, err, sizeof(err))) {
+		fprintf(stderr, "dashkvd: %s\n", err);
+		free(rest);
+		return 1;
+	}
+	rc = shard_plan_cli(n, rest, "dashkvd", shard_spec(&cfg),
+			    "shards in dashkv.conf, else $DASHKV_SHARDS, else auto");
+	free(rest);
+	return rc;
+}
+
+static int wants_plan(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--plan"))
+			return 1;
+	return 0;
+}
+
+/* -t: the shard spec must give a plan on this machine. */
+static int check_shards(const struct dmn_config *cfg)
+{
+	struct rt_engine *eng;
+	char err[RT_ERRLEN] = "";
+
+	if (rt_engine_new_shards(&eng, shard_spec(cfg), err)) {
+		fprintf(stderr, "dashkvd: shards: %s\n", err);
+		return 1;
+	}
+	rt_engine_free(eng);
+	return 0;
 }
 
 static void set_signals(void)
@@ -86,6 +154,45 @@ static int listen_on(const struct dmn_config *cfg)
 		return -1;
 	}
 	return fd;
+}
+
+/*
+ * Become cfg->user once the socket is bound: the socket is handed to that
+ * user (so that the daemon can remove it at exit), then setgroups, setgid,
+ * setuid; any failure is fatal.  Not root: only the own user is accepted.
+ */
+static int drop_privileges(struct dmn_server *srv)
+{
+	const char *name = srv->cfg.user;
+	struct passwd *pw;
+
+	if (!name[0])
+		return 0;
+	pw = getpwnam(name);
+	if (!pw) {
+		dmn_log(DMN_ERROR, "user %s: no such user", name);
+		return -1;
+	}
+	if (geteuid() != 0) {
+		if (pw->pw_uid == geteuid())
+			return 0;
+		dmn_log(DMN_ERROR, "user %s: only root can change its user", name);
+		return -1;
+	}
+	if (chown(srv->cfg.socket, pw->pw_uid, pw->pw_gid) < 0 ||
+	    initgroups(name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		dmn_log(DMN_ERROR, "user %s: dropping privileges: %m", name);
+		return -1;
+	}
+	if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+		dmn_log(DMN_ERROR, "user %s: could regain root", name);
+		return -1;
+	}
+	srv->self_uid = pw->pw_uid;
+	dmn_log(DMN_INFO, "running as %s (uid %d, gid %d)", name, (int)pw->pw_uid,
+		(int)pw->pw_gid);
+	return 0;
 }
 
 struct tracked {
@@ -145,7 +252,7 @@ static void status_line(struct dmn_server *srv)
 	char line[160];
 
 	snprintf(line, sizeof(line), "STATUS=%d sessions, %llu bytes held, %llu rejected",
-		 atomic_load(&srv->n_sessions),
+		 atomic_load(&srv->n_active),
 		 (unsigned long long)rt_engine_used(srv->eng),
 		 (unsigned long long)atomic_load(&srv->rejects));
 	dmn_notify(line);
@@ -161,14 +268,19 @@ static void main_loop(struct dmn_server *srv, int lfd, const char *path)
 	while (!got_stop) {
 		struct pollfd p = { .fd = lfd, .events = POLLIN };
 
-		if (poll(&p, 1, 200) > 0)
+		if (atomic_load(&srv->draining) && !atomic_load(&srv->n_active)) {
+			dmn_log(DMN_INFO, "drained: no session left");
+			break;
+		}
+		if (poll(&p, 1, IPC_HEARTBEAT_MS) > 0)
 			accept_one(srv, lfd, t);
+		dmn_heartbeat(srv);
 		if (got_hup) {
 			got_hup = 0;
 			reload(srv, path);
 		}
 		reap(t, 0);
-		if (++ticks % 25 == 0)
+		if (++ticks % 50 == 0)
 			status_line(srv);
 	}
 	dmn_notify("STOPPING=1");
@@ -183,13 +295,20 @@ static int run(struct dmn_server *srv, const char *path)
 	char err[RT_ERRLEN] = "";
 	int lfd;
 
-	if (rt_engine_new(&srv->eng, err)) {
+	if (rt_engine_new_shards(&srv->eng, shard_spec(&srv->cfg), err)) {
 		dmn_log(DMN_ERROR, "engine: %s", err);
 		return 1;
 	}
+	dmn_log(DMN_INFO, "%u shard(s)", rt_engine_shards(srv->eng));
 	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
 	lfd = listen_on(&srv->cfg);
 	if (lfd < 0) {
+		rt_engine_free(srv->eng);
+		return 1;
+	}
+	if (drop_privileges(srv)) {
+		close(lfd);
+		unlink(srv->cfg.socket);
 		rt_engine_free(srv->eng);
 		return 1;
 	}
@@ -197,7 +316,8 @@ static int run(struct dmn_server *srv, const char *path)
 	dmn_notify("READY=1\nSTATUS=listening");
 	main_loop(srv, lfd, path);
 	close(lfd);
-	unlink(srv->cfg.socket);
+	if (unlink(srv->cfg.socket) < 0)
+		dmn_log(DMN_WARN, "%s: %m", srv->cfg.socket);
 	rt_engine_free(srv->eng);
 	dmn_log(DMN_INFO, "stopped");
 	return 0;
@@ -210,6 +330,8 @@ int main(int argc, char **argv)
 	int check = 0, print = 0, explicit_cfg = 0, opt;
 	char err[512];
 
+	if (wants_plan(argc, argv))
+		return plan(argc, argv);
 	while ((opt = getopt(argc, argv, "fc:s:tTVh")) != -1) {
 		switch (opt) {
 		case 'f': break; /* always in the foreground */
@@ -240,11 +362,14 @@ int main(int argc, char **argv)
 	}
 	if (print)
 		dmn_config_print(&srv.cfg, stdout);
-	if (check || print)
+	if (check)
+		return check_shards(&srv.cfg);
+	if (print)
 		return 0;
 	dmn_log_level((int)srv.cfg.log_level);
 	srv.self_uid = getuid();
 	srv.started = time(NULL);
+	pthread_mutex_init(&srv.lock, NULL);
 	set_signals();
 	return run(&srv, path);
 }

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -21,9 +22,16 @@
 #include "session.h"
 
 #define MAX_SEQS 256
+#define CTL_SPARE 8     /* connections beyond max_sessions, for dashkvctl */
 #define HELLO_MS 2000
 #define IDLE_MS 50
-#define SPIN 4000
+/*
+ * Between steps the session thread spins this long before it sleeps on the
+ * doorbell; past the first SPIN_TIGHT polls it yields the CPU on each, so
+ * that a client sharing its core runs at once.
+ */
+#define SPIN_NS 50000
+#define SPIN_TIGHT 64
 
 struct sseq {
 	uint32_t id;
@@ -33,10 +41,18 @@ struct sseq {
 
 struct dmn_session {
 	struct dmn_server *srv;
+	struct dmn_session *next;     /* in srv->list */
 	int sock;
 	struct ucred cred;
 	pthread_t thread;
 	atomic_int done;
+	uint32_t num;                 /* sessions_total when it started */
+	time_t started;
+	atomic_uint n_seqs;           /* read by dashkvctl sessions */
+	atomic_ullong bytes, steps, rejects;
+	atomic_ullong busy_since;     /* ms, CLOCK_MONOTONIC; 0 between steps */
+	int heartbeat;                /* the client wants IPC_FEAT_HEARTBEAT */
+	int reserved;                 /* holds a slot of max_sessions */
 	char *region;
 	uint64_t region_size;
 	struct ipc_offsets off;
@@ -49,14 +65,95 @@ struct dmn_session {
 	dkv_stats *stats;       /* scratch for session_bytes() */
 };
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ms(void)
+{
+	return now_ns() / 1000000;
+}
+
+void dmn_heartbeat(struct dmn_server *srv)
+{
+	uint64_t limit = srv->cfg.step_timeout * 1000, now = now_ms();
+
+	pthread_mutex_lock(&srv->lock);
+	for (struct dmn_session *t = srv->list; t; t = t->next) {
+		uint64_t since = atomic_load_explicit(&t->busy_since, memory_order_relaxed);
+
+		if (!t->heartbeat || (limit && since && now - since > limit))
+			continue;
+		atomic_fetch_add_explicit(&t->sq->alive, 1, memory_order_release);
+	}
+	pthread_mutex_unlock(&srv->lock);
+}
+
+void dmn_reject(struct dmn_server *srv, enum ipc_reject why)
+{
+	atomic_fetch_add(&srv->rejects, 1);
+	atomic_fetch_add(&srv->rejects_by[why], 1);
+}
+
+static void session_reject(struct dmn_session *s, int status)
+{
+	atomic_fetch_add_explicit(&s->rejects, 1, memory_order_relaxed);
+	dmn_reject(s->srv, ipc_reject_of(status));
+}
+
+/* ---- accounting ---- */
+
+/* Bytes the session's sequences hold (keys, values, codes, summaries). */
+static uint64_t session_bytes(struct dmn_session *s)
+{
+	dkv_stats *st = s->stats;
+	uint64_t sum = 0;
+
+	for (int i = 0; i < MAX_SEQS; i++) {
+		if (!s->seqs[i].rs)
+			continue;
+		memset(st, 0, sizeof(*st));
+		rt_seq_get_stats(s->seqs[i].rs, st);
+		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
+	}
+	return sum;
+}
+
+static void update_usage(struct dmn_session *s)
+{
+	unsigned n = 0;
+
+	for (int i = 0; i < MAX_SEQS; i++)
+		n += s->seqs[i].rs != NULL;
+	atomic_store_explicit(&s->n_seqs, n, memory_order_relaxed);
+	atomic_store_explicit(&s->bytes, session_bytes(s), memory_order_relaxed);
+}
+
 /* ---- control messages ---- */
 
-static int send_error(struct dmn_session *s, uint32_t seq, int status, const char *msg)
+static int reply_error(int sock, uint32_t seq, int status, const char *msg)
 {
 	struct ipc_error e = { .status = status };
 
 	snprintf(e.msg, sizeof(e.msg), "%s", msg);
-	return ipc_send(s->sock, IPC_ERROR, seq, &e, sizeof(e), -1);
+	return ipc_send(sock, IPC_ERROR, seq, &e, sizeof(e), -1);
+}
+
+/* A failed request: counted, answered. */
+static int send_error(struct dmn_session *s, uint32_t seq, int status, const char *msg)
+{
+	session_reject(s, status);
+	return reply_error(s->sock, seq, status, msg);
+}
+
+static void bad_message(struct dmn_session *s)
+{
+	atomic_fetch_add_explicit(&s->rejects, 1, memory_order_relaxed);
+	dmn_reject(s->srv, IPC_REJ_MESSAGE);
 }
 
 static struct sseq *find_seq(struct dmn_session *s, uint32_t id)
@@ -89,6 +186,7 @@ static int do_open(struct dmn_session *s, uint32_t seq, const struct ipc_open *m
 				     r->head_dim, r->dtype == DKV_F32 ? 4 : 2 };
 	ok.seq_id = q->id;
 	ok.cfg = *r;
+	update_usage(s);
 	dmn_log(DMN_DEBUG, "pid %d: opened sequence %u", (int)s->cred.pid, q->id);
 	return ipc_send(s->sock, IPC_OPEN_OK, seq, &ok, sizeof(ok), -1);
 }
@@ -107,6 +205,7 @@ static int do_ref(struct dmn_session *s, const struct ipc_hdr *h, const struct i
 	case IPC_CLOSE:
 		rt_seq_close(q->rs);
 		memset(q, 0, sizeof(*q));
+		update_usage(s);
 		return ipc_send(s->sock, IPC_OK, h->seq, NULL, 0, -1);
 	case IPC_TRAIN:
 		rc = rt_seq_train_now(q->rs, err);
@@ -138,10 +237,10 @@ static int control(struct dmn_session *s)
 	if (rc == DKV_E_DISCONNECTED)
 		return -1;
 	if (rc) {
-		atomic_fetch_add(&s->srv->rejects, 1);
 		dmn_log(DMN_WARN, "pid %d: bad message: %s", (int)s->cred.pid,
 			rc == DKV_E_PROTO ? err : dkv_strerror(rc));
-		send_error(s, 0, rc == DKV_E_PROTO ? rc : DKV_E_IO, err);
+		bad_message(s);
+		reply_error(s->sock, 0, rc == DKV_E_PROTO ? rc : DKV_E_IO, err);
 		return -1; /* the stream is out of step: end the session */
 	}
 	switch (h.type) {
@@ -155,8 +254,8 @@ static int control(struct dmn_session *s)
 			return send_error(s, h.seq, DKV_E_NOTFOUND, err) ? -1 : 0;
 		return do_ref(s, &h, &p.ref) ? -1 : 0;
 	}
-	atomic_fetch_add(&s->srv->rejects, 1);
-	send_error(s, h.seq, DKV_E_PROTO, "unexpected message type");
+	bad_message(s);
+	reply_error(s->sock, h.seq, DKV_E_PROTO, "unexpected message type");
 	return -1;
 }
 
@@ -194,22 +293,6 @@ static void *scratch(struct dmn_session *s, uint64_t bytes)
 		s->scratch_size = bytes;
 	}
 	return s->scratch;
-}
-
-/* Bytes the session's sequences hold (keys, values, codes, summaries). */
-static uint64_t session_bytes(struct dmn_session *s)
-{
-	dkv_stats *st = s->stats;
-	uint64_t sum = 0;
-
-	for (int i = 0; i < MAX_SEQS; i++) {
-		if (!s->seqs[i].rs)
-			continue;
-		memset(st, 0, sizeof(*st));
-		rt_seq_get_stats(s->seqs[i].rs, st);
-		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
-	}
-	return sum;
 }
 
 /*
@@ -282,9 +365,15 @@ static int serve_ring(struct dmn_session *s)
 		int rc;
 
 		atomic_store_explicit(&s->sq->head, ++s->sq_head, memory_order_release);
+		atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
 		rc = step(s, &e, err);
+		atomic_store_explicit(&s->busy_since, 0, memory_order_relaxed);
 		if (rc)
-			atomic_fetch_add(&s->srv->rejects, 1);
+			session_reject(s, rc);
+		else
+			atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
+		if (e.n_new)
+			update_usage(s);
 		post(s, e.user, rc, err);
 		n++;
 	}
@@ -322,11 +411,13 @@ close_fd:
 	return DKV_E_NOMEM;
 }
 
+/* ---- dashkvctl: status, sessions, stats, drain ---- */
+
 static void send_status(struct dmn_session *s, uint32_t seq)
 {
 	struct dmn_server *srv = s->srv;
 	struct ipc_status st = {
-		.sessions = (uint32_t)atomic_load(&srv->n_sessions) - 1, /* not us */
+		.sessions = (uint32_t)atomic_load(&srv->n_active),
 		.max_sessions = (uint32_t)srv->cfg.max_sessions,
 		.sessions_total = atomic_load(&srv->sessions_total),
 		.bytes_used = rt_engine_used(srv->eng),
@@ -339,6 +430,117 @@ static void send_status(struct dmn_session *s, uint32_t seq)
 	ipc_send(s->sock, IPC_STATUS_OK, seq, &st, sizeof(st), -1);
 }
 
+static void session_info(const struct dmn_session *t, time_t now,
+			 struct ipc_session_info *in)
+{
+	memset(in, 0, sizeof(*in));
+	in->id = t->num;
+	in->uid = (uint32_t)t->cred.uid;
+	in->gid = (uint32_t)t->cred.gid;
+	in->pid = (uint32_t)t->cred.pid;
+	in->sequences = atomic_load_explicit(&t->n_seqs, memory_order_relaxed);
+	in->bytes = atomic_load_explicit(&t->bytes, memory_order_relaxed);
+	in->region_bytes = t->region_size;
+	in->steps = atomic_load_explicit(&t->steps, memory_order_relaxed);
+	in->rejects = atomic_load_explicit(&t->rejects, memory_order_relaxed);
+	in->age_s = (uint64_t)(now - t->started);
+}
+
+/*
+ * One IPC_SESSION_INFO per session, then IPC_OK.  The list is copied under
+ * the lock and sent without it: a reader that stalls must not stall the
+ * heartbeat.
+ */
+static void send_sessions(struct dmn_session *s, uint32_t seq)
+{
+	struct dmn_server *srv = s->srv;
+	struct ipc_session_info *in;
+	time_t now = time(NULL);
+	size_t n = 0, cap;
+	int rc = DKV_OK;
+
+	pthread_mutex_lock(&srv->lock);
+	cap = (size_t)atomic_load(&srv->n_active);
+	in = calloc(cap ? cap : 1, sizeof(*in));
+	for (const struct dmn_session *t = srv->list; in && t && n < cap; t = t->next)
+		session_info(t, now, &in[n++]);
+	pthread_mutex_unlock(&srv->lock);
+	if (!in) {
+		reply_error(s->sock, seq, DKV_E_NOMEM, "out of memory");
+		return;
+	}
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = ipc_send(s->sock, IPC_SESSION_INFO, seq, &in[i], sizeof(in[i]), -1);
+	if (!rc)
+		ipc_send(s->sock, IPC_OK, seq, NULL, 0, -1);
+	free(in);
+}
+
+static void send_srvstats(struct dmn_session *s, uint32_t seq)
+{
+	struct dmn_server *srv = s->srv;
+	struct ipc_srvstats st = {
+		.sessions = (uint32_t)atomic_load(&srv->n_active),
+		.max_sessions = (uint32_t)srv->cfg.max_sessions,
+		.draining = (uint32_t)atomic_load(&srv->draining),
+		.sessions_total = atomic_load(&srv->sessions_total),
+		.bytes_used = rt_engine_used(srv->eng),
+		.memory_limit = srv->cfg.memory_limit,
+		.region_bytes = atomic_load(&srv->region_bytes),
+		.steps = atomic_load(&srv->steps),
+		.dropped = atomic_load(&srv->dropped),
+		.uptime_s = (uint64_t)(time(NULL) - srv->started),
+	};
+
+	pthread_mutex_lock(&srv->lock);
+	for (const struct dmn_session *t = srv->list; t; t = t->next)
+		st.steps += atomic_load_explicit(&t->steps, memory_order_relaxed);
+	pthread_mutex_unlock(&srv->lock);
+	for (int i = 0; i < IPC_REJ_SLOTS; i++)
+		st.rejects[i] = atomic_load(&srv->rejects_by[i]);
+	ipc_send(s->sock, IPC_SRVSTATS_OK, seq, &st, sizeof(st), -1);
+}
+
+/* A dashkvctl request instead of a hello; 1 if h was one. */
+static int control_request(struct dmn_session *s, const struct ipc_hdr *h)
+{
+	switch (h->type) {
+	case IPC_STATUS:
+		send_status(s, h->seq);
+		return 1;
+	case IPC_SESSIONS:
+		send_sessions(s, h->seq);
+		return 1;
+	case IPC_SRVSTATS:
+		send_srvstats(s, h->seq);
+		return 1;
+	case IPC_DRAIN:
+		if (s->cred.uid != 0 && s->cred.uid != s->srv->self_uid) {
+			dmn_reject(s->srv, IPC_REJ_PERM);
+			reply_error(s->sock, h->seq, DKV_E_PERM, "only root or the "
+				    "daemon's own user may drain it");
+			return 1;
+		}
+		if (!atomic_exchange(&s->srv->draining, 1))
+			dmn_log(DMN_INFO, "draining at the request of uid %d: no new "
+				"sessions, exit after the last one", (int)s->cred.uid);
+		ipc_send(s->sock, IPC_OK, h->seq, NULL, 0, -1);
+		return 1;
+	}
+	return 0;
+}
+
+/* Take one of the max_sessions slots (counted in n_active); 0 if none. */
+static int reserve(struct dmn_session *s)
+{
+	struct dmn_server *srv = s->srv;
+
+	if ((uint64_t)atomic_fetch_add(&srv->n_active, 1) < srv->cfg.max_sessions)
+		return s->reserved = 1;
+	atomic_fetch_sub(&srv->n_active, 1);
+	return 0;
+}
+
 static int handshake(struct dmn_session *s)
 {
 	char err[IPC_MSGLEN] = "";
@@ -348,12 +550,18 @@ static int handshake(struct dmn_session *s)
 		char raw[IPC_MAX_PAYLOAD];
 	} p;
 	struct ipc_accept a = { .features = IPC_FEAT_RING };
+	enum ipc_reject why = IPC_REJ_HANDSHAKE;
 	int fd, rc;
 
 	rc = ipc_recv(s->sock, &h, &p, HELLO_MS, NULL, err, sizeof(err));
-	if (rc == DKV_OK && h.type == IPC_STATUS) {
-		send_status(s, h.seq);
+	if (rc == DKV_E_PROTO)
+		why = IPC_REJ_MESSAGE;
+	if (rc == DKV_OK && control_request(s, &h))
 		return -1;
+	if (rc == DKV_OK && atomic_load(&s->srv->draining)) {
+		rc = DKV_E_DISCONNECTED, snprintf(err, sizeof(err), "the daemon is "
+			"draining and takes no new sessions");
+		why = IPC_REJ_BUSY;
 	}
 	if (rc == DKV_OK && h.type != IPC_HELLO)
 		rc = DKV_E_PROTO, snprintf(err, sizeof(err), "expected hello");
@@ -362,17 +570,24 @@ static int handshake(struct dmn_session *s)
 	if (rc == DKV_OK && p.hello.arena_size > s->srv->cfg.max_arena)
 		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "arena of %llu bytes "
 			"above max_arena", (unsigned long long)p.hello.arena_size);
+	if (rc == DKV_OK && !reserve(s)) {
+		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "too many sessions "
+			"(max_sessions %llu)", (unsigned long long)s->srv->cfg.max_sessions);
+		why = IPC_REJ_BUSY;
+	}
 	if (rc == DKV_OK)
 		rc = make_region(s, p.hello.arena_size, &fd);
 	if (rc) {
-		if (rc != DKV_E_DISCONNECTED) {
-			atomic_fetch_add(&s->srv->rejects, 1);
+		if (err[0] || rc != DKV_E_DISCONNECTED) {
+			dmn_reject(s->srv, why);
 			dmn_log(DMN_WARN, "pid %d: handshake: %s", (int)s->cred.pid,
 				err[0] ? err : dkv_strerror(rc));
-			send_error(s, 0, rc, err[0] ? err : dkv_strerror(rc));
+			reply_error(s->sock, 0, rc, err[0] ? err : dkv_strerror(rc));
 		}
 		return -1;
 	}
+	s->heartbeat = !!(p.hello.features & IPC_FEAT_HEARTBEAT);
+	a.features |= p.hello.features & IPC_FEAT_HEARTBEAT;
 	a.region_size = s->region_size;
 	a.off = s->off;
 	rc = ipc_send(s->sock, IPC_ACCEPT, h.seq, &a, sizeof(a), fd);
@@ -383,10 +598,17 @@ static int handshake(struct dmn_session *s)
 static int idle_wait(struct dmn_session *s, uint32_t bell)
 {
 	struct pollfd p = { .fd = s->sock, .events = POLLIN };
+	uint64_t end = now_ns() + SPIN_NS;
 
-	for (int i = 0; i < SPIN; i++)
+	for (int i = 0;; i++) {
 		if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
 			return 0;
+		if (i < SPIN_TIGHT)
+			continue;
+		if (now_ns() > end)
+			break;
+		sched_yield();
+	}
 	if (poll(&p, 1, 0) > 0)
 		return 1;
 	atomic_store_explicit(&s->sq->sleeping, 1, memory_order_seq_cst);
@@ -415,18 +637,59 @@ static void close_all(struct dmn_session *s)
 			rt_seq_close(s->seqs[i].rs);
 }
 
+static void enlist(struct dmn_session *s)
+{
+	struct dmn_server *srv = s->srv;
+
+	pthread_mutex_lock(&srv->lock);
+	s->num = (uint32_t)atomic_fetch_add(&srv->sessions_total, 1) + 1;
+	s->started = time(NULL);
+	s->next = srv->list;
+	srv->list = s;
+	atomic_fetch_add(&srv->region_bytes, s->region_size);
+	pthread_mutex_unlock(&srv->lock);
+}
+
+/*
+ * Called once the sequences are closed and before the region is unmapped
+ * (dmn_heartbeat writes to it under the lock).
+ */
+static void delist(struct dmn_session *s)
+{
+	struct dmn_server *srv = s->srv;
+	struct dmn_session **p;
+
+	pthread_mutex_lock(&srv->lock);
+	for (p = &srv->list; *p && *p != s; p = &(*p)->next)
+		;
+	if (*p)
+		*p = s->next;
+	atomic_fetch_add(&srv->steps, atomic_load(&s->steps));
+	atomic_fetch_sub(&srv->region_bytes, s->region_size);
+	atomic_fetch_sub(&srv->n_active, 1);
+	s->reserved = 0;
+	pthread_mutex_unlock(&srv->lock);
+}
+
 static void *session_main(void *arg)
 {
 	struct dmn_session *s = arg;
+	int served = 0;
 
 	if (handshake(s) == 0) {
-		atomic_fetch_add(&s->srv->sessions_total, 1);
-		dmn_log(DMN_INFO, "session of uid %d pid %d started",
+		served = 1;
+		enlist(s);
+		dmn_log(DMN_INFO, "session %u of uid %d pid %d started", s->num,
 			(int)s->cred.uid, (int)s->cred.pid);
 		serve(s);
-		dmn_log(DMN_INFO, "session of pid %d ended", (int)s->cred.pid);
+		dmn_log(DMN_INFO, "session %u of pid %d ended", s->num,
+			(int)s->cred.pid);
 	}
 	close_all(s);
+	if (served)
+		delist(s);
+	else if (s->reserved)
+		atomic_fetch_sub(&s->srv->n_active, 1); /* accept not sent */
 	if (s->region)
 		munmap(s->region, s->region_size);
 	free(s->scratch);
@@ -438,13 +701,11 @@ static void *session_main(void *arg)
 	return NULL;
 }
 
-static int refuse(struct dmn_server *srv, int sock, int status, const char *msg)
+static int refuse(struct dmn_server *srv, int sock, enum ipc_reject why,
+		  int status, const char *msg)
 {
-	struct ipc_error e = { .status = status };
-
-	atomic_fetch_add(&srv->rejects, 1);
-	snprintf(e.msg, sizeof(e.msg), "%s", msg);
-	ipc_send(sock, IPC_ERROR, 0, &e, sizeof(e), -1);
+	dmn_reject(srv, why);
+	reply_error(sock, 0, status, msg);
 	close(sock);
 	return -1;
 }
@@ -457,21 +718,23 @@ int dmn_session_start(struct dmn_server *srv, int sock, struct dmn_session **out
 
 	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
 		dmn_log(DMN_WARN, "SO_PEERCRED: %m");
-		return refuse(srv, sock, DKV_E_PERM, "peer credentials unavailable");
+		return refuse(srv, sock, IPC_REJ_PERM, DKV_E_PERM,
+			      "peer credentials unavailable");
 	}
 	if (!dmn_config_allows(&srv->cfg, cred.uid, cred.gid, srv->self_uid)) {
 		dmn_log(DMN_WARN, "refused uid %d gid %d pid %d", (int)cred.uid,
 			(int)cred.gid, (int)cred.pid);
-		return refuse(srv, sock, DKV_E_PERM, "this user or group is not allowed");
+		return refuse(srv, sock, IPC_REJ_PERM, DKV_E_PERM,
+			      "this user or group is not allowed");
 	}
-	if ((uint64_t)atomic_load(&srv->n_sessions) >= srv->cfg.max_sessions)
-		return refuse(srv, sock, DKV_E_NOSPACE, "too many sessions");
+	if ((uint64_t)atomic_load(&srv->n_sessions) >= srv->cfg.max_sessions + CTL_SPARE)
+		return refuse(srv, sock, IPC_REJ_BUSY, DKV_E_NOSPACE, "too many connections");
 	s = calloc(1, sizeof(*s));
 	if (s)
 		s->stats = malloc(sizeof(*s->stats));
 	if (!s || !s->stats) {
 		free(s);
-		return refuse(srv, sock, DKV_E_NOMEM, "out of memory");
+		return refuse(srv, sock, IPC_REJ_OTHER, DKV_E_NOMEM, "out of memory");
 	}
 	s->srv = srv;
 	s->sock = sock;
@@ -481,7 +744,8 @@ int dmn_session_start(struct dmn_server *srv, int sock, struct dmn_session **out
 		atomic_fetch_sub(&srv->n_sessions, 1);
 		free(s->stats);
 		free(s);
-		return refuse(srv, sock, DKV_E_NOMEM, "cannot start a session thread");
+		return refuse(srv, sock, IPC_REJ_OTHER, DKV_E_NOMEM,
+			      "cannot start a session thread");
 	}
 	*out = s;
 	return 0;

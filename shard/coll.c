@@ -86,6 +86,7 @@ static void shm_free(struct shard_coll *c)
 	pthread_mutex_destroy(&st->lock);
 	free(st->stage);
 	free(st);
+	free(c);
 }
 
 static const struct shard_coll_ops shm_ops = { "shm", shm_allgather, shm_free };

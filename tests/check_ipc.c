@@ -214,7 +214,7 @@ START_TEST(conf_bad)
 		"memory_limit 12Q\n", "memory_limit -1\n", "socket_mode 0999\n",
 		"log_level loud\n", "max_sessions\n", "socket\n",
 		"memory_limit 99999999999999999999T\n", "ring_entries 48\n",
-		"workers 4\n",
+		"workers 4\n", "step_timeout 86401\n", "step_timeout -1\n",
 	};
 	struct dmn_config c;
 
@@ -253,6 +253,42 @@ START_TEST(conf_reload)
 }
 END_TEST
 
+/* A shorter string value leaves no bytes of the longer one: reload compares
+ * whole fields, and -T read back gives the same configuration. */
+START_TEST(conf_strings)
+{
+	struct dmn_config a, b;
+
+	dmn_config_defaults(&a);
+	dmn_config_defaults(&b);
+	ck_assert_int_eq(dmn_config_line(&a, "allow_users 1000,alice", err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_line(&a, "allow_users 7", err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_line(&b, "allow_users 7", err, sizeof(err)), 0);
+	ck_assert_mem_eq(&a, &b, sizeof(a));
+	ck_assert_int_eq(dmn_config_line(&a, "user nobody", err, sizeof(err)), 0);
+	ck_assert_str_eq(a.user, "nobody");
+	ck_assert_int_eq(dmn_config_line(&a, "step_timeout 5", err, sizeof(err)), 0);
+	ck_assert_uint_eq(a.step_timeout, 5);
+	ck_assert_uint_eq(b.step_timeout, 300);
+}
+END_TEST
+
+START_TEST(reject_names)
+{
+	ck_assert_str_eq(ipc_reject_name(IPC_REJ_PERM), "perm");
+	ck_assert_str_eq(ipc_reject_name(IPC_REJ_OTHER), "other");
+	ck_assert_ptr_null(ipc_reject_name(IPC_REJ_END));
+	ck_assert_int_le(IPC_REJ_END, IPC_REJ_SLOTS);
+	ck_assert_int_eq(ipc_reject_of(DKV_E_INVAL), IPC_REJ_DESCRIPTOR);
+	ck_assert_int_eq(ipc_reject_of(DKV_E_BADINPUT), IPC_REJ_INPUT);
+	ck_assert_int_eq(ipc_reject_of(DKV_E_NOSPACE), IPC_REJ_NOSPACE);
+	ck_assert_int_eq(ipc_reject_of(DKV_E_NOMEM), IPC_REJ_OTHER);
+	ck_assert_uint_eq(ipc_payload_size(IPC_SESSION_INFO), sizeof(struct ipc_session_info));
+	ck_assert_uint_eq(ipc_payload_size(IPC_SRVSTATS_OK), sizeof(struct ipc_srvstats));
+	ck_assert_uint_eq(ipc_payload_size(IPC_DRAIN), 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("ipc");
@@ -270,6 +306,8 @@ int main(void)
 	tcase_add_test(c, conf_good);
 	tcase_add_test(c, conf_bad);
 	tcase_add_test(c, conf_reload);
+	tcase_add_test(c, conf_strings);
+	tcase_add_test(t, reject_names);
 	suite_add_tcase(s, t);
 	suite_add_tcase(s, c);
 	r = srunner_create(s);

@@ -7,10 +7,21 @@
  *   ipc_client perm ADDR     expect DKV_E_PERM at connect
  *   ipc_client limit ADDR    a step over session_memory_limit (1M) is refused
  *   ipc_client lat ADDR      round trip of a tiny step, daemon and embedded
+ *   ipc_client many ADDR N   N client processes at once, each bit for bit
+ *                            against its own embedded run
+ *   ipc_client busy ADDR     print "ready", then large steps until killed
+ *   ipc_client witness ADDR FILE  one step at a time, each compared with the
+ *                            embedded engine, until FILE exists
+ *   ipc_client killwait ADDR PID  SIGKILL the daemon while this client waits
+ *                            in a step: DISCONNECTED within 2 s
+ *   ipc_client hung ADDR PID SIGSTOP the daemon while this client waits:
+ *                            TIMEOUT or DISCONNECTED within 5 s
  * Exit 0 on success, 1 on a failed check (with a message).
  */
 #include <math.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,10 +296,180 @@ static double tiny_steps(const char *addr, uint32_t n_q)
 	return t0 * 1e6;
 }
 
+/* A smaller script for many clients: prefill, then decode steps. */
+static int small_script(dkv_seq *s, uint64_t seed, float *out)
+{
+	size_t pre = 200, qsz = QH * HD, ksz = KVH * HD;
+	int rc = DKV_OK;
+
+	rng = seed;
+	for (uint32_t l = 0; l < L && !rc; l++) {
+		float *q = arr(pre * qsz), *k = arr(pre * ksz), *v = arr(pre * ksz);
+
+		rc = dkv_step(s, l, q, (uint32_t)pre, k, v, (uint32_t)pre, out);
+		out += pre * qsz;
+		free(q), free(k), free(v);
+	}
+	for (int t = 0; t < 30 && !rc; t++) {
+		float *q = arr(qsz), *k = arr(ksz), *v = arr(ksz);
+
+		rc = dkv_step(s, (uint32_t)t % L, q, 1, k, v, 1, out);
+		out += qsz;
+		free(q), free(k), free(v);
+	}
+	return rc;
+}
+
+static int one_of_many(const char *addr, int i)
+{
+	size_t n = (size_t)L * 200 * QH * HD + 30 * QH * HD;
+	float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
+	dkv_client *cd = conn(addr), *ce = conn("embedded");
+	dkv_seq *sd = open_seq(cd, 128), *se = open_seq(ce, 128);
+	int rc;
+
+	if (!a || !b || !sd || !se)
+		return 1;
+	rc = small_script(sd, 1000 + (uint64_t)i, a);
+	CHECK(rc == DKV_OK, "client %d: daemon step: %s", i, dkv_strerror(rc));
+	rc = small_script(se, 1000 + (uint64_t)i, b);
+	CHECK(rc == DKV_OK, "client %d: embedded step: %s", i, dkv_strerror(rc));
+	CHECK(!memcmp(a, b, n * sizeof(float)), "client %d: outputs differ", i);
+	dkv_disconnect(cd);
+	dkv_disconnect(ce);
+	free(a), free(b);
+	return failed;
+}
+
+static int do_many(const char *addr, int n)
+{
+	pid_t *kids = calloc((size_t)n, sizeof(*kids));
+	int ok = 0;
+
+	if (!kids || n < 1)
+		return 1;
+	for (int i = 0; i < n; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0)
+			_exit(one_of_many(addr, i));
+		CHECK(kids[i] > 0, "fork failed");
+	}
+	for (int i = 0; i < n; i++) {
+		int st = 1;
+
+		if (kids[i] > 0 && waitpid(kids[i], &st, 0) == kids[i] &&
+		    WIFEXITED(st) && WEXITSTATUS(st) == 0)
+			ok++;
+	}
+	CHECK(ok == n, "%d of %d clients passed", ok, n);
+	printf("%d concurrent clients: %d bit-identical with embedded\n", n, ok);
+	free(kids);
+	return failed;
+}
+
+static int do_busy(const char *addr)
+{
+	dkv_client *c = conn(addr);
+	dkv_seq *s = open_seq(c, 1u << 20);
+	size_t n = 2048;
+	float *q = arr(n * QH * HD), *k = arr(n * KVH * HD), *v = arr(n * KVH * HD);
+	float *o = malloc(n * QH * HD * sizeof(float));
+
+	if (!s || !o || dkv_step(s, 0, q, 1, k, v, 1, o))
+		return 1;
+	printf("ready\n");
+	fflush(stdout);
+	for (uint32_t i = 0;; i++)
+		if (dkv_step(s, i % L, q, (uint32_t)n, k, v, (uint32_t)n, o))
+			return 1;
+}
+
+/* Step both, compare, until stop exists; a long-lived bystander session. */
+static int do_witness(const char *addr, const char *stop)
+{
+	dkv_client *cd = conn(addr), *ce = conn("embedded");
+	dkv_seq *sd = open_seq(cd, 256), *se = open_seq(ce, 256);
+	float *q = arr(QH * HD), *k = arr(KVH * HD), *v = arr(KVH * HD);
+	float od[QH * HD], oe[QH * HD];
+	struct stat st;
+	long steps = 0;
+	int rc;
+
+	if (!sd || !se)
+		return 1;
+	while (!failed) {
+		uint32_t l = (uint32_t)(steps % L);
+
+		for (int i = 0; i < KVH * HD; i++)
+			k[i] = rnd(), v[i] = rnd();
+		for (int i = 0; i < QH * HD; i++)
+			q[i] = rnd();
+		rc = dkv_step(sd, l, q, 1, k, v, 1, od);
+		CHECK(rc == DKV_OK, "witness step %ld: %s (%s)", steps,
+		      dkv_strerror(rc), dkv_errmsg(cd));
+		rc = dkv_step(se, l, q, 1, k, v, 1, oe);
+		CHECK(rc == DKV_OK, "witness embedded step: %s", dkv_strerror(rc));
+		CHECK(!memcmp(od, oe, sizeof(od)), "witness step %ld: outputs differ", steps);
+		if (++steps == 2) {
+			printf("ready\n");
+			fflush(stdout);
+		}
+		if (stat(stop, &st) == 0 || steps >= 4000 * L)
+			break;
+		usleep(5000);
+	}
+	printf("witness: %ld steps, all bit-identical: %s\n", steps, failed ? "no" : "yes");
+	dkv_disconnect(cd);
+	dkv_disconnect(ce);
+	free(q), free(k), free(v);
+	return failed;
+}
+
+/*
+ * Signal the daemon from a child 100 ms after this client starts waiting
+ * in a loop of long steps; the step must fail with one of want1/want2
+ * within limit_s of the signal.
+ */
+static int signal_under_step(const char *addr, pid_t daemon, int sig,
+			     int want1, int want2, double limit_s)
+{
+	dkv_client *c = conn(addr);
+	dkv_seq *s = open_seq(c, 1u << 20);
+	size_t n = 1024;
+	float *q = arr(n * QH * HD), *k = arr(n * KVH * HD), *v = arr(n * KVH * HD);
+	float *o = malloc(n * QH * HD * sizeof(float));
+	double t_sig;
+	pid_t kid;
+	int rc = DKV_OK;
+
+	if (!s || !o)
+		return 1;
+	kid = fork();
+	if (kid == 0) {
+		usleep(100000);
+		kill(daemon, sig);
+		_exit(0);
+	}
+	t_sig = now() + 0.1;
+	for (uint32_t i = 0; rc == DKV_OK && now() < t_sig + 10; i++)
+		rc = dkv_step(s, i % L, q, (uint32_t)n, k, v, (uint32_t)n, o);
+	CHECK(rc == want1 || rc == want2, "step gave %d (%s), wanted %d or %d", rc,
+	      dkv_errmsg(c), want1, want2);
+	CHECK(now() - t_sig < limit_s, "took %.2f s after the signal", now() - t_sig);
+	printf("step failed with %s %.3f s after the signal\n", dkv_strerror(rc),
+	       now() - t_sig);
+	waitpid(kid, NULL, 0);
+	rc = dkv_seq_length(s, 0, &(uint64_t){ 0 });
+	CHECK(rc == want1 || rc == want2, "length afterwards gave %d", rc);
+	dkv_disconnect(c);
+	free(q), free(k), free(v), free(o);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: ipc_client api|hold|dead|perm|lat ADDR [PID]\n");
+		fprintf(stderr, "usage: ipc_client api|hold|dead|perm|limit|lat|many|busy|witness|killwait|hung ADDR [PID|N|FILE]\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "api"))
@@ -301,6 +482,18 @@ int main(int argc, char **argv)
 		return do_perm(argv[2]);
 	if (!strcmp(argv[1], "limit"))
 		return do_limit(argv[2]);
+	if (!strcmp(argv[1], "many") && argc > 3)
+		return do_many(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "busy"))
+		return do_busy(argv[2]);
+	if (!strcmp(argv[1], "witness") && argc > 3)
+		return do_witness(argv[2], argv[3]);
+	if (!strcmp(argv[1], "killwait") && argc > 3)
+		return signal_under_step(argv[2], (pid_t)atoi(argv[3]), SIGKILL,
+					 DKV_E_DISCONNECTED, DKV_E_DISCONNECTED, 2.0);
+	if (!strcmp(argv[1], "hung") && argc > 3)
+		return signal_under_step(argv[2], (pid_t)atoi(argv[3]), SIGSTOP,
+					 DKV_E_TIMEOUT, DKV_E_DISCONNECTED, 5.0);
 	if (!strcmp(argv[1], "lat")) {
 		double d = tiny_steps(argv[2], 1), e = tiny_steps("embedded", 1);
 		double d0 = tiny_steps(argv[2], 0), e0 = tiny_steps("embedded", 0);

@@ -32,6 +32,11 @@ uint32_t ipc_payload_size(uint16_t type)
 	case IPC_ERROR: return sizeof(struct ipc_error);
 	case IPC_STATUS: return 0;
 	case IPC_STATUS_OK: return sizeof(struct ipc_status);
+	case IPC_SESSIONS: return 0;
+	case IPC_SESSION_INFO: return sizeof(struct ipc_session_info);
+	case IPC_SRVSTATS: return 0;
+	case IPC_SRVSTATS_OK: return sizeof(struct ipc_srvstats);
+	case IPC_DRAIN: return 0;
 	}
 	return 0;
 }
@@ -184,4 +189,27 @@ int ipc_layout(uint32_t entries, uint64_t arena_size, struct ipc_offsets *off,
 	off->arena_size = align_up(arena_size, 4096);
 	*region_size = pos + off->arena_size;
 	return DKV_OK;
+}
+
+const char *ipc_reject_name(unsigned reason)
+{
+	static const char *const names[IPC_REJ_END] = {
+		"perm", "busy", "message", "handshake", "descriptor", "input",
+		"nospace", "other"
+	};
+
+	return reason < IPC_REJ_END ? names[reason] : NULL;
+}
+
+enum ipc_reject ipc_reject_of(int status)
+{
+	switch (status) {
+	case DKV_E_INVAL:
+	case DKV_E_NOTFOUND:
+	case DKV_E_PROTO: return IPC_REJ_DESCRIPTOR;
+	case DKV_E_BADINPUT: return IPC_REJ_INPUT;
+	case DKV_E_NOSPACE: return IPC_REJ_NOSPACE;
+	case DKV_E_PERM: return IPC_REJ_PERM;
+	}
+	return IPC_REJ_OTHER;
 }

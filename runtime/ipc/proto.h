@@ -22,7 +22,9 @@
 
 /* Feature bits negotiated in HELLO / ACCEPT. */
 #define IPC_FEAT_RING 0x1u      /* steps through the shared rings */
-#define IPC_FEAT_ALL IPC_FEAT_RING
+#define IPC_FEAT_HEARTBEAT 0x2u /* the daemon bumps sq `alive` while well */
+#define IPC_FEAT_ALL (IPC_FEAT_RING | IPC_FEAT_HEARTBEAT)
+#define IPC_HEARTBEAT_MS 100    /* how often the daemon bumps it */
 
 enum ipc_type {
 	IPC_HELLO = 1,  /* client: struct ipc_hello */
@@ -39,6 +41,12 @@ enum ipc_type {
 	IPC_ERROR,      /* daemon: struct ipc_error */
 	IPC_STATUS,     /* client, instead of HELLO: no payload (dashkvctl) */
 	IPC_STATUS_OK,  /* daemon: struct ipc_status */
+	IPC_SESSIONS,   /* client, instead of HELLO: no payload (dashkvctl) */
+	IPC_SESSION_INFO, /* daemon: struct ipc_session_info, one per session,
+			     then IPC_OK */
+	IPC_SRVSTATS,   /* client, instead of HELLO: no payload (dashkvctl) */
+	IPC_SRVSTATS_OK, /* daemon: struct ipc_srvstats */
+	IPC_DRAIN,      /* client, instead of HELLO: no payload; IPC_OK */
 	IPC_TYPE_END
 };
 
@@ -106,12 +114,55 @@ struct ipc_status {
 	uint64_t reserved[4];
 };
 
+/* Why the daemon rejected a request (counted, shown by dashkvctl stats). */
+enum ipc_reject {
+	IPC_REJ_PERM,       /* peer not allowed */
+	IPC_REJ_BUSY,       /* max_sessions reached, or draining */
+	IPC_REJ_MESSAGE,    /* malformed socket message */
+	IPC_REJ_HANDSHAKE,  /* bad hello, arena too large, no region */
+	IPC_REJ_DESCRIPTOR, /* step descriptor failed validation */
+	IPC_REJ_INPUT,      /* NaN or Inf in a step */
+	IPC_REJ_NOSPACE,    /* a memory or token limit */
+	IPC_REJ_OTHER,      /* any other failed request */
+	IPC_REJ_END
+};
+#define IPC_REJ_SLOTS 16
+
+struct ipc_session_info {
+	uint32_t id;            /* session number since start */
+	uint32_t uid, gid, pid;
+	uint32_t sequences;
+	uint32_t reserved;
+	uint64_t bytes;         /* held by its sequences */
+	uint64_t region_bytes;  /* its shared region */
+	uint64_t steps, rejects;
+	uint64_t age_s;
+};
+
+struct ipc_srvstats {
+	uint32_t sessions, max_sessions;
+	uint32_t draining, reserved;
+	uint64_t sessions_total;
+	uint64_t bytes_used, memory_limit;
+	uint64_t region_bytes;  /* all shared regions */
+	uint64_t steps;         /* served since start */
+	uint64_t dropped;       /* ring entries dropped */
+	uint64_t uptime_s;
+	uint64_t rejects[IPC_REJ_SLOTS];  /* by enum ipc_reject */
+};
+
+/* The name of a reject reason ("perm", "busy", ...), NULL past the end. */
+const char *ipc_reject_name(unsigned reason);
+/* The reject reason of a failed step or request status. */
+enum ipc_reject ipc_reject_of(int status);
+
 /* Ring control block: head and tail on their own cache lines. */
 struct ipc_ring_ctl {
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t head;  /* consumer */
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t tail;  /* producer */
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t sleeping; /* consumer waits */
 	_Atomic uint32_t bell;  /* futex word: bumped by the producer */
+	_Atomic uint32_t alive; /* submission ring: the daemon's heartbeat */
 };
 
 /* A step: the arena offsets of q, k, v (read) and out (written). */

@@ -2,9 +2,11 @@
  * transport.c - libdashkv-client over dashkvd: a Unix socket for control
  * messages, a shared region (memfd from the daemon) with a submission ring,
  * a completion ring and a data arena for steps.  A call that waits notices
- * a dead daemon by the socket's EOF within IPC_POLL_MS.
+ * a dead daemon by the socket's EOF within IPC_POLL_MS, and a hung one by
+ * its heartbeat (IPC_FEAT_HEARTBEAT) standing still for hung_ms.
  */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -21,8 +23,15 @@
 
 #define IPC_POLL_MS 50
 #define IPC_CTL_TIMEOUT_MS 30000
-#define IPC_SPIN_NS 200000 /* spin this long before sleeping on a completion */
+/*
+ * Spin (yielding) this long before sleeping on a completion; default, or
+ * DASHKV_IPC_SPIN_US.  The spin adapts: when the last step of the same
+ * shape outlasted the spin, the next one sleeps at once, for spinning
+ * through a long step only steals the CPU the daemon needs.
+ */
+#define IPC_SPIN_NS 200000
 #define IPC_DEF_ARENA (64ull << 20)
+#define IPC_HUNG_MS 2000 /* default; DASHKV_IPC_TIMEOUT_MS */
 
 struct ipc_conn {
 	int sock;
@@ -36,7 +45,76 @@ struct ipc_conn {
 	struct ipc_sqe *sqes;
 	struct ipc_cqe *cqes;
 	char *arena;
+	uint32_t features;      /* accepted by the daemon */
+	uint32_t last_alive;    /* heartbeat seen last, and when (ns) */
+	uint64_t alive_at;
+	uint64_t hung_ns;       /* no heartbeat this long: DKV_E_TIMEOUT */
+	uint64_t spin_ns;       /* before sleeping on a completion */
+	uint32_t last_n_q, last_n_new;  /* shape of the last step */
+	uint64_t last_ns;       /* and its submit-to-completion time */
 };
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Start watching the heartbeat before a wait. */
+static void watch(struct ipc_conn *c)
+{
+	if (!(c->features & IPC_FEAT_HEARTBEAT))
+		return;
+	c->last_alive = atomic_load_explicit(&c->sq->alive, memory_order_acquire);
+	c->alive_at = now_ns();
+}
+
+/* 1 (and the connection unusable) if the heartbeat stood still too long. */
+static int daemon_hung(struct ipc_conn *c)
+{
+	uint32_t a;
+	uint64_t t;
+
+	if (!(c->features & IPC_FEAT_HEARTBEAT))
+		return 0;
+	a = atomic_load_explicit(&c->sq->alive, memory_order_acquire);
+	t = now_ns();
+	if (a != c->last_alive) {
+		c->last_alive = a;
+		c->alive_at = t;
+		return 0;
+	}
+	if (t - c->alive_at < c->hung_ns)
+		return 0;
+	c->dead = 1;
+	return 1;
+}
+
+static int hung(char *err, const struct ipc_conn *c)
+{
+	snprintf(err, IPC_MSGLEN, "the daemon stopped answering (no heartbeat "
+		 "for %llu ms)", (unsigned long long)(c->hung_ns / 1000000));
+	return DKV_E_TIMEOUT;
+}
+
+/* Wait until the socket is readable, the daemon hangs, or IPC_CTL_TIMEOUT_MS. */
+static int wait_socket(struct ipc_conn *c, char *err)
+{
+	struct pollfd p = { .fd = c->sock, .events = POLLIN };
+
+	watch(c);
+	for (int waited = 0; waited < IPC_CTL_TIMEOUT_MS; waited += IPC_POLL_MS) {
+		int n = poll(&p, 1, IPC_POLL_MS);
+
+		if (n > 0 || (n < 0 && errno != EINTR))
+			return DKV_OK; /* ipc_recv reads data, EOF or the error */
+		if (daemon_hung(c))
+			return hung(err, c);
+	}
+	return DKV_OK;
+}
 
 static int fail(char *err, int rc, const char *msg)
 {
@@ -85,7 +163,11 @@ static int reply(struct ipc_conn *c, uint16_t want, void *buf, int *fd, char *er
 		struct ipc_error e;
 		char raw[IPC_MAX_PAYLOAD];
 	} p;
-	int rc = ipc_recv(c->sock, &h, &p, IPC_CTL_TIMEOUT_MS, fd, err, IPC_MSGLEN);
+	int rc = wait_socket(c, err);
+
+	if (rc)
+		return rc;
+	rc = ipc_recv(c->sock, &h, &p, IPC_CTL_TIMEOUT_MS, fd, err, IPC_MSGLEN);
 
 	if (rc == DKV_E_DISCONNECTED) {
 		c->dead = 1;
@@ -150,6 +232,7 @@ static int map_region(struct ipc_conn *c, const struct ipc_accept *a, int fd,
 	c->sqes = (void *)(r + a->off.sqes);
 	c->cqes = (void *)(r + a->off.cqes);
 	c->arena = r + a->off.arena;
+	c->features = a->features & IPC_FEAT_ALL;
 	return DKV_OK;
 }
 
@@ -162,6 +245,10 @@ static int handshake(struct ipc_conn *c, char *err)
 
 	if (env && atoi(env) > 0)
 		h.arena_size = (uint64_t)atoi(env) << 20;
+	env = getenv("DASHKV_IPC_TIMEOUT_MS");
+	c->hung_ns = (uint64_t)(env && atoi(env) > 0 ? atoi(env) : IPC_HUNG_MS) * 1000000;
+	env = getenv("DASHKV_IPC_SPIN_US");
+	c->spin_ns = env && atoi(env) >= 0 ? (uint64_t)atoi(env) * 1000 : IPC_SPIN_NS;
 	c->seq++;
 	/* a refusal may already wait for us even if the send fails */
 	ipc_send(c->sock, IPC_HELLO, c->seq, &h, sizeof(h), -1);
@@ -289,18 +376,12 @@ static int daemon_gone(struct ipc_conn *c)
 }
 
 /* Wait for the next completion; the caller holds the lock. */
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
+static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err)
 {
 	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
-	uint64_t spin_end = now_ns() + IPC_SPIN_NS;
+	uint64_t spin_end = spin && c->spin_ns ? now_ns() + c->spin_ns : 0;
+
+	watch(c);
 
 	for (;;) {
 		uint32_t tail = atomic_load_explicit(&c->cq->tail, memory_order_acquire);
@@ -322,6 +403,8 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, char *err)
 		atomic_store_explicit(&c->cq->sleeping, 0, memory_order_relaxed);
 		if (daemon_gone(c))
 			return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+		if (daemon_hung(c))
+			return hung(err, c);
 	}
 }
 
@@ -342,9 +425,9 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 		       const void *q, const void *k, const void *v, void *out,
 		       char *err)
 {
-	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new);
+	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new), t0;
 	struct ipc_cqe cqe;
-	int rc;
+	int rc, spin;
 
 	e->q_off = 0;
 	e->k_off = up64(qb);
@@ -363,11 +446,18 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 		memcpy(c->arena + e->k_off, k, kb);
 		memcpy(c->arena + e->v_off, v, kb);
 	}
+	/* spin unless the last step of this shape outlasted the spin */
+	spin = e->n_q != c->last_n_q || e->n_new != c->last_n_new ||
+	       c->last_ns <= c->spin_ns;
+	t0 = now_ns();
 	rc = submit(c, e, err);
 	if (!rc)
-		rc = wait_cqe(c, &cqe, err);
+		rc = wait_cqe(c, &cqe, spin, err);
 	if (rc)
 		return rc;
+	c->last_n_q = e->n_q;
+	c->last_n_new = e->n_new;
+	c->last_ns = now_ns() - t0;
 	if (cqe.user != e->user || ipc_check_cqe(&cqe, err, IPC_MSGLEN))
 		return fail(err, DKV_E_PROTO, "bad completion from the daemon");
 	if (cqe.status)

@@ -81,8 +81,13 @@ static void take_fd(struct msghdr *msg, int *fd_out)
 	}
 }
 
-/* Read exactly len bytes (the first read may carry an fd). */
-static int read_full(int sock, void *buf, size_t len, int timeout_ms, int *fd_out)
+/*
+ * Read exactly len bytes (the first read may carry an fd).  EOF before the
+ * first byte of a message is DKV_E_DISCONNECTED; EOF inside one (mid: the
+ * header was read already) is a truncated message, DKV_E_PROTO.
+ */
+static int read_full(int sock, void *buf, size_t len, int timeout_ms,
+		     int *fd_out, int mid)
 {
 	union {
 		struct cmsghdr align;
@@ -105,7 +110,7 @@ static int read_full(int sock, void *buf, size_t len, int timeout_ms, int *fd_ou
 		if (n < 0)
 			return errno == ECONNRESET ? DKV_E_DISCONNECTED : DKV_E_IO;
 		if (n == 0)
-			return DKV_E_DISCONNECTED;
+			return mid || got ? DKV_E_PROTO : DKV_E_DISCONNECTED;
 		if (fd_out)
 			take_fd(&msg, fd_out);
 		got += (size_t)n;
@@ -120,11 +125,16 @@ int ipc_recv(int sock, struct ipc_hdr *hdr, void *buf, int timeout_ms,
 
 	if (fd_out)
 		*fd_out = -1;
-	rc = read_full(sock, hdr, sizeof(*hdr), timeout_ms, fd_out);
-	if (rc == DKV_OK)
+	rc = read_full(sock, hdr, sizeof(*hdr), timeout_ms, fd_out, 0);
+	if (rc == DKV_E_PROTO)
+		snprintf(err, errlen, "message header cut short");
+	else if (rc == DKV_OK)
 		rc = ipc_check_hdr(hdr, err, errlen);
-	if (rc == DKV_OK && hdr->length)
-		rc = read_full(sock, buf, hdr->length, timeout_ms, fd_out);
+	if (rc == DKV_OK && hdr->length) {
+		rc = read_full(sock, buf, hdr->length, timeout_ms, fd_out, 1);
+		if (rc == DKV_E_PROTO)
+			snprintf(err, errlen, "message of type %u cut short", hdr->type);
+	}
 	if (rc && fd_out && *fd_out >= 0) {
 		close(*fd_out);
 		*fd_out = -1;

@@ -23,6 +23,7 @@
 #include "trace.h"
 #include "gen/kvgen.h"
 #include "ref_attn.h"
+#include "bench/ipc.h"
 
 #define MAX_NS 32
 #define CHUNK 4096
@@ -1346,7 +1347,7 @@ static int cmd_speed(const struct opts *o)
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: dashkv-bench quality|speed|shards [options]\n"
+"usage: dashkv-bench quality|speed|shards|ipc [options]\n"
 "\n"
 "quality  recall and output error of DASH-KV against exact attention in\n"
 "         double on the realistic generator, next to an oracle that takes\n"
@@ -1356,6 +1357,8 @@ static void usage(FILE *f)
 "shards   decode step of one DASH-KV sequence split over 1, 2, ... CPU\n"
 "         shards (DASHKV_SHARDS=cpu:N), alternating; checks that the\n"
 "         outputs are bit-identical (default --tokens 1048576)\n"
+"ipc      a tiny step through dashkvd vs embedded: added latency per call\n"
+"         (see dashkv-bench ipc --help)\n"
 "\n"
 "options (defaults: quality | speed):\n"
 "  --tokens N[,N...]   context lengths (32768 | 4096,32768,262144,1048576)\n"
@@ -1594,7 +1597,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 int main(int argc, char **argv)
 {
 	struct opts o;
-	int rc = parse_args(argc, argv, &o);
+	int rc;
+
+	if (argc >= 2 && !strcmp(argv[1], "ipc"))
+		return cmd_ipc(argc - 1, argv + 1);
+	rc = parse_args(argc, argv, &o);
 
 	if (rc > 0 || argc < 2) {
 		usage(rc > 0 ? stdout : stderr);

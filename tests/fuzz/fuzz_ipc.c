@@ -1,10 +1,8 @@
 /*
  * fuzz_ipc.c - libFuzzer target for the bytes dashkvd reads from clients:
  * the socket framing (ipc_recv over a socketpair) and every validator of
- * runtime/ipc/proto.c.  Build by hand, e.g.
- *   clang -g -fsanitize=fuzzer,address -Iinclude -Iruntime \
- *     tests/fuzz/fuzz_ipc.c runtime/ipc/proto.c runtime/ipc/wire.c \
- *     runtime/errors.c -o fuzz_ipc
+ * runtime/ipc/proto.c that checks a socket message.  Build: make fuzz (see
+ * tests/fuzz/Makefile.am.inc).
  */
 #include <stdint.h>
 #include <string.h>
