@@ -77,21 +77,25 @@ void rt_hash_keys(const struct rt_hash *hm, const float *k, uint32_t n,
 		ops->dot(c, 1, c, dim, 1, dim, &norms[i], 1);
 		norms[i] = sqrtf(norms[i]);
 	}
-	ops->encode(hm->P, hm->bits, dim, tmp, dim, n, codes);
+	ops->encode(hm->lm ? hm->lm->Wk : hm->P, hm->bits, dim, tmp, dim, n, codes);
 }
 
 void rt_hash_query(const struct rt_hash *hm, const float *q, float scale,
 		   uint64_t *code, float *tab, float *shift)
 {
 	const struct krn_ops *ops = krn_get();
-	float qq, qmu;
+	const float *cosv = hm->lm ? hm->lm->cosv : hm->cosine;
+	float qq, qmu, tmp[RT_MODEL_HIDDEN_MAX + 256];
 
-	ops->encode(hm->P, hm->bits, hm->dim, q, hm->dim, 1, code);
+	if (hm->lm)
+		rt_lhead_query_code(hm->lm, q, code, tmp);
+	else
+		ops->encode(hm->P, hm->bits, hm->dim, q, hm->dim, 1, code);
 	ops->dot(q, 1, q, hm->dim, 1, hm->dim, &qq, 1);
 	ops->dot(q, 1, hm->mu, hm->dim, 1, hm->dim, &qmu, 1);
 	float f = scale * sqrtf(qq);
 	for (uint32_t h = 0; h <= hm->bits; h++)
-		tab[h] = f * hm->cosine[h];
+		tab[h] = f * cosv[h];
 	*shift = scale * qmu;
 }
 

@@ -10,6 +10,11 @@
  *
  * Estimated logit of key k for query q at Hamming distance h:
  *   scale * |q| * |k - mu| * cos(pi * h / bits) + scale * q.mu
+ *
+ * A learned model (lm, see model.h) replaces both encoders and the
+ * table: keys by sign(Wk (k - mu)), queries by the query network, and
+ * cos(pi * h / bits) by the model's fitted cosv[h].  lm is swapped in
+ * whole, after training, and the stored keys are re-encoded.
  */
 #ifndef DKV_RT_HASH_H
 #define DKV_RT_HASH_H
@@ -17,6 +22,7 @@
 #include <stdint.h>
 
 #include "krn.h"
+#include "model.h"
 
 #define RT_MU_TOKENS 256u
 
@@ -28,6 +34,7 @@ struct rt_hash {
 	int mu_set;
 	float max_norm;   /* largest |k - mu| encoded so far */
 	float norm_ref;   /* mean |k - mu| when mu was fixed: class scale */
+	const struct rt_lhead *lm; /* learned model, or NULL for SimHash */
 };
 
 /*
