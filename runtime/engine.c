@@ -18,6 +18,8 @@
 #include "krn.h"
 #include "plan.h"
 #include "pool.h"
+#include "learn.h"
+#include "model.h"
 #include "search.h"
 #include "step.h"
 #include "store.h"
@@ -46,9 +48,19 @@ struct rt_engine {
 	int *node;                 /* [n_shards] NUMA node of each shard's pages */
 };
 
+/* Queries kept per (layer, kv head) to train learned models from. */
+#define RT_QCAP 1024u
+
 struct rt_layer {
 	struct shard_layer store;
 	struct rt_hash *hash; /* [n_kv_heads] */
+	/* DKV_HASH_LEARNED only */
+	struct rt_lhead *lm;  /* [n_kv_heads] models in use (buf NULL: SimHash) */
+	float *qcap;          /* [n_kv_heads][RT_QCAP][dim] sampled queries */
+	uint64_t q_seen;      /* query vectors offered per kv head */
+	uint32_t q_kept;
+	uint64_t q_rng;
+	int trained;          /* fitted at train_tokens, or loaded */
 };
 
 /* Per-step scratch, grown before the append so attention cannot fail. */
@@ -303,9 +315,7 @@ static int resolve_knobs(dkv_seq_config *c, char *err)
 		return fail(err, DKV_E_INVAL, "hash_bits %u is not 64, 128 or 256", c->hash_bits);
 	if (!c->hash)
 		c->hash = DKV_HASH_SIMHASH;
-	if (c->hash == DKV_HASH_LEARNED)
-		return fail(err, DKV_E_UNSUPPORTED, "DKV_HASH_LEARNED is not in this release");
-	if (c->hash != DKV_HASH_SIMHASH)
+	if (c->hash != DKV_HASH_SIMHASH && c->hash != DKV_HASH_LEARNED)
 		return fail(err, DKV_E_INVAL, "hash %d is not a DKV_HASH_* value", c->hash);
 	if (!c->train_tokens)
 		c->train_tokens = RT_DEF_TRAIN_TOKENS;
@@ -587,6 +597,11 @@ static void seq_free(struct rt_seq *s)
 				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
 					rt_hash_free(&s->layers[l].hash[h]);
 			free(s->layers[l].hash);
+			if (s->layers[l].lm)
+				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
+					rt_lhead_free(&s->layers[l].lm[h]);
+			free(s->layers[l].lm);
+			free(s->layers[l].qcap);
 		}
 		free(s->layers);
 	}
@@ -613,6 +628,13 @@ static int layers_init(struct rt_seq *s)
 		for (uint32_t h = 0; h < c->n_kv_heads; h++)
 			if (rt_hash_init(&L->hash[h], s->P, c->hash_bits, c->head_dim))
 				return -1;
+		if (c->hash != DKV_HASH_LEARNED)
+			continue;
+		L->lm = calloc(c->n_kv_heads, sizeof(*L->lm));
+		L->qcap = malloc((size_t)c->n_kv_heads * RT_QCAP * c->head_dim * sizeof(float));
+		L->q_rng = 0x71756572ull + l;
+		if (!L->lm || !L->qcap)
+			return -1;
 	}
 	return 0;
 }
@@ -620,8 +642,13 @@ static int layers_init(struct rt_seq *s)
 static uint64_t seq_fixed_bytes(const struct rt_seq *s)
 {
 	const dkv_seq_config *c = &s->cfg;
+	uint64_t learned = c->hash != DKV_HASH_LEARNED ? 0 :
+		(RT_QCAP * c->head_dim +
+		 rt_lhead_floats(c->hash_bits, c->head_dim, RT_MODEL_HIDDEN)) * 4;
+
 	return s->sc.fixed_bytes + (uint64_t)c->hash_bits * c->head_dim * 4 +
-	       (uint64_t)c->n_layers * c->n_kv_heads * (c->head_dim + c->hash_bits + 1) * 4;
+	       (uint64_t)c->n_layers * c->n_kv_heads *
+	       ((c->head_dim + c->hash_bits + 1) * 4 + learned);
 }
 
 int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
@@ -880,6 +907,113 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			encode_range(s, L, h, len0, st->len);
 		}
 	}
+}
+
+
+/* ---- learned hash models ---- */
+
+static uint64_t q_rand(uint64_t *st)
+{
+	uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/*
+ * Offer one query position's heads (f32 [n_q_heads][dim]) to the layer's
+ * query sample: a reservoir of RT_QCAP vectors per kv head, so that the
+ * sample stays uniform over everything seen.
+ */
+static void capture_queries(struct rt_seq *s, struct rt_layer *L, const float *q)
+{
+	const dkv_seq_config *c = &s->cfg;
+	uint32_t dim = c->head_dim, g = s->group;
+
+	for (uint32_t j = 0; j < g; j++) {
+		uint64_t n = L->q_seen++, slot = n;
+		if (n >= RT_QCAP) {
+			slot = q_rand(&L->q_rng) % (n + 1);
+			if (slot >= RT_QCAP)
+				continue;
+		} else {
+			L->q_kept++;
+		}
+		for (uint32_t h = 0; h < c->n_kv_heads; h++)
+			memcpy(L->qcap + ((size_t)h * RT_QCAP + slot) * dim,
+			       q + ((size_t)h * g + j) * dim, dim * sizeof(float));
+	}
+}
+
+/* Swap head h's model for m (taken over) and re-encode its stored keys. */
+static void swap_model(struct rt_seq *s, struct rt_layer *L, uint32_t h, struct rt_lhead *m)
+{
+	struct rt_lhead old = L->lm[h];
+
+	L->lm[h] = *m;
+	L->hash[h].lm = &L->lm[h];
+	rt_lhead_free(&old);
+	encode_range(s, L, h, 0, L->store.len);
+}
+
+/*
+ * Fit head h of layer L from up to max_keys stored keys after the sinks
+ * and the query sample; the model in use changes only once the new one
+ * is complete.  DKV_OK (also when there is too little data: the head
+ * keeps its model), or DKV_E_NOMEM.
+ */
+static int train_head(struct rt_seq *s, struct rt_layer *L, uint32_t h)
+{
+	const dkv_seq_config *c = &s->cfg;
+	struct shard_layer *st = &L->store;
+	struct rt_learn_opts o;
+	struct rt_lhead m;
+	uint64_t t0 = st->len > c->sink_tokens ? c->sink_tokens : 0, n = st->len - t0;
+	float *keys;
+	int rc;
+
+	rt_learn_defaults(&o);
+	o.seed = 0x6c6561726eull + h;
+	uint32_t nk = n < o.max_keys ? (uint32_t)n : o.max_keys;
+	keys = malloc((size_t)nk * c->head_dim * sizeof(float));
+	if (!keys || rt_lhead_alloc(&m, c->hash_bits, c->head_dim, RT_MODEL_HIDDEN)) {
+		free(keys);
+		return DKV_E_NOMEM;
+	}
+	for (uint32_t i = 0; i < nk; i++)
+		shard_rows_f32(&s->geom, shard_key(st, h, t0 + (uint64_t)i * n / nk), 1,
+			       keys + (size_t)i * c->head_dim);
+	rc = rt_learn_head(keys, nk, c->head_dim, L->hash[h].mu,
+			   L->qcap + (size_t)h * RT_QCAP * c->head_dim, L->q_kept, c->head_dim,
+			   s->P, &o, &m, NULL);
+	free(keys);
+	if (rc == 0)
+		swap_model(s, L, h, &m);
+	else
+		rt_lhead_free(&m);
+	return rc < 0 ? DKV_E_NOMEM : DKV_OK;
+}
+
+/* Whether layer L can be fitted now: learned, mean keys fixed, queries seen. */
+static int can_train(const struct rt_seq *s, const struct rt_layer *L)
+{
+	if (s->cfg.hash != DKV_HASH_LEARNED || s->cfg.exact || L->q_kept < 8)
+		return 0;
+	for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
+		if (!L->hash[h].mu_set)
+			return 0;
+	return 1;
+}
+
+static int train_layer(struct rt_seq *s, struct rt_layer *L)
+{
+	int rc = DKV_OK;
+
+	for (uint32_t h = 0; h < s->cfg.n_kv_heads && rc == DKV_OK; h++)
+		rc = train_head(s, L, h);
+	if (rc == DKV_OK)
+		L->trained = 1;
+	return rc;
 }
 
 /* ---- attention ---- */
@@ -1400,9 +1534,14 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 	size_t bstride = qstride * s->geom.elt_size;
 	for (uint32_t i = 0; i < n_q; i++) {
 		to_f32(c->dtype, (const uint8_t *)q + i * bstride, qstride, s->sc.qf);
+		if (L->qcap)
+			capture_queries(s, L, s->sc.qf);
 		attend_query(s, L, s->sc.qf, L->store.len - n_q + i,
 			     (uint8_t *)out + i * bstride, &cnt);
 	}
+	/* the step is answered: a new model takes over from the next one */
+	if (!L->trained && L->store.len >= c->train_tokens && can_train(s, L))
+		train_layer(s, L);
 	uint64_t t2 = now_ns();
 	double nqh = (double)n_q * c->n_q_heads;
 	s->st.steps++;
@@ -1431,10 +1570,74 @@ int rt_seq_len(const struct rt_seq *s, uint32_t layer, uint64_t *tokens, char *e
 
 int rt_seq_train_now(struct rt_seq *s, char *err)
 {
-	/* SimHash has nothing to fit. */
-	(void)s;
-	(void)err;
+	/* SimHash has nothing to fit; layers without queries keep theirs. */
+	for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
+		if (!can_train(s, &s->layers[l]))
+			continue;
+		if (train_layer(s, &s->layers[l]))
+			return fail(err, DKV_E_NOMEM, "out of memory training layer %u", l);
+	}
 	return DKV_OK;
+}
+
+int rt_seq_model_load(struct rt_seq *s, const char *path, char *err)
+{
+	const dkv_seq_config *c = &s->cfg;
+	struct rt_model m;
+	int rc;
+
+	memset(&m, 0, sizeof(m));
+	if (c->hash != DKV_HASH_LEARNED)
+		return fail(err, DKV_E_INVAL, "a model file needs hash DKV_HASH_LEARNED");
+	rc = rt_model_read(path, &m, err, RT_ERRLEN);
+	if (rc == DKV_OK)
+		rc = rt_model_check(&m, c->hash_bits, c->head_dim, c->n_layers, c->n_kv_heads,
+				    err, RT_ERRLEN);
+	for (uint32_t l = 0; l < c->n_layers && rc == DKV_OK; l++) {
+		struct rt_layer *L = &s->layers[l];
+		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+			size_t i = (size_t)l * c->n_kv_heads + h;
+			if (!m.trained[i])
+				continue;
+			swap_model(s, L, h, &m.heads[i]);
+			memset(&m.heads[i], 0, sizeof(m.heads[i]));
+			L->trained = 1;
+		}
+	}
+	if (m.heads)
+		rt_model_free(&m);
+	return rc;
+}
+
+int rt_seq_model_save(const struct rt_seq *s, const char *path, char *err)
+{
+	const dkv_seq_config *c = &s->cfg;
+	struct rt_model m;
+	int rc;
+
+	if (c->hash != DKV_HASH_LEARNED)
+		return fail(err, DKV_E_INVAL, "only a DKV_HASH_LEARNED sequence has a model");
+	if (rt_model_alloc(&m, c->hash_bits, c->head_dim, RT_MODEL_HIDDEN, c->n_layers,
+			   c->n_kv_heads))
+		return fail(err, DKV_E_NOMEM, "out of memory for the model");
+	for (uint32_t l = 0; l < c->n_layers; l++)
+		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+			const struct rt_lhead *lm = &s->layers[l].lm[h];
+			size_t i = (size_t)l * c->n_kv_heads + h;
+			if (!lm->buf)
+				continue;
+			if (lm->hidden != m.hidden) {
+				rt_model_free(&m);
+				return fail(err, DKV_E_INVAL, "layer %u head %u: hidden width %u, "
+					    "the file holds %u", l, h, lm->hidden, m.hidden);
+			}
+			memcpy(m.heads[i].buf, lm->buf,
+			       rt_lhead_floats(lm->bits, lm->dim, lm->hidden) * sizeof(float));
+			m.trained[i] = 1;
+		}
+	rc = rt_model_write(&m, path, err, RT_ERRLEN);
+	rt_model_free(&m);
+	return rc;
 }
 
 void rt_seq_get_stats(const struct rt_seq *s, dkv_stats *st)

@@ -22,6 +22,15 @@ int rt_seq_set_trace(dkv_seq *s, int on);
  */
 int rt_seq_trace_exact(const dkv_seq *s, uint32_t qhead, const uint32_t **idx);
 
+/*
+ * Learned hash models of an embedded DKV_HASH_LEARNED sequence: load
+ * every trained (layer, kv head) of a model file (dashkv-train(1)),
+ * re-encoding the stored keys, or save the models in use.  DKV_OK or a
+ * DKV_E_* code with dkv_errmsg() set.
+ */
+int rt_seq_load_model(dkv_seq *s, const char *path);
+int rt_seq_save_model(const dkv_seq *s, const char *path);
+
 /* The kernel level the engine runs ("scalar", "avx2", "avx512"). */
 const char *rt_kernel_name(void);
 

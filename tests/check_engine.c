@@ -346,7 +346,6 @@ static void e_dim_big(dkv_seq_config *c) { c->head_dim = 264; }
 static void e_dtype(dkv_seq_config *c) { c->dtype = 7; }
 static void e_bits(dkv_seq_config *c) { c->hash_bits = 96; }
 static void e_hash(dkv_seq_config *c) { c->hash = 9; }
-static void e_learned(dkv_seq_config *c) { c->hash = DKV_HASH_LEARNED; }
 static void e_cand(dkv_seq_config *c) { c->top_k = 100; c->candidates = 50; }
 static void e_mass(dkv_seq_config *c) { c->mass_target = 1.5f; }
 static void e_tail(dkv_seq_config *c) { c->tail_estimate = 2; }
@@ -366,7 +365,6 @@ static const struct bad_cfg bad_cfgs[] = {
 	{ "dtype", e_dtype, DKV_E_INVAL },
 	{ "hash_bits", e_bits, DKV_E_INVAL },
 	{ "hash", e_hash, DKV_E_INVAL },
-	{ "LEARNED", e_learned, DKV_E_UNSUPPORTED },
 	{ "candidates", e_cand, DKV_E_INVAL },
 	{ "mass_target", e_mass, DKV_E_INVAL },
 	{ "tail_estimate", e_tail, DKV_E_INVAL },

@@ -34,6 +34,11 @@ struct opts {
 	uint32_t n_tokens;
 	uint32_t top_k, candidates, sinks, window, bits;
 	int32_t hash, tail, dtype;
+	/* quality --hash both: the lists compared side by side */
+	uint32_t bits_list[3], n_bits, cand_list[8], n_cand;
+	int both;
+	float mass_target;
+	const char *model;
 	uint32_t heads, kv_heads, dim, queries, reps;
 	uint64_t seed;
 	uint32_t bw_mib, scan_tokens;
@@ -185,6 +190,10 @@ static void seq_config(const struct opts *o, uint64_t max_tokens, int exact,
 		cfg->hash_bits = o->bits;
 	if (o->hash)
 		cfg->hash = o->hash;
+	/* learned models are fitted once, after the fill (dkv_seq_train) */
+	if (cfg->hash == DKV_HASH_LEARNED)
+		cfg->train_tokens = UINT32_MAX;
+	cfg->mass_target = o->mass_target;
 	if (o->tail >= 0)
 		cfg->tail_estimate = o->tail;
 	cfg->exact = exact;
@@ -267,28 +276,61 @@ struct quality {
 	uint32_t needle_hits, needle_trials, needle_queries;
 	double *step_ms;
 	uint32_t budget;
+	double train_ms;     /* dkv_seq_train after the fill (learned) */
 };
+
+/* Queries per prefill chunk that a learned sequence trains from. */
+#define PREFILL_Q 32u
 
 static void quality_fill(struct quality *b)
 {
 	const struct opts *o = b->o;
-	size_t tok = (size_t)o->kv_heads * o->dim;
-	void *kd = xmalloc(CHUNK * tok * dtype_size(o->dtype));
-	void *vd = xmalloc(CHUNK * tok * dtype_size(o->dtype));
+	size_t tok = (size_t)o->kv_heads * o->dim, all = (size_t)o->heads * o->dim;
+	size_t es = dtype_size(o->dtype);
+	void *kd = xmalloc(CHUNK * tok * es);
+	void *vd = xmalloc(CHUNK * tok * es);
+	float *q = xmalloc(PREFILL_Q * all * sizeof(float));
+	void *qd = xmalloc(PREFILL_Q * all * es), *od = xmalloc(PREFILL_Q * all * es);
+	int learned = b->cfg.hash == DKV_HASH_LEARNED;
 	int rc;
 
 	for (uint32_t i = 0; i < b->n; i += CHUNK) {
 		uint32_t m = b->n - i < CHUNK ? b->n - i : CHUNK;
+		uint32_t nq = learned ? (m < PREFILL_Q ? m : PREFILL_Q) : 0;
 		float *k = b->K + (size_t)i * tok, *v = b->V + (size_t)i * tok;
 		kvgen_kv(b->g, i, m, k, v);
 		to_dtype(k, m * tok, o->dtype, kd);
 		to_dtype(v, m * tok, o->dtype, vd);
-		rc = dkv_step(b->s, 0, NULL, 0, kd, vd, m, NULL);
+		/* prefill queries at the chunk's last positions, other draws than decode's */
+		for (uint32_t j = 0; j < nq; j++)
+			kvgen_queries(b->g, i + m - nq + j, 1000 + j, q + j * all);
+		to_dtype(q, nq * all, o->dtype, qd);
+		rc = dkv_step(b->s, 0, qd, nq, kd, vd, m, od);
 		if (rc)
 			die_dkv("append", rc, b->c);
 	}
 	free(kd);
 	free(vd);
+	free(q);
+	free(qd);
+	free(od);
+}
+
+/* Fit the learned models after the fill, or load them from --model. */
+static void quality_train(struct quality *b)
+{
+	uint64_t t0 = now_ns();
+	int rc;
+
+	if (b->cfg.hash != DKV_HASH_LEARNED)
+		return;
+	if (b->o->model)
+		rc = rt_seq_load_model(b->s, b->o->model);
+	else
+		rc = dkv_seq_train(b->s);
+	if (rc)
+		die_dkv(b->o->model ? "load model" : "train", rc, b->c);
+	b->train_ms = (now_ns() - t0) / 1e6;
 }
 
 static void quality_open(struct quality *b)
@@ -614,39 +656,91 @@ static void quality_print_json(const struct quality *b, const struct quality_res
 	printf("  }\n}\n");
 }
 
+/* One engine configuration through the whole quality run; b is left open. */
+static void quality_run(struct quality *b, struct quality_result *r)
+{
+	const struct opts *o = b->o;
+	dkv_stats st = { .struct_size = sizeof(st) };
+
+	b->n = (uint32_t)o->tokens[0];
+	b->g = make_gen(o);
+	quality_alloc(b);
+	quality_open(b);
+	b->budget = b->cfg.top_k + b->cfg.sink_tokens + b->cfg.recent_window;
+	quality_fill(b);
+	quality_train(b);
+	quality_queries(b);
+	if (dkv_seq_stats(b->s, &st) == DKV_OK) {
+		r->cand = st.last_candidates;
+		r->est = st.last_estimated_tokens;
+	}
+	r->mass = summarize(b->mass, b->n_s);
+	r->rec = summarize(b->rec, b->n_s);
+	r->err = summarize(b->err, b->n_s);
+	r->nex = summarize(b->nex, b->n_s);
+	r->omass = summarize(b->omass, b->n_s);
+	r->oerr = summarize(b->oerr, b->n_s);
+	r->step = summarize(b->step_ms, o->queries);
+	r->conc = summarize(b->conc, b->n_conc);
+}
+
+static void quality_close(struct quality *b)
+{
+	dkv_seq_close(b->s);
+	dkv_disconnect(b->c);
+	quality_free(b);
+	kvgen_free(b->g);
+}
+
+/*
+ * --hash both: SimHash and learned side by side for every --bits and
+ * --candidates value, on the same data and queries.
+ */
+static int quality_compare(const struct opts *o)
+{
+	struct opts v = *o;
+
+	printf("dashkv-bench quality: simhash vs learned, %llu tokens, %u q heads / %u kv heads, "
+	       "head_dim %u, %u decode queries, seed %llu\n",
+	       (unsigned long long)o->tokens[0], o->heads, o->kv_heads, o->dim, o->queries,
+	       (unsigned long long)o->seed);
+	printf("medians over query heads; train: dkv_seq_train ms per kv head\n\n");
+	printf("  %-8s %4s %6s %6s %11s %9s %10s %10s %9s %9s\n", "hash", "bits", "cand",
+	       "top_k", "mass recall", "recall@K", "out error", "exact mean",
+	       "survivors", "train ms");
+	for (uint32_t bi = 0; bi < o->n_bits; bi++)
+		for (uint32_t ci = 0; ci < o->n_cand; ci++)
+			for (int h = DKV_HASH_SIMHASH; h <= DKV_HASH_LEARNED; h++) {
+				struct quality b = { .o = &v };
+				struct quality_result r = { .cand = 0 };
+				v.bits = o->bits_list[bi];
+				v.candidates = o->cand_list[ci];
+				v.hash = h;
+				quality_run(&b, &r);
+				printf("  %-8s %4u %6u %6u %11.4f %9.4f %10.4f %10.1f %9.0f %9.1f\n",
+				       h == DKV_HASH_LEARNED ? "learned" : "simhash", b.cfg.hash_bits,
+				       b.cfg.candidates, b.cfg.top_k, r.mass.median, r.rec.median,
+				       r.err.median, r.nex.mean, r.cand,
+				       b.train_ms / b.cfg.n_kv_heads);
+				fflush(stdout);
+				quality_close(&b);
+			}
+	return 0;
+}
+
 static int cmd_quality(const struct opts *o)
 {
 	struct quality b = { .o = o };
 	struct quality_result r = { .cand = 0 };
-	dkv_stats st = { .struct_size = sizeof(st) };
 
-	b.n = (uint32_t)o->tokens[0];
-	b.g = make_gen(o);
-	quality_alloc(&b);
-	quality_open(&b);
-	b.budget = b.cfg.top_k + b.cfg.sink_tokens + b.cfg.recent_window;
-	quality_fill(&b);
-	quality_queries(&b);
-	if (dkv_seq_stats(b.s, &st) == DKV_OK) {
-		r.cand = st.last_candidates;
-		r.est = st.last_estimated_tokens;
-	}
-	r.mass = summarize(b.mass, b.n_s);
-	r.rec = summarize(b.rec, b.n_s);
-	r.err = summarize(b.err, b.n_s);
-	r.nex = summarize(b.nex, b.n_s);
-	r.omass = summarize(b.omass, b.n_s);
-	r.oerr = summarize(b.oerr, b.n_s);
-	r.step = summarize(b.step_ms, o->queries);
-	r.conc = summarize(b.conc, b.n_conc);
+	if (o->both)
+		return quality_compare(o);
+	quality_run(&b, &r);
 	if (o->json)
 		quality_print_json(&b, &r);
 	else
 		quality_print_text(&b, &r);
-	dkv_seq_close(b.s);
-	dkv_disconnect(b.c);
-	quality_free(&b);
-	kvgen_free(b.g);
+	quality_close(&b);
 	return 0;
 }
 
@@ -1369,11 +1463,16 @@ static void usage(FILE *f)
 "  --dim D             head_dim (128)\n"
 "  --dtype T           f32, f16 or bf16 (f32 | bf16)\n"
 "  --top-k K           tokens taken exactly after fine ranking\n"
-"  --candidates C      coarse-filter survivors per query\n"
+"  --candidates C[,C]  coarse-filter survivors per query (a list with --hash both)\n"
 "  --sinks S           sink tokens\n"
 "  --window W          recent window\n"
-"  --bits B            hash bits: 64, 128 or 256\n"
-"  --hash H            simhash or learned\n"
+"  --bits B[,B]        hash bits: 64, 128 or 256 (a list with --hash both: 64,128,256)\n"
+"  --hash H            simhash, learned, or both: side by side for every --bits\n"
+"                      and --candidates value (quality); learned sequences see\n"
+"                      32 prefill queries per 4096-token chunk and are fitted by\n"
+"                      dkv_seq_train after the fill\n"
+"  --model FILE        learned: load the models of a dashkv-train file instead\n"
+"  --mass-target F     adaptive K: exact tokens until this share of the mass (0 = off)\n"
 "  --tail on|off       estimate the rest from codes and summaries\n"
 "  --seed S            generator seed (1)\n"
 "  --bw-mib M          buffer of the bandwidth measurement (1024)\n"
@@ -1425,6 +1524,38 @@ static int parse_list(const char *s, struct opts *o)
 	return o->n_tokens ? 0 : -1;
 }
 
+/* A comma list of up to max u32 values into v; the first also into *first. */
+static int parse_u32_list(const char *s, uint32_t *v, uint32_t max, uint32_t *n,
+			  uint32_t *first)
+{
+	char buf[256], *tok, *save = NULL;
+
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	strcpy(buf, s);
+	*n = 0;
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+		if (*n == max || parse_u32(tok, &v[(*n)++]))
+			return -1;
+	if (!*n)
+		return -1;
+	*first = v[0];
+	return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= 0 && v < 1))
+		return -1;
+	*out = (float)v;
+	return 0;
+}
+
 static int parse_word(const char *s, const char *const *names, const int *vals,
 		      int32_t *out)
 {
@@ -1472,11 +1603,17 @@ static int parse_opt(int c, const char *a, struct opts *o)
 	case 'd': return parse_u32(a, &o->dim);
 	case 'T': return parse_word(a, dt, dtv, &o->dtype);
 	case 'k': return parse_u32(a, &o->top_k);
-	case 'c': return parse_u32(a, &o->candidates);
+	case 'c': return parse_u32_list(a, o->cand_list, 8, &o->n_cand, &o->candidates);
 	case 's': return parse_u32(a, &o->sinks);
 	case 'w': return parse_u32(a, &o->window);
-	case 'b': return parse_u32(a, &o->bits);
-	case 'h': return parse_word(a, hs, hsv, &o->hash);
+	case 'b': return parse_u32_list(a, o->bits_list, 3, &o->n_bits, &o->bits);
+	case 'h':
+		o->both = !strcmp(a, "both");
+		return o->both ? 0 : parse_word(a, hs, hsv, &o->hash);
+	case 'M': return parse_float(a, &o->mass_target);
+	case 'm':
+		o->model = a;
+		return 0;
 	case 'l': return parse_word(a, oo, oov, &o->tail);
 	case 'S': return parse_u64(a, &o->seed);
 	case 'B': return parse_u32(a, &o->bw_mib);
@@ -1514,7 +1651,7 @@ static void defaults(struct opts *o, int quality)
 	}
 }
 
-static int check_opts(const struct opts *o)
+static int check_opts(struct opts *o)
 {
 	if (!o->heads || !o->kv_heads || o->heads % o->kv_heads) {
 		fprintf(stderr, "dashkv-bench: --heads must be a multiple of --kv-heads\n");
@@ -1522,6 +1659,23 @@ static int check_opts(const struct opts *o)
 	}
 	if (!strcmp(o->cmd, "quality") && (!o->queries || o->n_tokens != 1)) {
 		fprintf(stderr, "dashkv-bench: quality takes one --tokens value and --queries >= 1\n");
+		return -1;
+	}
+	if (o->both && !o->n_bits) {
+		static const uint32_t b3[] = { 64, 128, 256 };
+		memcpy(o->bits_list, b3, sizeof(b3));
+		o->n_bits = 3;
+	}
+	if (o->both && !o->n_cand) {
+		o->cand_list[0] = 0;
+		o->n_cand = 1;
+	}
+	if (!o->both && (o->n_bits > 1 || o->n_cand > 1)) {
+		fprintf(stderr, "dashkv-bench: lists of --bits / --candidates need --hash both\n");
+		return -1;
+	}
+	if (o->model && o->hash != DKV_HASH_LEARNED && !o->both) {
+		fprintf(stderr, "dashkv-bench: --model needs --hash learned or both\n");
 		return -1;
 	}
 	if (o->bw_mib < 16 || !o->scan_tokens) {
@@ -1550,6 +1704,8 @@ static const struct option longopts[] = {
 	{ "bw-mib", required_argument, NULL, 'B' },
 	{ "scan-tokens", required_argument, NULL, 'N' },
 	{ "shards", required_argument, NULL, 'P' },
+	{ "mass-target", required_argument, NULL, 'M' },
+	{ "model", required_argument, NULL, 'm' },
 	{ "json", no_argument, NULL, 'j' },
 	{ "help", no_argument, NULL, '?' + 256 },
 	{ NULL, 0, NULL, 0 }
