@@ -63,6 +63,12 @@ struct rt_layer {
 	int trained;          /* fitted at train_tokens, or loaded */
 };
 
+/* One top-K entry, for adaptive K's ordering. */
+struct rt_ranked {
+	float logit;
+	uint32_t pos;
+};
+
 /* Per-step scratch, grown before the append so attention cannot fail. */
 struct rt_scratch {
 	void *arena;       /* the fixed part, carved by scratch_layout */
@@ -92,6 +98,10 @@ struct rt_scratch {
 	uint32_t *n_top;   /* [group] */
 	uint32_t *top_pos; /* [group][top_k] positions, ascending */
 	float *top_logit;  /* [group][top_k] */
+	uint32_t *edge_pos;    /* [sinks + window] adaptive K: the always-exact */
+	float *edge_logit;     /* [sinks + window] */
+	float *edge_lse;       /* [group] log-sum-exp of their logits */
+	struct rt_ranked *rnk; /* [top_k] */
 	uint64_t *qc;      /* [group][words] */
 	float *tab;        /* [group][bits + 1] */
 	float *shift;      /* [group] */
@@ -337,8 +347,6 @@ static int resolve_knobs(dkv_seq_config *c, char *err)
 			    c->sink_tokens, c->recent_window, 1u << 20);
 	if (!(c->mass_target >= 0.0f && c->mass_target < 1.0f))
 		return fail(err, DKV_E_INVAL, "mass_target %g outside [0, 1)", (double)c->mass_target);
-	if (c->mass_target > 0.0f)
-		return fail(err, DKV_E_UNSUPPORTED, "adaptive K (mass_target) is not in this release");
 	if (c->tail_estimate == -1)
 		c->tail_estimate = RT_DEF_TAIL;
 	if (c->exact == -1)
@@ -465,6 +473,10 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	sc->n_top = carve(cv, g * u);
 	sc->top_pos = carve(cv, g * c->top_k * u);
 	sc->top_logit = carve(cv, g * c->top_k * f);
+	sc->edge_pos = carve(cv, ((size_t)c->sink_tokens + c->recent_window) * u);
+	sc->edge_logit = carve(cv, ((size_t)c->sink_tokens + c->recent_window) * f);
+	sc->edge_lse = carve(cv, g * f);
+	sc->rnk = carve(cv, c->top_k * sizeof(struct rt_ranked));
 	sc->qc = carve(cv, g * words * sizeof(uint64_t));
 	sc->tab = carve(cv, g * (c->hash_bits + 1) * f);
 	sc->shift = carve(cv, g * f);
@@ -1322,6 +1334,128 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 }
 
 /*
+ * Adaptive K: the log-sum-exp of every query head's exact logits over
+ * the sinks [0, sink_end) and the window [w0, p1), the mass taken
+ * exactly whatever K is.
+ */
+static void edge_mass(struct rt_seq *s, struct shard_layer *st, uint32_t h,
+		      uint64_t sink_end, uint64_t w0, uint64_t p1)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t n = 0;
+
+	for (uint64_t t = 0; t < sink_end; t++)
+		sc->edge_pos[n++] = (uint32_t)t;
+	for (uint64_t t = w0; t < p1; t++)
+		sc->edge_pos[n++] = (uint32_t)t;
+	for (uint32_t j = 0; j < s->group; j++) {
+		shard_fine(st, h, sc->qg + (size_t)j * s->cfg.head_dim, sc->edge_pos, n,
+			   s->cfg.scale, sc->edge_logit, &sc->bufs);
+		float mx = krn_get()->max(sc->edge_logit, n);
+		sc->edge_lse[j] = mx + logf(krn_get()->exp_sum(sc->edge_logit, n, mx));
+	}
+}
+
+/* Logit descending, then position ascending. */
+static int by_logit(const void *pa, const void *pb)
+{
+	const struct rt_ranked *a = pa, *b = pb;
+
+	if (a->logit != b->logit)
+		return a->logit < b->logit ? 1 : -1;
+	return (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+/* The tail mass of query head j (relative to mref[j]), summed over pages. */
+static double tail_mass(const struct rt_seq *s, uint32_t j, uint64_t m0, uint64_t m1)
+{
+	uint64_t p0, np = shard_pages_of(m0, m1, &p0);
+	double sum = 0;
+
+	for (uint64_t p = p0; p < p0 + np; p++)
+		sum += s->sc.pmass[p * s->group + j];
+	return sum;
+}
+
+/* Fold one dropped top-K token back into the tail of query head j. */
+static void to_tail(struct rt_seq *s, uint32_t j, uint64_t m0, const struct rt_ranked *e)
+{
+	struct rt_scratch *sc = &s->sc;
+	float w = expf(e->logit - sc->mref[j]);
+
+	sc->blk[(size_t)j * sc->blk_cap + e->pos / SHARD_BLOCK - m0 / SHARD_BLOCK] += w;
+	sc->pmass[(uint64_t)(e->pos / SHARD_PAGE) * s->group + j] += w;
+}
+
+/* Move query head j's tail reference up to m, rescaling its masses. */
+static void move_mref(struct rt_seq *s, uint32_t j, uint64_t m0, uint64_t m1, float m)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint64_t p0, np = shard_pages_of(m0, m1, &p0);
+	uint64_t nb = (m1 + SHARD_BLOCK - 1) / SHARD_BLOCK - m0 / SHARD_BLOCK;
+	float f = expf(sc->mref[j] - m);
+
+	for (uint64_t b = 0; b < nb; b++)
+		sc->blk[(size_t)j * sc->blk_cap + b] *= f;
+	for (uint64_t p = p0; p < p0 + np; p++)
+		sc->pmass[p * s->group + j] *= f;
+	sc->mref[j] = m;
+}
+
+/*
+ * Adaptive K of query head j: keep the fewest of its global top-K (by
+ * logit) whose exact mass, with the sinks' and the window's, reaches
+ * mass_target of the estimated total (sinks and window, the top-K, the
+ * tail estimate of the rest of the middle); top_k is the cap.  The
+ * tokens let go join the tail with their exact logits, as the hits
+ * outside the top-K do.
+ */
+static void adapt_top(struct rt_seq *s, uint32_t j, uint64_t m0, uint64_t m1)
+{
+	struct rt_scratch *sc = &s->sc;
+	const dkv_seq_config *c = &s->cfg;
+	uint32_t n = sc->n_top[j], k = n, m = 0;
+	uint32_t *pos = sc->top_pos + (size_t)j * c->top_k;
+	float *lg = sc->top_logit + (size_t)j * c->top_k;
+	double ref, cum, total;
+
+	if (!n)
+		return;
+	for (uint32_t i = 0; i < n; i++)
+		sc->rnk[i] = (struct rt_ranked){ lg[i], pos[i] };
+	qsort(sc->rnk, n, sizeof(*sc->rnk), by_logit);
+	ref = sc->rnk[0].logit > sc->edge_lse[j] ? sc->rnk[0].logit : sc->edge_lse[j];
+	cum = exp(sc->edge_lse[j] - ref);
+	total = cum + krn_get()->exp_sum(lg, n, (float)ref);
+	if (c->tail_estimate)
+		total += tail_mass(s, j, m0, m1) * exp(sc->mref[j] - ref);
+	for (uint32_t i = 0; i < n; i++) {
+		cum += exp(sc->rnk[i].logit - ref);
+		if (cum >= c->mass_target * total) {
+			k = i + 1;
+			break;
+		}
+	}
+	if (k == n)
+		return;
+	if (c->tail_estimate) {
+		if (sc->rnk[k].logit > sc->mref[j] + 60.0f)
+			move_mref(s, j, m0, m1, sc->rnk[k].logit);
+		for (uint32_t i = k; i < n; i++)
+			to_tail(s, j, m0, &sc->rnk[i]);
+	}
+	/* keep the first k by rank, in ascending position order */
+	float cutl = sc->rnk[k - 1].logit;
+	uint32_t cutp = sc->rnk[k - 1].pos;
+	for (uint32_t i = 0; i < n; i++)
+		if (lg[i] > cutl || (lg[i] == cutl && pos[i] <= cutp)) {
+			pos[m] = pos[i];
+			lg[m++] = lg[i];
+		}
+	sc->n_top[j] = m;
+}
+
+/*
  * Query head j after the shards' ranking: attend its global top-K
  * exactly into part; the rest is the tail.
  */
@@ -1452,6 +1586,11 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	coarse_filter(s, L, h, sink_end, w0);
 	uint64_t t1 = now_ns();
 	run_job(s, shard_job_rank, sink_end, w0);
+	if (c->mass_target > 0.0f) {
+		edge_mass(s, st, h, sink_end, w0, p1);
+		for (uint32_t j = 0; j < g; j++)
+			adapt_top(s, j, sink_end, w0);
+	}
 	for (uint32_t j = 0; j < g; j++) {
 		attend_middle(s, st, h, j, sink_end, w0, cnt);
 		trace_exact(s, h * g + j, sink_end, sc->top_pos + (size_t)j * c->top_k,

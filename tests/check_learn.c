@@ -442,6 +442,54 @@ START_TEST(auto_training_and_bad_model)
 }
 END_TEST
 
+/* Mean exact tokens per query head of one decode step at mass_target mt. */
+static double exact_at(float mt, float *out)
+{
+	struct kvgen *g = gen();
+	dkv_client *c;
+	dkv_seq *s;
+	dkv_seq_config cfg;
+	dkv_stats st = { .struct_size = sizeof(st) };
+	float *k = malloc((size_t)E_N * 2 * DIM * sizeof(float));
+	float *v = malloc((size_t)E_N * 2 * DIM * sizeof(float)), q[4 * DIM];
+
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	dkv_seq_config_init(&cfg);
+	cfg.n_layers = 1;
+	cfg.n_q_heads = 4;
+	cfg.n_kv_heads = 2;
+	cfg.head_dim = DIM;
+	cfg.top_k = 64;
+	cfg.candidates = 512;
+	cfg.mass_target = mt;
+	ck_assert_int_eq(dkv_seq_open(c, &cfg, &s), DKV_OK);
+	kvgen_kv(g, 0, E_N, k, v);
+	ck_assert_int_eq(dkv_step(s, 0, NULL, 0, k, v, E_N, NULL), DKV_OK);
+	kvgen_queries(g, E_N - 1, 5, q);
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, out), DKV_OK);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	dkv_seq_close(s);
+	dkv_disconnect(c);
+	free(k);
+	free(v);
+	kvgen_free(g);
+	return st.last_exact_tokens;
+}
+
+START_TEST(adaptive_k)
+{
+	float o0[4 * DIM], o1[4 * DIM], o2[4 * DIM];
+	double fixed = exact_at(0.0f, o0), low = exact_at(0.3f, o1), high = exact_at(0.99f, o2);
+
+	/* fixed: sinks + window + top_k; adaptive: never above, fewer for less mass */
+	ck_assert(fabs(fixed - (4 + 64 + 64)) < 1e-9);
+	ck_assert_msg(low < high && high <= fixed, "exact %g / %g / %g", low, high, fixed);
+	ck_assert(low >= 4 + 64 + 1);
+	for (uint32_t i = 0; i < 4 * DIM; i++)
+		ck_assert(isfinite(o1[i]) && isfinite(o2[i]));
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("learn");
@@ -455,6 +503,7 @@ static Suite *suite(void)
 	tcase_add_test(t, capture_round_trip_and_corrupt);
 	tcase_add_test(t, reencode_equals_fresh);
 	tcase_add_test(t, auto_training_and_bad_model);
+	tcase_add_test(t, adaptive_k);
 	suite_add_tcase(s, t);
 	return s;
 }
