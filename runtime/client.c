@@ -263,14 +263,14 @@ const char *rt_kernel_name(void)
 	return krn_get()->name;
 }
 
-int rt_seq_load_model(dkv_seq *s, const char *path)
+int rt_seq_load_model(dkv_seq *s, const char *path, uint32_t layer0)
 {
 	char err[RT_ERRLEN] = "";
 	int rc;
 
 	if (!s || !path || s->c->transport != CL_EMBEDDED)
 		return DKV_E_INVAL;
-	rc = rt_seq_model_load(s->rs, path, err);
+	rc = rt_seq_model_load(s->rs, path, layer0, err);
 	return rc ? cl_set_error(s->c, rc, err) : DKV_OK;
 }
 

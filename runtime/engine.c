@@ -688,7 +688,7 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	s->geom.node = e->node;
 	s->trace_cap = s->cfg.sink_tokens + s->cfg.recent_window + s->cfg.top_k;
 	s->P = rt_hash_projection(s->cfg.hash_bits, s->cfg.head_dim,
-				  0x44415348ull * 1000003u + s->cfg.head_dim);
+				  RT_HASH_SEED(s->cfg.head_dim));
 	s->trace_n = calloc(s->cfg.n_q_heads, sizeof(uint32_t));
 	if (!s->P || !s->trace_n || layers_init(s) || scratch_fixed(s)) {
 		seq_free(s);
@@ -1719,23 +1719,26 @@ int rt_seq_train_now(struct rt_seq *s, char *err)
 	return DKV_OK;
 }
 
-int rt_seq_model_load(struct rt_seq *s, const char *path, char *err)
+int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char *err)
 {
 	const dkv_seq_config *c = &s->cfg;
 	struct rt_model m;
+	uint32_t need = c->n_layers + layer0;
 	int rc;
 
 	memset(&m, 0, sizeof(m));
 	if (c->hash != DKV_HASH_LEARNED)
 		return fail(err, DKV_E_INVAL, "a model file needs hash DKV_HASH_LEARNED");
 	rc = rt_model_read(path, &m, err, RT_ERRLEN);
+	/* the file may hold more layers; ours are layer0, layer0 + 1, ... */
 	if (rc == DKV_OK)
-		rc = rt_model_check(&m, c->hash_bits, c->head_dim, c->n_layers, c->n_kv_heads,
+		rc = rt_model_check(&m, c->hash_bits, c->head_dim,
+				    m.n_layers > need ? m.n_layers : need, c->n_kv_heads,
 				    err, RT_ERRLEN);
 	for (uint32_t l = 0; l < c->n_layers && rc == DKV_OK; l++) {
 		struct rt_layer *L = &s->layers[l];
 		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
-			size_t i = (size_t)l * c->n_kv_heads + h;
+			size_t i = (size_t)(layer0 + l) * c->n_kv_heads + h;
 			if (!m.trained[i])
 				continue;
 			swap_model(s, L, h, &m.heads[i]);

@@ -54,8 +54,11 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 		const void *k, const void *v, uint32_t n_new, void *out, char *err);
 int rt_seq_len(const struct rt_seq *s, uint32_t layer, uint64_t *tokens, char *err);
 int rt_seq_train_now(struct rt_seq *s, char *err);
-/* Learned hash models: load every trained head of a model file / save them. */
-int rt_seq_model_load(struct rt_seq *s, const char *path, char *err);
+/*
+ * Learned hash models: load every trained head of a model file (sequence
+ * layer l takes the file's layer layer0 + l) / save them.
+ */
+int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char *err);
 int rt_seq_model_save(const struct rt_seq *s, const char *path, char *err);
 void rt_seq_get_stats(const struct rt_seq *s, dkv_stats *st);
 const dkv_seq_config *rt_seq_config(const struct rt_seq *s);

@@ -53,6 +53,9 @@ uint8_t rt_hash_class(const struct rt_hash *hm, float norm);
 /* Bounds of class c: [*lo, *hi]. */
 void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float *hi);
 
+/* The seed of a sequence's SimHash projection (the learned models' start). */
+#define RT_HASH_SEED(dim) (0x44415348ull * 1000003u + (dim))
+
 /* A deterministic Gaussian projection [bits][dim] for `seed`; NULL on ENOMEM. */
 float *rt_hash_projection(uint32_t bits, uint32_t dim, uint64_t seed);
 

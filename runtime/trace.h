@@ -24,11 +24,12 @@ int rt_seq_trace_exact(const dkv_seq *s, uint32_t qhead, const uint32_t **idx);
 
 /*
  * Learned hash models of an embedded DKV_HASH_LEARNED sequence: load
- * every trained (layer, kv head) of a model file (dashkv-train(1)),
- * re-encoding the stored keys, or save the models in use.  DKV_OK or a
- * DKV_E_* code with dkv_errmsg() set.
+ * every trained (layer, kv head) of a model file (dashkv-train(1);
+ * sequence layer l takes the file's layer layer0 + l), re-encoding the
+ * stored keys, or save the models in use.  DKV_OK or a DKV_E_* code with
+ * dkv_errmsg() set.
  */
-int rt_seq_load_model(dkv_seq *s, const char *path);
+int rt_seq_load_model(dkv_seq *s, const char *path, uint32_t layer0);
 int rt_seq_save_model(const dkv_seq *s, const char *path);
 
 /* The kernel level the engine runs ("scalar", "avx2", "avx512"). */

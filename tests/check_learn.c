@@ -379,7 +379,7 @@ START_TEST(reencode_equals_fresh)
 	/* b: the model loaded early, most keys encoded by it on append */
 	seq_open(&c, &b, UINT32_MAX);
 	seq_fill(b, g, 0, E_CHUNK);
-	ck_assert_int_eq(rt_seq_load_model(b, path), DKV_OK);
+	ck_assert_int_eq(rt_seq_load_model(b, path, 0), DKV_OK);
 	seq_fill(b, g, E_CHUNK, E_N);
 	seq_decode(b, g, ob, tb, &nb);
 	ck_assert_int_eq(na, nb);
@@ -419,9 +419,9 @@ START_TEST(auto_training_and_bad_model)
 	ck_assert_int_eq(rt_model_alloc(&m, 64, DIM, RT_MODEL_HIDDEN, 1, 2), 0);
 	ck_assert_int_eq(rt_model_write(&m, other, err, sizeof(err)), DKV_OK);
 	rt_model_free(&m);
-	ck_assert_int_eq(rt_seq_load_model(s, other), DKV_E_INVAL);
+	ck_assert_int_eq(rt_seq_load_model(s, other, 0), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "64 bits"));
-	ck_assert_int_eq(rt_seq_load_model(s, "/nonexistent/x.model"), DKV_E_NOTFOUND);
+	ck_assert_int_eq(rt_seq_load_model(s, "/nonexistent/x.model", 0), DKV_E_NOTFOUND);
 	/* a SimHash sequence has no model to load */
 	ck_assert_int_eq(dkv_connect("embedded", &c2), DKV_OK);
 	dkv_seq_config_init(&cfg);
@@ -430,7 +430,7 @@ START_TEST(auto_training_and_bad_model)
 	cfg.n_kv_heads = 2;
 	cfg.head_dim = DIM;
 	ck_assert_int_eq(dkv_seq_open(c2, &cfg, &t), DKV_OK);
-	ck_assert_int_eq(rt_seq_load_model(t, path), DKV_E_INVAL);
+	ck_assert_int_eq(rt_seq_load_model(t, path, 0), DKV_E_INVAL);
 	ck_assert_int_eq(dkv_seq_train(t), DKV_OK);
 	dkv_seq_close(t);
 	dkv_disconnect(c2);

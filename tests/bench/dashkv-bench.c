@@ -24,6 +24,7 @@
 #include "gen/kvgen.h"
 #include "ref_attn.h"
 #include "bench/ipc.h"
+#include "capture.h"
 
 #define MAX_NS 32
 #define CHUNK 4096
@@ -39,6 +40,10 @@ struct opts {
 	int both;
 	float mass_target;
 	const char *model;
+	/* capture files: written by the capture command, read by quality */
+	const char *capture, *out;
+	uint32_t layer, layers;
+	const struct rt_capture *cap;
 	uint32_t heads, kv_heads, dim, queries, reps;
 	uint64_t seed;
 	uint32_t bw_mib, scan_tokens;
@@ -277,7 +282,44 @@ struct quality {
 	double *step_ms;
 	uint32_t budget;
 	double train_ms;     /* dkv_seq_train after the fill (learned) */
+	uint32_t n_fill;     /* tokens appended before the decode queries */
 };
+
+/*
+ * A capture as the data source: keys of --layer as captured, values
+ * drawn N(0, 1) from the position (a capture holds none), queries as
+ * captured.
+ */
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static void capture_kv(struct quality *b, uint32_t t0, uint32_t n)
+{
+	const struct rt_capture *c = b->o->cap;
+	size_t tok = (size_t)c->n_kv_heads * c->head_dim;
+	float *v = b->V + (size_t)t0 * tok;
+
+	memcpy(b->K + (size_t)t0 * tok, rt_capture_keys(c, b->o->layer) + (size_t)t0 * tok,
+	       (size_t)n * tok * sizeof(float));
+	for (size_t i = 0; i < (size_t)n * tok; i += 2) {
+		uint64_t key = (uint64_t)t0 * tok + i + 1;
+		double u1 = ((mix64(key * 0x9e3779b97f4a7c15ull) >> 11) + 1) * 0x1p-53;
+		double u2 = (mix64(key * 0x9e3779b97f4a7c15ull + 1) >> 11) * 0x1p-53;
+		double r = sqrt(-2.0 * log(u1));
+		v[i] = (float)(r * cos(2 * M_PI * u2));
+		v[i + 1] = (float)(r * sin(2 * M_PI * u2));
+	}
+}
+
+static const float *capture_query(const struct quality *b, uint32_t pos)
+{
+	const struct rt_capture *c = b->o->cap;
+	return rt_capture_queries(c, b->o->layer) + (size_t)pos * c->n_heads * c->head_dim;
+}
 
 /* Queries per prefill chunk that a learned sequence trains from. */
 #define PREFILL_Q 32u
@@ -294,16 +336,23 @@ static void quality_fill(struct quality *b)
 	int learned = b->cfg.hash == DKV_HASH_LEARNED;
 	int rc;
 
-	for (uint32_t i = 0; i < b->n; i += CHUNK) {
-		uint32_t m = b->n - i < CHUNK ? b->n - i : CHUNK;
+	for (uint32_t i = 0; i < b->n_fill; i += CHUNK) {
+		uint32_t m = b->n_fill - i < CHUNK ? b->n_fill - i : CHUNK;
 		uint32_t nq = learned ? (m < PREFILL_Q ? m : PREFILL_Q) : 0;
 		float *k = b->K + (size_t)i * tok, *v = b->V + (size_t)i * tok;
-		kvgen_kv(b->g, i, m, k, v);
+		if (o->cap)
+			capture_kv(b, i, m);
+		else
+			kvgen_kv(b->g, i, m, k, v);
 		to_dtype(k, m * tok, o->dtype, kd);
 		to_dtype(v, m * tok, o->dtype, vd);
 		/* prefill queries at the chunk's last positions, other draws than decode's */
 		for (uint32_t j = 0; j < nq; j++)
-			kvgen_queries(b->g, i + m - nq + j, 1000 + j, q + j * all);
+			if (o->cap)
+				memcpy(q + j * all, capture_query(b, i + m - nq + j),
+				       all * sizeof(float));
+			else
+				kvgen_queries(b->g, i + m - nq + j, 1000 + j, q + j * all);
 		to_dtype(q, nq * all, o->dtype, qd);
 		rc = dkv_step(b->s, 0, qd, nq, kd, vd, m, od);
 		if (rc)
@@ -325,7 +374,7 @@ static void quality_train(struct quality *b)
 	if (b->cfg.hash != DKV_HASH_LEARNED)
 		return;
 	if (b->o->model)
-		rc = rt_seq_load_model(b->s, b->o->model);
+		rc = rt_seq_load_model(b->s, b->o->model, b->o->cap ? b->o->layer : 0);
 	else
 		rc = dkv_seq_train(b->s);
 	if (rc)
@@ -541,19 +590,38 @@ static void quality_query(struct quality *b, uint32_t r, float *q, void *qd,
 			  void *od, float *out)
 {
 	const struct opts *o = b->o;
-	uint64_t pos = b->n - 1, nn = kvgen_needle_count(b->g, b->n > 64 ? b->n - 64 : 0);
+	uint64_t pos = b->n - 1;
+	uint64_t nn = b->g ? kvgen_needle_count(b->g, b->n > 64 ? b->n - 64 : 0) : 0;
 	size_t all = (size_t)o->heads * o->dim;
 	int needle = nn > 0 && r % 4 == 3;
 	uint64_t ni = needle ? (r / 4) % nn : 0, t0;
 	int rc;
 
-	if (needle)
-		kvgen_needle_queries(b->g, ni, pos, q);
-	else
-		kvgen_queries(b->g, pos, r, q);
-	to_dtype(q, all, o->dtype, qd);
-	t0 = now_ns();
-	rc = dkv_step(b->s, 0, qd, 1, NULL, NULL, 0, od);
+	if (o->cap) {
+		/* replay: token pos is appended with its own query */
+		size_t tok = (size_t)o->kv_heads * o->dim;
+		void *kd = xmalloc(tok * dtype_size(o->dtype)), *vd = xmalloc(tok * dtype_size(o->dtype));
+		pos = b->n_fill + r;
+		needle = 0;
+		capture_kv(b, (uint32_t)pos, 1);
+		memcpy(q, capture_query(b, (uint32_t)pos), all * sizeof(float));
+		to_dtype(b->K + pos * tok, tok, o->dtype, kd);
+		to_dtype(b->V + pos * tok, tok, o->dtype, vd);
+		to_dtype(q, all, o->dtype, qd);
+		t0 = now_ns();
+		rc = dkv_step(b->s, 0, qd, 1, kd, vd, 1, od);
+		free(kd);
+		free(vd);
+		b->n = (uint32_t)pos + 1; /* the reference sees keys [0, pos] */
+	} else {
+		if (needle)
+			kvgen_needle_queries(b->g, ni, pos, q);
+		else
+			kvgen_queries(b->g, pos, r, q);
+		to_dtype(q, all, o->dtype, qd);
+		t0 = now_ns();
+		rc = dkv_step(b->s, 0, qd, 1, NULL, NULL, 0, od);
+	}
 	b->step_ms[r] = (now_ns() - t0) / 1e6;
 	if (rc)
 		die_dkv("step", rc, b->c);
@@ -602,9 +670,14 @@ static void quality_print_text(const struct quality *b, const struct quality_res
 	printf("dashkv-bench quality: %u tokens, %u q heads / %u kv heads, head_dim %u, %s, seed %llu\n",
 	       b->n, c->n_q_heads, c->n_kv_heads, c->head_dim, dtype_name(c->dtype),
 	       (unsigned long long)b->o->seed);
-	printf("generator: the top 1%% of tokens hold %.1f%% of the exact softmax mass "
-	       "(mean of %zu plain query heads; median %.1f%%)\n",
-	       100 * r->conc.mean, b->n_conc, 100 * r->conc.median);
+	if (b->o->cap)
+		printf("capture %s, layer %u (values drawn N(0, 1)): the top 1%% of tokens hold "
+		       "%.1f%% of the exact softmax mass (mean of %zu query heads)\n",
+		       b->o->capture, b->o->layer, 100 * r->conc.mean, b->n_conc);
+	else
+		printf("generator: the top 1%% of tokens hold %.1f%% of the exact softmax mass "
+		       "(mean of %zu plain query heads; median %.1f%%)\n",
+		       100 * r->conc.mean, b->n_conc, 100 * r->conc.median);
 	printf("engine: %s %u bits, top_k %u, candidates %u, sinks %u, window %u, tail %s, kernels %s\n",
 	       c->hash == DKV_HASH_LEARNED ? "learned" : "simhash", c->hash_bits,
 	       c->top_k, c->candidates, c->sink_tokens, c->recent_window,
@@ -662,8 +735,9 @@ static void quality_run(struct quality *b, struct quality_result *r)
 	const struct opts *o = b->o;
 	dkv_stats st = { .struct_size = sizeof(st) };
 
-	b->n = (uint32_t)o->tokens[0];
-	b->g = make_gen(o);
+	b->n = o->cap ? o->cap->n_tokens : (uint32_t)o->tokens[0];
+	b->n_fill = o->cap ? b->n - o->queries : b->n;
+	b->g = o->cap ? NULL : make_gen(o);
 	quality_alloc(b);
 	quality_open(b);
 	b->budget = b->cfg.top_k + b->cfg.sink_tokens + b->cfg.recent_window;
@@ -701,9 +775,12 @@ static int quality_compare(const struct opts *o)
 	struct opts v = *o;
 
 	printf("dashkv-bench quality: simhash vs learned, %llu tokens, %u q heads / %u kv heads, "
-	       "head_dim %u, %u decode queries, seed %llu\n",
-	       (unsigned long long)o->tokens[0], o->heads, o->kv_heads, o->dim, o->queries,
-	       (unsigned long long)o->seed);
+	       "head_dim %u, %u decode queries, %s %s\n",
+	       (unsigned long long)(o->cap ? o->cap->n_tokens : o->tokens[0]), o->heads,
+	       o->kv_heads, o->dim, o->queries, o->cap ? "capture" : "generator",
+	       o->cap ? o->capture : "");
+	if (!o->cap)
+		printf("generator seed %llu\n", (unsigned long long)o->seed);
 	printf("medians over query heads; train: dkv_seq_train ms per kv head\n\n");
 	printf("  %-8s %4s %6s %6s %11s %9s %10s %10s %9s %9s\n", "hash", "bits", "cand",
 	       "top_k", "mass recall", "recall@K", "out error", "exact mean",
@@ -728,19 +805,95 @@ static int quality_compare(const struct opts *o)
 	return 0;
 }
 
-static int cmd_quality(const struct opts *o)
+/* --capture: read the file, take its geometry; 0 or exits. */
+static void load_capture(struct opts *v, struct rt_capture *c)
 {
+	char err[512];
+	int rc = rt_capture_read(v->capture, c, err, sizeof(err));
+
+	if (rc) {
+		fprintf(stderr, "dashkv-bench: %s\n", err);
+		exit(1);
+	}
+	if (v->layer >= c->n_layers || c->head_dim % 8 || v->queries >= c->n_tokens) {
+		fprintf(stderr, "dashkv-bench: %s: layer %u of %u, head_dim %u (a multiple of 8), "
+			"%u queries of %u tokens: cannot use it\n", v->capture, v->layer,
+			c->n_layers, c->head_dim, v->queries, c->n_tokens);
+		exit(2);
+	}
+	v->heads = c->n_heads;
+	v->kv_heads = c->n_kv_heads;
+	v->dim = c->head_dim;
+	v->cap = c;
+}
+
+static int cmd_quality(const struct opts *o0)
+{
+	struct opts v = *o0, *o = &v;
+	struct rt_capture cap = { 0, 0, 0, 0, 0, NULL };
 	struct quality b = { .o = o };
 	struct quality_result r = { .cand = 0 };
+	int rc;
 
-	if (o->both)
-		return quality_compare(o);
+	if (o->capture)
+		load_capture(o, &cap);
+	if (o->both) {
+		rc = quality_compare(o);
+		rt_capture_free(&cap);
+		return rc;
+	}
 	quality_run(&b, &r);
 	if (o->json)
 		quality_print_json(&b, &r);
 	else
 		quality_print_text(&b, &r);
 	quality_close(&b);
+	rt_capture_free(&cap);
+	return 0;
+}
+
+/*
+ * capture: the generator's keys and draw-0 queries at every position
+ * into a DKVCAPT1 file; layer l is the generator with seed + l.
+ */
+static int cmd_capture(const struct opts *o)
+{
+	struct rt_capture_writer w;
+	uint32_t n = (uint32_t)o->tokens[0];
+	size_t tok = (size_t)o->kv_heads * o->dim, all = (size_t)o->heads * o->dim;
+	float *k = xmalloc(CHUNK * tok * sizeof(float)), *q = xmalloc(CHUNK * all * sizeof(float));
+	char err[512];
+
+	if (rt_capture_begin(&w, o->out, o->dim, o->heads, o->kv_heads, o->layers, n, err,
+			     sizeof(err))) {
+		fprintf(stderr, "dashkv-bench: %s\n", err);
+		return 1;
+	}
+	for (uint32_t l = 0; l < o->layers; l++) {
+		struct opts v = *o;
+		v.seed = o->seed + l;
+		struct kvgen *g = make_gen(&v);
+		for (uint32_t i = 0; i < n; i += CHUNK) {
+			uint32_t m = n - i < CHUNK ? n - i : CHUNK;
+			kvgen_kv(g, i, m, k, NULL);
+			rt_capture_put(&w, k, m * tok);
+		}
+		for (uint32_t i = 0; i < n; i += CHUNK) {
+			uint32_t m = n - i < CHUNK ? n - i : CHUNK;
+			for (uint32_t j = 0; j < m; j++)
+				kvgen_queries(g, i + j, 0, q + j * all);
+			rt_capture_put(&w, q, m * all);
+		}
+		kvgen_free(g);
+	}
+	free(k);
+	free(q);
+	if (rt_capture_end(&w, err, sizeof(err))) {
+		fprintf(stderr, "dashkv-bench: %s\n", err);
+		return 1;
+	}
+	printf("wrote %s: %u layers x %u tokens, %u q heads / %u kv heads, head_dim %u\n",
+	       o->out, o->layers, n, o->heads, o->kv_heads, o->dim);
 	return 0;
 }
 
@@ -1441,7 +1594,7 @@ static int cmd_speed(const struct opts *o)
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: dashkv-bench quality|speed|shards|ipc [options]\n"
+"usage: dashkv-bench quality|speed|shards|ipc|capture [options]\n"
 "\n"
 "quality  recall and output error of DASH-KV against exact attention in\n"
 "         double on the realistic generator, next to an oracle that takes\n"
@@ -1453,6 +1606,8 @@ static void usage(FILE *f)
 "         outputs are bit-identical (default --tokens 1048576)\n"
 "ipc      a tiny step through dashkvd vs embedded: added latency per call\n"
 "         (see dashkv-bench ipc --help)\n"
+"capture  write the generator's keys and queries at every position to a\n"
+"         Q/K capture file (--out FILE; --layers L, layer l from seed + l)\n"
 "\n"
 "options (defaults: quality | speed):\n"
 "  --tokens N[,N...]   context lengths (32768 | 4096,32768,262144,1048576)\n"
@@ -1478,6 +1633,8 @@ static void usage(FILE *f)
 "  --bw-mib M          buffer of the bandwidth measurement (1024)\n"
 "  --scan-tokens N     tokens of the coarse-scan measurement (1048576)\n"
 "  --shards N[,N...]   shard counts of the shards command (1,2)\n"
+"  --capture FILE      quality on a Q/K capture (its --layer, default 0): the\n"
+"                      last --queries positions are decoded one token at a time\n"
 "  --json              JSON instead of a plain-text table\n"
 "  --help              this text\n"
 "\n"
@@ -1611,6 +1768,14 @@ static int parse_opt(int c, const char *a, struct opts *o)
 		o->both = !strcmp(a, "both");
 		return o->both ? 0 : parse_word(a, hs, hsv, &o->hash);
 	case 'M': return parse_float(a, &o->mass_target);
+	case 'C':
+		o->capture = a;
+		return 0;
+	case 'o':
+		o->out = a;
+		return 0;
+	case 'L': return parse_u32(a, &o->layer);
+	case 'Y': return parse_u32(a, &o->layers) || !o->layers || o->layers > DKV_MAX_LAYERS;
 	case 'm':
 		o->model = a;
 		return 0;
@@ -1678,6 +1843,14 @@ static int check_opts(struct opts *o)
 		fprintf(stderr, "dashkv-bench: --model needs --hash learned or both\n");
 		return -1;
 	}
+	if (!strcmp(o->cmd, "capture") && (!o->out || o->n_tokens != 1)) {
+		fprintf(stderr, "dashkv-bench: capture takes --out FILE and one --tokens value\n");
+		return -1;
+	}
+	if (o->capture && strcmp(o->cmd, "quality")) {
+		fprintf(stderr, "dashkv-bench: --capture is a data source of quality\n");
+		return -1;
+	}
 	if (o->bw_mib < 16 || !o->scan_tokens) {
 		fprintf(stderr, "dashkv-bench: --bw-mib must be >= 16, --scan-tokens >= 1\n");
 		return -1;
@@ -1705,6 +1878,10 @@ static const struct option longopts[] = {
 	{ "scan-tokens", required_argument, NULL, 'N' },
 	{ "shards", required_argument, NULL, 'P' },
 	{ "mass-target", required_argument, NULL, 'M' },
+	{ "capture", required_argument, NULL, 'C' },
+	{ "layer", required_argument, NULL, 'L' },
+	{ "out", required_argument, NULL, 'o' },
+	{ "layers", required_argument, NULL, 'Y' },
 	{ "model", required_argument, NULL, 'm' },
 	{ "json", no_argument, NULL, 'j' },
 	{ "help", no_argument, NULL, '?' + 256 },
@@ -1718,11 +1895,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
 		return argc < 2 ? -1 : 1;
-	if (strcmp(argv[1], "quality") && strcmp(argv[1], "speed") && strcmp(argv[1], "shards")) {
+	if (strcmp(argv[1], "quality") && strcmp(argv[1], "speed") && strcmp(argv[1], "shards") &&
+	    strcmp(argv[1], "capture")) {
 		fprintf(stderr, "dashkv-bench: unknown command '%s'\n", argv[1]);
 		return -1;
 	}
-	defaults(o, !strcmp(argv[1], "quality"));
+	defaults(o, !strcmp(argv[1], "quality") || !strcmp(argv[1], "capture"));
+	o->layers = 1;
 	o->cmd = argv[1];
 	if (!strcmp(argv[1], "shards")) {
 		o->tokens[0] = 1048576;
@@ -1769,5 +1948,7 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(o.cmd, "shards"))
 		return cmd_shards(&o);
+	if (!strcmp(o.cmd, "capture"))
+		return cmd_capture(&o);
 	return !strcmp(o.cmd, "quality") ? cmd_quality(&o) : cmd_speed(&o);
 }
