@@ -61,7 +61,33 @@ struct rt_layer {
 	uint32_t q_kept;
 	uint64_t q_rng;
 	int trained;          /* fitted at train_tokens, or loaded */
+	uint64_t steps;       /* dkv_step calls on this layer */
+	struct rt_fit *fit;   /* a background fit, swapped in at its step */
 };
+
+/*
+ * One layer's fitting: copies of its inputs (up to max_keys stored keys
+ * after the sinks and the query sample, per kv head) and the new models.
+ * It runs on its own thread after train_tokens and is swapped in at a
+ * fixed later step of the layer (deterministic, whatever the timing), or
+ * in the calling thread for dkv_seq_train.
+ */
+struct rt_fit {
+	pthread_t th;
+	uint64_t swap_step;    /* the layer's step at which the models swap */
+	uint32_t n_heads, dim, bits, nk, nq;
+	const float *P;
+	float *keys;           /* [n_heads][nk][dim] */
+	float *qs;             /* [n_heads][nq][dim] */
+	float *mu;             /* [n_heads][dim] */
+	struct rt_lhead *out;  /* [n_heads] */
+	int *rc;               /* [n_heads]: rt_learn_head's */
+};
+
+/* Steps of a layer between the start of a background fit and its swap. */
+#define RT_SWAP_STEPS 8u
+
+static void fit_free(struct rt_fit *f);
 
 /* One top-K entry, for adaptive K's ordering. */
 struct rt_ranked {
@@ -609,6 +635,10 @@ static void seq_free(struct rt_seq *s)
 				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
 					rt_hash_free(&s->layers[l].hash[h]);
 			free(s->layers[l].hash);
+			if (s->layers[l].fit) {
+				pthread_join(s->layers[l].fit->th, NULL);
+				fit_free(s->layers[l].fit);
+			}
 			if (s->layers[l].lm)
 				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
 					rt_lhead_free(&s->layers[l].lm[h]);
@@ -968,42 +998,95 @@ static void swap_model(struct rt_seq *s, struct rt_layer *L, uint32_t h, struct 
 	encode_range(s, L, h, 0, L->store.len);
 }
 
-/*
- * Fit head h of layer L from up to max_keys stored keys after the sinks
- * and the query sample; the model in use changes only once the new one
- * is complete.  DKV_OK (also when there is too little data: the head
- * keeps its model), or DKV_E_NOMEM.
- */
-static int train_head(struct rt_seq *s, struct rt_layer *L, uint32_t h)
+static void fit_free(struct rt_fit *f)
+{
+	if (!f)
+		return;
+	if (f->out)
+		for (uint32_t h = 0; h < f->n_heads; h++)
+			rt_lhead_free(&f->out[h]);
+	free(f->keys);
+	free(f->qs);
+	free(f->mu);
+	free(f->out);
+	free(f->rc);
+	free(f);
+}
+
+static struct rt_fit *fit_new(struct rt_seq *s, struct rt_layer *L)
 {
 	const dkv_seq_config *c = &s->cfg;
 	struct shard_layer *st = &L->store;
 	struct rt_learn_opts o;
-	struct rt_lhead m;
 	uint64_t t0 = st->len > c->sink_tokens ? c->sink_tokens : 0, n = st->len - t0;
-	float *keys;
-	int rc;
+	uint32_t H = c->n_kv_heads, D = c->head_dim;
+	struct rt_fit *f = calloc(1, sizeof(*f));
 
 	rt_learn_defaults(&o);
-	o.seed = 0x6c6561726eull + h;
-	uint32_t nk = n < o.max_keys ? (uint32_t)n : o.max_keys;
-	keys = malloc((size_t)nk * c->head_dim * sizeof(float));
-	if (!keys || rt_lhead_alloc(&m, c->hash_bits, c->head_dim, RT_MODEL_HIDDEN)) {
-		free(keys);
-		return DKV_E_NOMEM;
+	if (!f)
+		return NULL;
+	f->n_heads = H;
+	f->dim = D;
+	f->bits = c->hash_bits;
+	f->P = s->P;
+	f->nk = n < o.max_keys ? (uint32_t)n : o.max_keys;
+	f->nq = L->q_kept;
+	f->keys = malloc((size_t)H * f->nk * D * sizeof(float));
+	f->qs = malloc((size_t)H * f->nq * D * sizeof(float));
+	f->mu = malloc((size_t)H * D * sizeof(float));
+	f->out = calloc(H, sizeof(*f->out));
+	f->rc = calloc(H, sizeof(*f->rc));
+	if (!f->keys || !f->qs || !f->mu || !f->out || !f->rc) {
+		fit_free(f);
+		return NULL;
 	}
-	for (uint32_t i = 0; i < nk; i++)
-		shard_rows_f32(&s->geom, shard_key(st, h, t0 + (uint64_t)i * n / nk), 1,
-			       keys + (size_t)i * c->head_dim);
-	rc = rt_learn_head(keys, nk, c->head_dim, L->hash[h].mu,
-			   L->qcap + (size_t)h * RT_QCAP * c->head_dim, L->q_kept, c->head_dim,
-			   s->P, &o, &m, NULL);
-	free(keys);
-	if (rc == 0)
-		swap_model(s, L, h, &m);
-	else
-		rt_lhead_free(&m);
-	return rc < 0 ? DKV_E_NOMEM : DKV_OK;
+	for (uint32_t h = 0; h < H; h++) {
+		for (uint32_t i = 0; i < f->nk; i++)
+			shard_rows_f32(&s->geom, shard_key(st, h, t0 + (uint64_t)i * n / f->nk), 1,
+				       f->keys + ((size_t)h * f->nk + i) * D);
+		memcpy(f->qs + (size_t)h * f->nq * D, L->qcap + (size_t)h * RT_QCAP * D,
+		       (size_t)f->nq * D * sizeof(float));
+		memcpy(f->mu + (size_t)h * D, L->hash[h].mu, D * sizeof(float));
+	}
+	return f;
+}
+
+/* Fit every head of f (any thread: f's own copies only). */
+static void *fit_run(void *arg)
+{
+	struct rt_fit *f = arg;
+	uint32_t D = f->dim;
+
+	for (uint32_t h = 0; h < f->n_heads; h++) {
+		struct rt_learn_opts o;
+		rt_learn_defaults(&o);
+		o.seed = 0x6c6561726eull + h;
+		if (rt_lhead_alloc(&f->out[h], f->bits, D, RT_MODEL_HIDDEN)) {
+			f->rc[h] = -1;
+			continue;
+		}
+		f->rc[h] = rt_learn_head(f->keys + (size_t)h * f->nk * D, f->nk, D,
+					 f->mu + (size_t)h * D, f->qs + (size_t)h * f->nq * D,
+					 f->nq, D, f->P, &o, &f->out[h], NULL);
+	}
+	return NULL;
+}
+
+/* Swap the fitted models in (re-encoding the stored keys); frees f. */
+static int fit_apply(struct rt_seq *s, struct rt_layer *L, struct rt_fit *f)
+{
+	int rc = DKV_OK;
+
+	for (uint32_t h = 0; h < f->n_heads; h++) {
+		if (f->rc[h] == 0) {
+			swap_model(s, L, h, &f->out[h]);
+			memset(&f->out[h], 0, sizeof(f->out[h]));
+		} else if (f->rc[h] < 0) {
+			rc = DKV_E_NOMEM;
+		}
+	}
+	fit_free(f);
+	return rc;
 }
 
 /* Whether layer L can be fitted now: learned, mean keys fixed, queries seen. */
@@ -1017,15 +1100,54 @@ static int can_train(const struct rt_seq *s, const struct rt_layer *L)
 	return 1;
 }
 
+/* A pending background fit of L: wait for it and swap its models in. */
+static int train_finish(struct rt_seq *s, struct rt_layer *L)
+{
+	struct rt_fit *f = L->fit;
+
+	if (!f)
+		return DKV_OK;
+	pthread_join(f->th, NULL);
+	L->fit = NULL;
+	return fit_apply(s, L, f);
+}
+
+/* Fit layer L now, in the calling thread. */
 static int train_layer(struct rt_seq *s, struct rt_layer *L)
 {
-	int rc = DKV_OK;
+	struct rt_fit *f;
+	int rc = train_finish(s, L);
 
-	for (uint32_t h = 0; h < s->cfg.n_kv_heads && rc == DKV_OK; h++)
-		rc = train_head(s, L, h);
+	if (rc)
+		return rc;
+	f = fit_new(s, L);
+	if (!f)
+		return DKV_E_NOMEM;
+	fit_run(f);
+	rc = fit_apply(s, L, f);
 	if (rc == DKV_OK)
 		L->trained = 1;
 	return rc;
+}
+
+/*
+ * train_tokens reached: fit L on a thread of its own; the models swap in
+ * RT_SWAP_STEPS steps of the layer later (train_finish waits if needed).
+ * Without memory or a thread, L stays as it is and tries again next step.
+ */
+static void train_start(struct rt_seq *s, struct rt_layer *L)
+{
+	struct rt_fit *f = fit_new(s, L);
+
+	if (!f)
+		return;
+	f->swap_step = L->steps + RT_SWAP_STEPS;
+	if (pthread_create(&f->th, NULL, fit_run, f)) {
+		fit_free(f);
+		return;
+	}
+	L->fit = f;
+	L->trained = 1;
 }
 
 /* ---- attention ---- */
@@ -1667,6 +1789,9 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 		if (!s->trace_idx)
 			return fail(err, DKV_E_NOMEM, "out of memory for the trace");
 	}
+	/* a background fit swaps in at its step, before this step's keys */
+	if (L->fit && L->steps >= L->fit->swap_step)
+		train_finish(s, L);
 	append(s, L, k, v, n_new);
 	t1 = now_ns();
 	size_t qstride = (size_t)c->n_q_heads * c->head_dim;
@@ -1678,9 +1803,10 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 		attend_query(s, L, s->sc.qf, L->store.len - n_q + i,
 			     (uint8_t *)out + i * bstride, &cnt);
 	}
-	/* the step is answered: a new model takes over from the next one */
+	/* the step is answered: fitting starts, off the step path */
 	if (!L->trained && L->store.len >= c->train_tokens && can_train(s, L))
-		train_layer(s, L);
+		train_start(s, L);
+	L->steps++;
 	uint64_t t2 = now_ns();
 	double nqh = (double)n_q * c->n_q_heads;
 	s->st.steps++;
@@ -1711,6 +1837,8 @@ int rt_seq_train_now(struct rt_seq *s, char *err)
 {
 	/* SimHash has nothing to fit; layers without queries keep theirs. */
 	for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
+		if (train_finish(s, &s->layers[l]))
+			return fail(err, DKV_E_NOMEM, "out of memory training layer %u", l);
 		if (!can_train(s, &s->layers[l]))
 			continue;
 		if (train_layer(s, &s->layers[l]))
@@ -1729,6 +1857,8 @@ int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char 
 	memset(&m, 0, sizeof(m));
 	if (c->hash != DKV_HASH_LEARNED)
 		return fail(err, DKV_E_INVAL, "a model file needs hash DKV_HASH_LEARNED");
+	for (uint32_t l = 0; l < c->n_layers; l++)
+		train_finish(s, &s->layers[l]);
 	rc = rt_model_read(path, &m, err, RT_ERRLEN);
 	/* the file may hold more layers; ours are layer0, layer0 + 1, ... */
 	if (rc == DKV_OK)

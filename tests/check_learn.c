@@ -399,23 +399,55 @@ START_TEST(reencode_equals_fresh)
 }
 END_TEST
 
+/* The number of heads of the model in use that are trained (saved to path). */
+static int trained_heads(dkv_seq *s, const char *path)
+{
+	struct rt_model m;
+	char err[256];
+	int n;
+
+	ck_assert_int_eq(rt_seq_save_model(s, path), DKV_OK);
+	ck_assert_int_eq(rt_model_read(path, &m, err, sizeof(err)), DKV_OK);
+	n = m.trained[0] + m.trained[1];
+	rt_model_free(&m);
+	return n;
+}
+
 START_TEST(auto_training_and_bad_model)
 {
 	struct kvgen *g = gen();
 	dkv_client *c, *c2;
-	dkv_seq *s, *t;
+	dkv_seq *s, *s2, *t;
 	dkv_seq_config cfg;
 	struct rt_model m;
 	char err[256];
 	const char *path = tmp_path("auto"), *other = tmp_path("other");
+	float q[4 * DIM], o1[4 * DIM], o2[4 * DIM];
+	int swapped_at = -1;
 
+	/*
+	 * train_tokens reached in the 4th chunk: the fit runs on a thread and
+	 * swaps in a fixed number of the layer's steps later, so two equal
+	 * sequences give equal outputs at every step, and no step sees a
+	 * model before it is whole.
+	 */
 	seq_open(&c, &s, 2000);
+	seq_open(&c2, &s2, 2000);
 	seq_fill(s, g, 0, E_N);
-	ck_assert_int_eq(rt_seq_save_model(s, path), DKV_OK);
-	ck_assert_int_eq(rt_model_read(path, &m, err, sizeof(err)), DKV_OK);
-	ck_assert_int_eq(m.trained[0] + m.trained[1], 2);
-	rt_model_free(&m);
-	/* a model for another geometry: refused, and the message says why */
+	seq_fill(s2, g, 0, E_N);
+	ck_assert_int_eq(trained_heads(s, path), 0);
+	for (int i = 0; i < 12; i++) {
+		kvgen_queries(g, E_N - 1, 50 + i, q);
+		ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+		ck_assert_int_eq(dkv_step(s2, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
+		ck_assert_mem_eq(o1, o2, sizeof(o1));
+		if (swapped_at < 0 && trained_heads(s, path) == 2)
+			swapped_at = i;
+	}
+	ck_assert_int_eq(swapped_at, 5);
+	ck_assert_int_eq(trained_heads(s2, path), 2);
+	dkv_seq_close(s2);
+	dkv_disconnect(c2);
 	ck_assert_int_eq(rt_model_alloc(&m, 64, DIM, RT_MODEL_HIDDEN, 1, 2), 0);
 	ck_assert_int_eq(rt_model_write(&m, other, err, sizeof(err)), DKV_OK);
 	rt_model_free(&m);
