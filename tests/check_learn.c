@@ -302,11 +302,10 @@ END_TEST
 #define E_CHUNK 500u
 #define E_PQ 8u
 
-static void seq_open(dkv_client **c, dkv_seq **s, uint32_t train_tokens)
+static void seq_open(dkv_client *c, dkv_seq **s, uint32_t train_tokens)
 {
 	dkv_seq_config cfg;
 
-	ck_assert_int_eq(dkv_connect("embedded", c), DKV_OK);
 	dkv_seq_config_init(&cfg);
 	cfg.n_layers = 1;
 	cfg.n_q_heads = 4;
@@ -318,7 +317,7 @@ static void seq_open(dkv_client **c, dkv_seq **s, uint32_t train_tokens)
 	cfg.max_tokens = 4096;
 	cfg.top_k = 64;
 	cfg.candidates = 512;
-	ck_assert_int_eq(dkv_seq_open(*c, &cfg, s), DKV_OK);
+	ck_assert_int_eq(dkv_seq_open(c, &cfg, s), DKV_OK);
 	ck_assert_int_eq(rt_seq_set_trace(*s, 1), DKV_OK);
 }
 
@@ -368,7 +367,8 @@ START_TEST(reencode_equals_fresh)
 	const char *path = tmp_path("seqmodel");
 
 	/* a: everything stored, then trained: the stored keys are re-encoded */
-	seq_open(&c, &a, UINT32_MAX);
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	seq_open(c, &a, UINT32_MAX);
 	seq_fill(a, g, 0, E_N);
 	ck_assert_int_eq(dkv_seq_train(a), DKV_OK);
 	ck_assert_int_eq(rt_seq_save_model(a, path), DKV_OK);
@@ -377,7 +377,7 @@ START_TEST(reencode_equals_fresh)
 	ck_assert_int_eq(m.trained[0] + m.trained[1], 2);
 	rt_model_free(&m);
 	/* b: the model loaded early, most keys encoded by it on append */
-	seq_open(&c, &b, UINT32_MAX);
+	seq_open(c, &b, UINT32_MAX);
 	seq_fill(b, g, 0, E_CHUNK);
 	ck_assert_int_eq(rt_seq_load_model(b, path, 0), DKV_OK);
 	seq_fill(b, g, E_CHUNK, E_N);
@@ -386,7 +386,7 @@ START_TEST(reencode_equals_fresh)
 	ck_assert_mem_eq(ta, tb, na * sizeof(uint32_t));
 	ck_assert_mem_eq(oa, ob, sizeof(oa));
 	/* the learned model changes what is taken: SimHash's exact set differs */
-	seq_open(&c, &x, UINT32_MAX);
+	seq_open(c, &x, UINT32_MAX);
 	seq_fill(x, g, 0, E_N);
 	seq_decode(x, g, ox, tx, &nx);
 	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)));
@@ -431,8 +431,10 @@ START_TEST(auto_training_and_bad_model)
 	 * sequences give equal outputs at every step, and no step sees a
 	 * model before it is whole.
 	 */
-	seq_open(&c, &s, 2000);
-	seq_open(&c2, &s2, 2000);
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	ck_assert_int_eq(dkv_connect("embedded", &c2), DKV_OK);
+	seq_open(c, &s, 2000);
+	seq_open(c2, &s2, 2000);
 	seq_fill(s, g, 0, E_N);
 	seq_fill(s2, g, 0, E_N);
 	ck_assert_int_eq(trained_heads(s, path), 0);
