@@ -34,7 +34,7 @@ static void usage(FILE *f)
 "  --hidden H       hidden units of the query network (%u)\n"
 "  --sinks S        leading tokens left out of training, as the engine's\n"
 "                   sink_tokens (4)\n"
-"  --steps N        Adam steps per head (300)\n"
+"  --steps N        Adam steps per head (400)\n"
 "  --keys N         keys sampled per head (4096)\n"
 "  --queries N      queries sampled per head (1024)\n"
 "  --seed S         training seed (1)\n"

@@ -59,14 +59,14 @@ static double ms_since(const struct timespec *t0)
 void rt_learn_defaults(struct rt_learn_opts *o)
 {
 	o->seed = 1;
-	o->steps = 300;
+	o->steps = 400;
 	o->batch = 32;
 	o->rand_keys = 128;
 	o->max_keys = 4096;
 	o->max_queries = 1024;
 	o->lr = 0.02f;
 	o->alpha = 10.0f;
-	o->top_frac = 0.01f;
+	o->top_frac = 0.08f;
 	o->budget_ms = 0;
 }
 

@@ -25,14 +25,14 @@
 
 struct rt_learn_opts {
 	uint64_t seed;
-	uint32_t steps;       /* Adam steps (300) */
+	uint32_t steps;       /* Adam steps (400) */
 	uint32_t batch;       /* queries per step (32) */
 	uint32_t rand_keys;   /* random keys per step besides positives (128) */
 	uint32_t max_keys;    /* keys sampled from the input (4096) */
 	uint32_t max_queries; /* queries sampled from the input (1024) */
 	float lr;             /* Adam step size (0.02) */
 	float alpha;          /* logistic sharpness (10) */
-	float top_frac;       /* share of the key sample that is positive (0.01) */
+	float top_frac;       /* share of the key sample that is positive (0.08) */
 	double budget_ms;     /* stop after this long; 0 = no limit */
 };
 

@@ -322,7 +322,7 @@ static const float *capture_query(const struct quality *b, uint32_t pos)
 }
 
 /* Queries per prefill chunk that a learned sequence trains from. */
-#define PREFILL_Q 32u
+#define PREFILL_Q 64u
 
 static void quality_fill(struct quality *b)
 {
@@ -1624,7 +1624,7 @@ static void usage(FILE *f)
 "  --bits B[,B]        hash bits: 64, 128 or 256 (a list with --hash both: 64,128,256)\n"
 "  --hash H            simhash, learned, or both: side by side for every --bits\n"
 "                      and --candidates value (quality); learned sequences see\n"
-"                      32 prefill queries per 4096-token chunk and are fitted by\n"
+"                      64 prefill queries per 4096-token chunk and are fitted by\n"
 "                      dkv_seq_train after the fill\n"
 "  --model FILE        learned: load the models of a dashkv-train file instead\n"
 "  --mass-target F     adaptive K: exact tokens until this share of the mass (0 = off)\n"
