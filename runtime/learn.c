@@ -11,6 +11,8 @@
 #define EVAL_QUERIES 128u
 #define EVAL_NEGS 256u
 #define CAND_FRAC 0.08
+#define PROBE_EVERY 4u
+#define PROBE_WEIGHT 3.0f
 
 struct lctx {
 	uint32_t dim, bits, hidden, S, Q, T, B, R, kb_max;
@@ -153,6 +155,28 @@ static void take_queries(struct lctx *c, const float *q, uint32_t nq, size_t ld)
 			nn += (double)x[d] * x[d];
 		for (uint32_t d = 0; d < c->dim; d++)
 			o[d] = nn > 0 ? (float)(x[d] / sqrt(nn)) : 0.0f;
+	}
+}
+
+/*
+ * One query in PROBE_EVERY gets the direction of a random sampled key
+ * added with weight PROBE_WEIGHT, so that a single key becomes its top
+ * key: queries seen in a prefill may never aim at a rare key (a
+ * "needle"), and these probes ask the codes to keep such directions.
+ * They help only a little (needle hits 0.39 -> 0.44 on the generator).
+ */
+static void add_probes(struct lctx *c)
+{
+	for (uint32_t i = PROBE_EVERY - 1; i < c->Q; i += PROBE_EVERY) {
+		float *u = c->u + (size_t)i * c->dim;
+		const float *k = c->kh + (size_t)below(&c->rng, c->S) * c->dim;
+		double nn = 0;
+		for (uint32_t d = 0; d < c->dim; d++) {
+			u[d] += PROBE_WEIGHT * k[d];
+			nn += (double)u[d] * u[d];
+		}
+		for (uint32_t d = 0; d < c->dim; d++)
+			u[d] = (float)(u[d] / sqrt(nn));
 	}
 }
 
@@ -554,6 +578,7 @@ int rt_learn_head(const float *keys, uint32_t nk, size_t ld_k, const float *mu,
 	}
 	take_keys(&c, keys, nk, ld_k, mu);
 	take_queries(&c, queries, nq, ld_q);
+	add_probes(&c);
 	find_positives(&c);
 	evaluate(&c, m, &s.loss0, &s.recall0);
 	for (uint32_t t = 1; t <= o->steps; t++) {
