@@ -542,6 +542,12 @@ static void task_init(struct rt_seq *s)
 	t->top_logit = sc->top_logit;
 	t->rank = sc->rank;
 	t->coll = shard_pool_coll(s->eng->pool);
+	t->qc = sc->qc;
+	t->tab = sc->tab;
+	t->scodes = sc->samp_codes;
+	t->snorms = sc->samp_norms;
+	t->se = sc->samp_e;
+	t->sld = sc->samp_max;
 }
 
 /* The scratch whose size depends only on the geometry and knobs. */
@@ -1183,11 +1189,29 @@ struct step_counts {
 };
 
 /*
+ * Run a job of the group's task on every shard, or on this thread alone
+ * when [t0, t1) lies in one page: the work is the same page by page, so
+ * the results are too.
+ */
+static void run_job(struct rt_seq *s, shard_job_fn fn, uint64_t t0, uint64_t t1)
+{
+	struct shard_task *t = &s->sc.task;
+	uint64_t p0;
+
+	if (s->eng->n_shards > 1 && shard_pages_of(t0, t1, &p0) > 1) {
+		t->n_shards = s->eng->n_shards;
+		shard_pool_run(s->eng->pool, fn, t);
+	} else {
+		t->n_shards = 1;
+		fn(t, 0);
+	}
+}
+
+/*
  * Sample the middle [m0, m0 + n): ns evenly spaced keys, their estimates
  * for every query head of the group in samp_e.
  */
-static uint32_t sample_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
-			      uint64_t m0, uint32_t n, uint32_t want)
+static uint32_t sample_middle(struct rt_seq *s, uint64_t m0, uint32_t n, uint32_t want)
 {
 	struct rt_scratch *sc = &s->sc;
 	uint32_t ns = want < n ? want : n;
@@ -1205,8 +1229,9 @@ static uint32_t sample_middle(struct rt_seq *s, struct shard_layer *st, uint32_t
 		for (uint32_t i = 0; i < run; i++)
 			sc->samp_pos[r * run + i] = (uint32_t)(at + i);
 	}
-	shard_estimate(st, h, sc->qc, s->group, sc->tab, sc->samp_pos, ns,
-		       sc->samp_codes, sc->samp_norms, sc->samp_e, sc->samp_max);
+	sc->task.spos = sc->samp_pos;
+	sc->task.sn = ns;
+	run_job(s, shard_job_sample, m0, m0 + n);
 	return ns;
 }
 
@@ -1335,25 +1360,6 @@ static int pass_ok(const struct rt_seq *s, uint32_t n_mid)
 	return PASS_OK;
 }
 
-/*
- * Run a job of the group's task on every shard, or on this thread alone
- * when [t0, t1) lies in one page: the work is the same page by page, so
- * the results are too.
- */
-static void run_job(struct rt_seq *s, shard_job_fn fn, uint64_t t0, uint64_t t1)
-{
-	struct shard_task *t = &s->sc.task;
-	uint64_t p0;
-
-	if (s->eng->n_shards > 1 && shard_pages_of(t0, t1, &p0) > 1) {
-		t->n_shards = s->eng->n_shards;
-		shard_pool_run(s->eng->pool, fn, t);
-	} else {
-		t->n_shards = 1;
-		fn(t, 0);
-	}
-}
-
 /* The group's hits over all shards, as pass_ok judges them. */
 static void count_hits(struct rt_seq *s)
 {
@@ -1418,7 +1424,7 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	/* enough samples that about 32 of them pass the threshold */
 	uint64_t want = 32 * (uint64_t)n_mid / target;
 	want = want > 1024 ? want : 1024;
-	uint32_t ns = sample_middle(s, st, h, m0, n_mid,
+	uint32_t ns = sample_middle(s, m0, n_mid,
 				    want < sc->samp_max ? (uint32_t)want : sc->samp_max);
 	uint64_t rank = (target * ns + n_mid - 1) / n_mid;
 	struct krn_scan_q q = {

@@ -67,7 +67,30 @@ static void page_span(uint64_t p, uint64_t t0, uint64_t t1, uint64_t *a, uint64_
 		      p = first_owned(t, p0_, r), a = 0, b = 0;                     \
 	     p < p0_ + np_ && (page_span(p, t0, t1, &a, &b), 1); p += (t)->n_shards)
 
-/* ---- scan ---- */
+/* ---- sample and scan ---- */
+
+/* Which shard owns position pos. */
+static uint32_t owner(const struct shard_task *t, uint32_t pos)
+{
+	return (uint32_t)(pos / SHARD_PAGE % t->n_shards);
+}
+
+void shard_job_sample(void *arg, uint32_t r)
+{
+	struct shard_task *t = arg;
+	uint32_t words = t->l->g->words;
+
+	for (uint32_t i = 0; i < t->sn;) {
+		uint32_t e = i + 1, o = owner(t, t->spos[i]);
+		while (e < t->sn && owner(t, t->spos[e]) == o)
+			e++;
+		if (o == r)
+			shard_estimate(t->l, t->h, t->qc, t->g, t->tab, t->spos + i, e - i,
+				       t->scodes + (size_t)i * words, t->snorms + i, t->se + i,
+				       t->sld);
+		i = e;
+	}
+}
 
 void shard_job_scan(void *arg, uint32_t r)
 {
@@ -166,12 +189,6 @@ static void local_top(const struct shard_task *t, struct shard_rank *rk, uint32_
 	}
 	hd->n = k;
 	hd->rest_max = rest;
-}
-
-/* Which shard owns position pos. */
-static uint32_t owner(const struct shard_task *t, uint32_t pos)
-{
-	return (uint32_t)(pos / SHARD_PAGE % t->n_shards);
 }
 
 /*

@@ -6,6 +6,8 @@
  * one query position; the engine fills it and runs its jobs on every
  * shard through the pool (pool.h):
  *
+ *   shard_job_sample the estimates of the threshold sample's keys that
+ *                    lie in the shard's pages
  *   shard_job_scan   local coarse filter over the shard's pages of the
  *                    middle: hits, and the tail mass of its 64-token blocks
  *   shard_job_rank   local fine ranking and local top-K; the shards'
@@ -71,6 +73,15 @@ struct shard_task {
 	float *top_logit;          /* [g][top_k] */
 	struct shard_rank *rank;   /* [n_shards] */
 	struct shard_coll *coll;
+	/* the threshold sample (sample job): positions ascending */
+	const uint32_t *spos;
+	uint32_t sn;
+	const uint64_t *qc;        /* [g][words] query codes */
+	const float *tab;          /* [g][bits + 1] */
+	uint64_t *scodes;          /* [sn][words] */
+	float *snorms;             /* [sn] */
+	float *se;                 /* [g][sld] estimates */
+	size_t sld;
 };
 
 /* Shards whose lists one merge takes (the size of its cursor array). */
@@ -81,6 +92,7 @@ size_t shard_rec_bytes(uint32_t g, uint32_t top_k);
 /* Bytes of a shard's recv: the gathered records and room to merge them. */
 size_t shard_recv_bytes(uint32_t n_shards, uint32_t g, uint32_t top_k);
 
+void shard_job_sample(void *task, uint32_t shard);
 void shard_job_scan(void *task, uint32_t shard);
 void shard_job_rank(void *task, uint32_t shard);
 void shard_job_tail(void *task, uint32_t shard);
