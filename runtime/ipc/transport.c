@@ -27,9 +27,12 @@
  * Spin (yielding) this long before sleeping on a completion; default, or
  * DASHKV_IPC_SPIN_US.  The spin adapts: when the last step of the same
  * shape outlasted the spin, the next one sleeps at once, for spinning
- * through a long step only steals the CPU the daemon needs.
+ * through a long step only steals the CPU the daemon needs.  1 ms covers
+ * a decode step of a small context: a futex wake-up instead costs 20 to
+ * 40 us on a busy machine (dashkv-bench ipc, N = 1K: 36 us added at a
+ * 200 us spin, under 10 us at 1 ms or more).
  */
-#define IPC_SPIN_NS 200000
+#define IPC_SPIN_NS 1000000
 #define IPC_DEF_ARENA (64ull << 20)
 #define IPC_HUNG_MS 2000 /* default; DASHKV_IPC_TIMEOUT_MS */
 
