@@ -6,25 +6,11 @@
 
 #include "capture.h"
 #include "dashkv.h"
+#include "rterr.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "capture files hold little-endian floats; this host is big-endian"
 #endif
-
-static int cerr(char *err, size_t errlen, int code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int cerr(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
 
 uint32_t rt_crc32(uint32_t crc, const void *buf, size_t n)
 {
@@ -81,9 +67,9 @@ static int check_header(const uint8_t *h, struct rt_capture *c, uint64_t *payloa
 	uint32_t ver = get32(h + 8), dtype = get32(h + 32), flags = get32(h + 36);
 
 	if (memcmp(h, RT_CAPT_MAGIC, 8))
-		return cerr(err, errlen, DKV_E_INVAL, "not a capture file (bad magic)");
+		return rt_errf(err, errlen, DKV_E_INVAL, "not a capture file (bad magic)");
 	if (ver != RT_CAPT_VERSION)
-		return cerr(err, errlen, DKV_E_INVAL, "capture version %u, this reader knows %u",
+		return rt_errf(err, errlen, DKV_E_INVAL, "capture version %u, this reader knows %u",
 			    ver, RT_CAPT_VERSION);
 	c->head_dim = get32(h + 12);
 	c->n_heads = get32(h + 16);
@@ -91,14 +77,14 @@ static int check_header(const uint8_t *h, struct rt_capture *c, uint64_t *payloa
 	c->n_layers = get32(h + 24);
 	c->n_tokens = get32(h + 28);
 	if (dtype != 0 || flags != 0)
-		return cerr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "capture dtype %u / flags %u: only f32 (0) and flags 0 are defined",
 			    dtype, flags);
 	if (!c->head_dim || c->head_dim > DKV_MAX_HEAD_DIM || !c->n_kv_heads ||
 	    c->n_kv_heads > DKV_MAX_HEADS || !c->n_heads || c->n_heads > DKV_MAX_HEADS ||
 	    c->n_heads % c->n_kv_heads || !c->n_layers || c->n_layers > DKV_MAX_LAYERS ||
 	    !c->n_tokens || c->n_tokens > (1u << 24))
-		return cerr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "capture geometry out of range: head_dim %u, heads %u / kv %u, "
 			    "layers %u, tokens %u", c->head_dim, c->n_heads, c->n_kv_heads,
 			    c->n_layers, c->n_tokens);
@@ -114,17 +100,17 @@ static int read_body(FILE *f, struct rt_capture *c, const uint8_t *h, uint64_t p
 
 	c->data = malloc(payload);
 	if (!c->data)
-		return cerr(err, errlen, DKV_E_NOMEM, "%s: out of memory for %llu bytes", path,
+		return rt_errf(err, errlen, DKV_E_NOMEM, "%s: out of memory for %llu bytes", path,
 			    (unsigned long long)payload);
 	if (fread(c->data, 1, payload, f) != payload || fread(tail, 1, 4, f) != 4)
-		return cerr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "%s: truncated (the header promises %llu bytes of data)", path,
 			    (unsigned long long)payload);
 	if (fread(&extra, 1, 1, f) == 1)
-		return cerr(err, errlen, DKV_E_INVAL, "%s: bytes after the crc", path);
+		return rt_errf(err, errlen, DKV_E_INVAL, "%s: bytes after the crc", path);
 	crc = rt_crc32(rt_crc32(0, h, RT_CAPT_HEADER), c->data, payload);
 	if (crc != get32(tail))
-		return cerr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "%s: crc mismatch (file says %08x, data gives %08x): corrupt",
 			    path, get32(tail), crc);
 	return DKV_OK;
@@ -139,10 +125,10 @@ int rt_capture_read(const char *path, struct rt_capture *out, char *err, size_t 
 	int rc;
 
 	if (!f)
-		return cerr(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
+		return rt_errf(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
 			    "%s: %s", path, strerror(errno));
 	if (fread(h, 1, sizeof(h), f) != sizeof(h))
-		rc = cerr(err, errlen, DKV_E_INVAL, "%s: shorter than a capture header", path);
+		rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: shorter than a capture header", path);
 	else
 		rc = check_header(h, &c, &payload, err, errlen);
 	if (rc == DKV_OK)
@@ -175,7 +161,7 @@ int rt_capture_begin(struct rt_capture_writer *w, const char *path,
 		put32(h + 8 + 4 * i, v[i]);
 	w->f = fopen(path, "wb");
 	if (!w->f)
-		return cerr(err, errlen, DKV_E_IO, "%s: %s", path, strerror(errno));
+		return rt_errf(err, errlen, DKV_E_IO, "%s: %s", path, strerror(errno));
 	w->crc = rt_crc32(0, h, sizeof(h));
 	w->failed = fwrite(h, 1, sizeof(h), w->f) != sizeof(h);
 	return DKV_OK;
@@ -199,7 +185,7 @@ int rt_capture_end(struct rt_capture_writer *w, char *err, size_t errlen)
 		w->failed = 1;
 	w->f = NULL;
 	if (w->failed)
-		return cerr(err, errlen, DKV_E_IO, "writing the capture failed: %s",
+		return rt_errf(err, errlen, DKV_E_IO, "writing the capture failed: %s",
 			    strerror(errno));
 	return DKV_OK;
 }

@@ -1,8 +1,22 @@
 /* errors.c - status strings and the per-client, per-thread last message. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "client.h"
+#include "rterr.h"
+
+int rt_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
 
 const char *dkv_strerror(int status)
 {

@@ -8,24 +8,10 @@
 
 #include "capture.h"
 #include "dashkv.h"
+#include "rterr.h"
 #include "hash.h"
 #include "krn.h"
 #include "model.h"
-
-static int merr(char *err, size_t errlen, int code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int merr(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
 
 size_t rt_lhead_floats(uint32_t bits, uint32_t dim, uint32_t hidden)
 {
@@ -189,7 +175,7 @@ int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t
 	FILE *f = fopen(path, "wb");
 
 	if (!f)
-		return merr(err, errlen, DKV_E_IO, "%s: %s", path, strerror(errno));
+		return rt_errf(err, errlen, DKV_E_IO, "%s: %s", path, strerror(errno));
 	header(m, h);
 	bad = put(f, h, sizeof(h), &crc);
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++) {
@@ -201,7 +187,7 @@ int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t
 	bad |= fwrite(w, 1, 4, f) != 4;
 	bad |= fclose(f) != 0;
 	if (bad)
-		return merr(err, errlen, DKV_E_IO, "%s: write failed: %s", path, strerror(errno));
+		return rt_errf(err, errlen, DKV_E_IO, "%s: write failed: %s", path, strerror(errno));
 	return DKV_OK;
 }
 
@@ -209,12 +195,12 @@ static int read_header(FILE *f, const char *path, uint8_t *h, struct rt_model *g
 		       char *err, size_t errlen)
 {
 	if (fread(h, 1, RT_MODEL_HEADER, f) != RT_MODEL_HEADER)
-		return merr(err, errlen, DKV_E_INVAL, "%s: shorter than a model header", path);
+		return rt_errf(err, errlen, DKV_E_INVAL, "%s: shorter than a model header", path);
 	if (memcmp(h, RT_MODEL_MAGIC, 8))
-		return merr(err, errlen, DKV_E_INVAL, "%s: not a DASH-KV model file (bad magic)",
+		return rt_errf(err, errlen, DKV_E_INVAL, "%s: not a DASH-KV model file (bad magic)",
 			    path);
 	if (get32(h + 8) != RT_MODEL_VERSION)
-		return merr(err, errlen, DKV_E_INVAL, "%s: model version %u, this build reads %u",
+		return rt_errf(err, errlen, DKV_E_INVAL, "%s: model version %u, this build reads %u",
 			    path, get32(h + 8), RT_MODEL_VERSION);
 	g->bits = get32(h + 12);
 	g->dim = get32(h + 16);
@@ -225,7 +211,7 @@ static int read_header(FILE *f, const char *path, uint8_t *h, struct rt_model *g
 	    g->dim > DKV_MAX_HEAD_DIM || g->dim % 8 || !g->hidden || g->hidden > RT_MODEL_HIDDEN_MAX ||
 	    !g->n_layers || g->n_layers > DKV_MAX_LAYERS || !g->n_kv_heads ||
 	    g->n_kv_heads > DKV_MAX_HEADS || get32(h + 32) || get32(h + 36))
-		return merr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "%s: bad model header (bits %u, head_dim %u, hidden %u, layers %u, "
 			    "kv heads %u, flags %u)", path, g->bits, g->dim, g->hidden,
 			    g->n_layers, g->n_kv_heads, get32(h + 32));
@@ -249,24 +235,24 @@ static int read_heads(FILE *f, const char *path, struct rt_model *m, uint32_t *c
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++) {
 		if (fread(w, 1, 4, f) != 4 ||
 		    fread(m->heads[i].buf, sizeof(float), nf, f) != nf)
-			return merr(err, errlen, DKV_E_INVAL, "%s: truncated at head %zu", path, i);
+			return rt_errf(err, errlen, DKV_E_INVAL, "%s: truncated at head %zu", path, i);
 		*crc = rt_crc32(rt_crc32(*crc, w, 4), m->heads[i].buf, nf * sizeof(float));
 		if (get32(w) > 1)
-			return merr(err, errlen, DKV_E_INVAL, "%s: head %zu: bad trained flag %u",
+			return rt_errf(err, errlen, DKV_E_INVAL, "%s: head %zu: bad trained flag %u",
 				    path, i, get32(w));
 		m->trained[i] = (uint8_t)get32(w);
 	}
 	if (fread(w, 1, 4, f) != 4)
-		return merr(err, errlen, DKV_E_INVAL, "%s: truncated before the crc", path);
+		return rt_errf(err, errlen, DKV_E_INVAL, "%s: truncated before the crc", path);
 	if (get32(w) != *crc)
-		return merr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "%s: crc mismatch (file says %08x, data gives %08x): corrupt",
 			    path, get32(w), *crc);
 	if (fread(w, 1, 1, f) == 1)
-		return merr(err, errlen, DKV_E_INVAL, "%s: bytes after the crc", path);
+		return rt_errf(err, errlen, DKV_E_INVAL, "%s: bytes after the crc", path);
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++)
 		if (!all_finite(m->heads[i].buf, nf))
-			return merr(err, errlen, DKV_E_INVAL, "%s: head %zu holds NaN or Inf",
+			return rt_errf(err, errlen, DKV_E_INVAL, "%s: head %zu holds NaN or Inf",
 				    path, i);
 	return DKV_OK;
 }
@@ -282,12 +268,12 @@ int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errl
 	memset(&m, 0, sizeof(m));
 	memset(&g, 0, sizeof(g));
 	if (!f)
-		return merr(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
+		return rt_errf(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
 			    "%s: %s", path, strerror(errno));
 	rc = read_header(f, path, h, &g, err, errlen);
 	if (rc == DKV_OK && rt_model_alloc(&m, g.bits, g.dim, g.hidden, g.n_layers,
 					   g.n_kv_heads))
-		rc = merr(err, errlen, DKV_E_NOMEM, "%s: out of memory for the model", path);
+		rc = rt_errf(err, errlen, DKV_E_NOMEM, "%s: out of memory for the model", path);
 	crc = rt_crc32(0, h, sizeof(h));
 	if (rc == DKV_OK)
 		rc = read_heads(f, path, &m, &crc, err, errlen);
@@ -305,7 +291,7 @@ int rt_model_check(const struct rt_model *m, uint32_t bits, uint32_t dim,
 {
 	if (m->bits != bits || m->dim != dim || m->n_layers != n_layers ||
 	    m->n_kv_heads != n_kv_heads)
-		return merr(err, errlen, DKV_E_INVAL,
+		return rt_errf(err, errlen, DKV_E_INVAL,
 			    "model is for %u bits, head_dim %u, %u layers, %u kv heads; "
 			    "the sequence has %u, %u, %u, %u", m->bits, m->dim, m->n_layers,
 			    m->n_kv_heads, bits, dim, n_layers, n_kv_heads);

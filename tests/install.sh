@@ -189,17 +189,8 @@ for app in $bins; do
 done
 
 # the installed daemon
-sock=$dir/d.sock
-printf 'allow_users %s\n' "$(id -u)" >"$dir/d.conf"
-"$dest$sbindir/dashkvd" -c "$dir/d.conf" -s "$sock" 2>"$dir/dlog" &
-pid=$!
-i=0
-while [ ! -S "$sock" ]; do
-	i=$((i + 1))
-	[ $i -gt 100 ] && fail "installed dashkvd did not start: $(cat "$dir/dlog")"
-	kill -0 "$pid" 2>/dev/null || fail "installed dashkvd exited: $(cat "$dir/dlog")"
-	sleep 0.05
-done
+. "$src/tests/dashkvd-start.sh"
+start_dashkvd "$dest$sbindir/dashkvd" "$dir" || fail "the installed dashkvd did not start"
 for app in $bins; do
 	"$app" "unix:$sock" || fail "$app through the installed dashkvd"
 done

@@ -13,7 +13,7 @@ s=${top_srcdir:-.}
 data=${DASHKV_TEST_DATA:-$s/../shared/data}
 model=$data/models/stories260K.gguf
 dir=$(mktemp -d "${TMPDIR:-/tmp}/dashkv-demo.XXXXXX") || exit 1
-sock=$dir/dashkvd.sock
+sock=$dir/d.sock
 pid=
 cleanup() {
 	[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
@@ -24,19 +24,9 @@ trap 'exit 1' INT TERM
 say() { printf '\n== %s\n' "$*"; }
 
 say "starting dashkvd on $sock"
-printf 'allow_users %s\nlog_level info\n' "$(id -u)" >"$dir/dashkv.conf"
-"$b/dashkvd" -c "$dir/dashkv.conf" -s "$sock" 2>"$dir/dashkvd.log" &
-pid=$!
-i=0
-while [ ! -S "$sock" ]; do
-	i=$((i + 1))
-	if [ $i -gt 200 ] || ! kill -0 "$pid" 2>/dev/null; then
-		echo "dashkvd did not start:" >&2
-		cat "$dir/dashkvd.log" >&2
-		exit 1
-	fi
-	sleep 0.05
-done
+. "$s/tests/dashkvd-start.sh"
+DASHKVD_CONF='log_level info
+' start_dashkvd "$b/dashkvd" "$dir" || exit 1
 "$b/dashkvctl" -s "$sock" status || exit 1
 
 say "demo client: ${DEMO_TOKENS:-262144}-token context through dashkvd"
@@ -59,5 +49,5 @@ kill -TERM "$pid" && wait "$pid"
 rc=$?
 pid=
 echo "dashkvd stopped (exit status $rc); its log:"
-cat "$dir/dashkvd.log"
+cat "$dir/dlog"
 exit $rc

@@ -16,16 +16,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-printf 'allow_users %s\n' "$(id -u)" >"$dir/d.conf"
-"$dmn" -c "$dir/d.conf" -s "$sock" 2>>"$dir/log" &
-pid=$!
-i=0
-while [ ! -S "$sock" ]; do
-	i=$((i + 1))
-	[ $i -gt 100 ] && fail "dashkvd did not start: $(cat "$dir/log")"
-	kill -0 "$pid" 2>/dev/null || fail "dashkvd exited: $(cat "$dir/log")"
-	sleep 0.05
-done
+. "${top_srcdir:-.}/tests/dashkvd-start.sh"
+start_dashkvd "$dmn" "$dir" || fail "dashkvd did not start"
 
 "$stories" --connect "unix:$sock" --mode exact --tokens 400 --quiet >"$dir/exact" ||
 	fail "exact run through dashkvd exited $?"
