@@ -1692,7 +1692,11 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		w0 = sink_end;
 	sc->task.l = st;
 	sc->task.h = h;
-	if (c->exact || w0 - sink_end <= c->top_k) {
+	/*
+	 * A middle that fits in the candidate budget would pass the coarse
+	 * filter whole: attending it exactly is cheaper and exact.
+	 */
+	if (c->exact || w0 - sink_end <= (c->top_k > c->candidates ? c->top_k : c->candidates)) {
 		attend_exact(s, 0, p1);
 		for (uint32_t j = 0; j < g; j++) {
 			/* the trace holds at most sinks + top_k + window tokens */

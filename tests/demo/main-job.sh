@@ -36,9 +36,9 @@ if [ -r "$model" ]; then
 	say "stories260K, every layer's attention served by dashkvd"
 	"$b/tests/model/stories" --model "$model" --connect "unix:$sock" \
 		--mode exact --tokens 120 || exit 1
-	say "stories260K: DASH-KV (top_k 16, window 16) against exact, 400 tokens"
+	say "stories260K: DASH-KV (top_k 16, window 16, candidates 64) against exact, 400 tokens"
 	"$b/tests/model/stories" --model "$model" --connect "unix:$sock" \
-		--compare --quiet --top-k 16 --window 16 --tokens 400 || exit 1
+		--compare --quiet --top-k 16 --window 16 --candidates 64 --tokens 400 || exit 1
 else
 	say "stories260K skipped: no $model (set DASHKV_TEST_DATA)"
 fi

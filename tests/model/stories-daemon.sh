@@ -24,7 +24,7 @@ start_dashkvd "$dmn" "$dir" || fail "dashkvd did not start"
 starts_with "$dir/exact" || fail "exact text through dashkvd differs from the known text"
 echo "exact, dashkvd: known text reproduced"
 
-"$stories" --connect "unix:$sock" --compare --top-k 16 --window 16 --tokens 400 \
+"$stories" --connect "unix:$sock" --compare --top-k 16 --window 16 --candidates 64 --tokens 400 \
 	>"$dir/cmp" 2>"$dir/err" || fail "compare through dashkvd exited $?: $(cat "$dir/err")"
 grep -E "^(agreement|teacher-forced):" "$dir/cmp"
 forced=$(field teacher-forced "$dir/cmp")
@@ -34,7 +34,7 @@ sed -n '/^--- DASH-KV$/{n;p;}' "$dir/cmp" >"$dir/dash"
 starts_with "$dir/dash" || fail "DASH-KV through dashkvd lost the known opening"
 
 # the daemon serves the embedded engine's outputs bit for bit
-"$stories" --connect embedded --compare --top-k 16 --window 16 --tokens 400 \
+"$stories" --connect embedded --compare --top-k 16 --window 16 --candidates 64 --tokens 400 \
 	>"$dir/cmp-emb" 2>/dev/null || fail "embedded compare exited $?"
 cmp -s "$dir/cmp" "$dir/cmp-emb" || fail "daemon and embedded runs differ"
 
