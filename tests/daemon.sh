@@ -318,7 +318,8 @@ stop
 # max_sessions 1: a second session is refused, dashkvctl still answers
 printf 'allow_users %s\nmax_sessions 1\n' "$uid" >"$dir/one.conf"
 start "$dir/one.conf"
-"$cli" hold "unix:$sock" >"$dir/hold.out" &
+: >"$dir/hold.out" # truncated here, not later in the child: wait_for must not see an old "ready"
+"$cli" hold "unix:$sock" >>"$dir/hold.out" &
 hold=$!
 wait_for "$dir/hold.out" ready
 "$cli" api "unix:$sock" 2>"$dir/err" && fail "a session beyond max_sessions"
@@ -345,7 +346,8 @@ if [ "$uid" -eq 0 ] && command -v setpriv >/dev/null 2>&1 && nob=$(id -u nobody 
 	grep -q "only root" "$dir/err" || fail "drain as nobody: $(cat "$dir/err")"
 	[ "$(stat_of draining)" = no ] || fail "draining after a refused drain"
 fi
-"$cli" hold "unix:$sock" >"$dir/hold.out" &
+: >"$dir/hold.out" # truncated here, not later in the child: wait_for must not see an old "ready"
+"$cli" hold "unix:$sock" >>"$dir/hold.out" &
 hold=$!
 wait_for "$dir/hold.out" ready
 "$ctl" -s "$sock" drain | grep -q draining || fail "dashkvctl drain"
