@@ -216,7 +216,9 @@ static void print_entry(const struct centry *e, const struct dmn_config *c, FILE
 	switch (e->type) {
 	case C_STR:
 	case C_LIST:
-		fprintf(f, "%s %s\n", e->name, (const char *)p);
+		/* a value that begins with '=' needs the separator to survive a reload */
+		fprintf(f, "%s %s%s\n", e->name, *(const char *)p == '=' ? "= " : "",
+			(const char *)p);
 		break;
 	case C_OCTAL:
 		fprintf(f, "%s 0%" PRIo64 "\n", e->name, x);

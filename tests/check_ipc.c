@@ -207,6 +207,34 @@ START_TEST(conf_good)
 }
 END_TEST
 
+/*
+ * -T output loads back to the same configuration, also for string values
+ * that begin with '=' (the optional separator) or hold a '=' later.
+ */
+START_TEST(conf_print_round_trip)
+{
+	char *p = write_conf("user ==x\nshards = =cpu:2\nsocket /tmp/a=b.sock\n");
+	struct dmn_config c, back;
+	char text[8192];
+	FILE *f;
+
+	ck_assert_int_eq(dmn_config_load(p, 0, &c, err, sizeof(err)), 0);
+	ck_assert_str_eq(c.user, "=x");
+	ck_assert_str_eq(c.shards, "=cpu:2");
+	unlink(p);
+	free(p);
+	f = fmemopen(text, sizeof(text), "w");
+	dmn_config_print(&c, f);
+	fclose(f);
+	p = write_conf(text);
+	ck_assert_int_eq(dmn_config_load(p, 0, &back, err, sizeof(err)), 0);
+	ck_assert_str_eq(back.user, "=x");
+	ck_assert(!memcmp(&back, &c, sizeof(c)));
+	unlink(p);
+	free(p);
+}
+END_TEST
+
 START_TEST(conf_bad)
 {
 	static const char *const bad[] = {
@@ -304,6 +332,7 @@ int main(void)
 	tcase_add_test(t, reply_checks);
 	tcase_add_test(t, validators_fuzz);
 	tcase_add_test(c, conf_good);
+	tcase_add_test(c, conf_print_round_trip);
 	tcase_add_test(c, conf_bad);
 	tcase_add_test(c, conf_reload);
 	tcase_add_test(c, conf_strings);
