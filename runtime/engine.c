@@ -24,9 +24,6 @@
 #include "step.h"
 #include "store.h"
 
-/* Groups of up to this many query heads fine-rank the union of their hits. */
-#define RT_UNION_MAX 8u
-
 /*
  * Tail blocks below this share of the mean block mass are not read: they
  * hold at most 2% of the tail mass.  At 1e-3 instead the output error
@@ -458,7 +455,7 @@ static void rank_layout(struct rt_seq *s, struct shard_rank *rk, struct carver *
 	rk->n_hit = carve(cv, g * u);
 	rk->n_keep = carve(cv, g * u);
 	rk->logit = carve(cv, g * hc * f);
-	if (g <= RT_UNION_MAX) {
+	if (g <= SHARD_UNION_MAX) {
 		rk->u_pos = carve(cv, g * hc * u);
 		rk->u_map = carve(cv, g * hc * u);
 		rk->u_logit = carve(cv, g * g * hc * f);

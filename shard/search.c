@@ -69,35 +69,6 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
 }
 
-void shard_scan(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
-		uint64_t t0, uint64_t t1, struct krn_scan_out *o)
-{
-	const struct krn_ops *ops = krn_get();
-	uint64_t b0 = t0 / SHARD_BLOCK;
-	float *blk = o->blk;
-
-	memset(o->n_hit, 0, q->nq * sizeof(uint32_t));
-	if (blk)
-		for (uint32_t j = 0; j < q->nq; j++)
-			memset(blk + j * o->ld_blk, 0,
-			       ((t1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0) * sizeof(float));
-	for (uint64_t t = t0; t < t1;) {
-		uint64_t page0 = t - t % SHARD_PAGE;
-		struct krn_scan_keys k = {
-			.codes = shard_codes(l, h, t),
-			.cls = shard_cls(l, h, page0),
-			.norms = shard_norm(l, h, page0),
-			.first = (uint32_t)(t % SHARD_PAGE),
-			.n = run_len(t, t1, SHARD_PAGE),
-			.base = (uint32_t)page0,
-		};
-		o->blk = blk ? blk + (t / SHARD_BLOCK - b0) : NULL;
-		ops->scan(q, &k, o);
-		t += k.n;
-	}
-	o->blk = blk;
-}
-
 /* Ask for the row of a key or value ahead of its use (random access). */
 static void prefetch_row(const struct shard_layer *l, uint32_t h, uint32_t pos, int values)
 {

@@ -42,15 +42,6 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld);
 
 /*
- * The coarse filter's one pass over the keys [t0, t1) of kv head h
- * (krn_ops.scan, page by page): hits and, when o->blk is set, the tail
- * mass per 64-token block, blk[0] being block t0 / 64.  Resets n_hit and
- * blk first.
- */
-void shard_scan(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
-		uint64_t t0, uint64_t t1, struct krn_scan_out *o);
-
-/*
  * Fine ranking: exact logits scale * q.k of the keys at positions pos[0..n)
  * into logit[0..n).
  */

@@ -6,9 +6,6 @@
 #include "dashkv.h"
 #include "step.h"
 
-/* Groups of up to this many query heads fine-rank the union of their hits. */
-#define UNION_MAX 8u
-
 /* An entry of a shard's top-K list as the all-gather carries it. */
 struct rec_ent {
 	float logit;
@@ -127,7 +124,7 @@ void shard_job_scan(void *arg, uint32_t r)
 /* Merge the group's sorted hit lists into u_pos; u_map maps them back. */
 static uint32_t hit_union(const struct shard_task *t, struct shard_rank *rk)
 {
-	uint32_t at[UNION_MAX] = { 0 }, nu = 0, hc = t->hit_cap;
+	uint32_t at[SHARD_UNION_MAX] = { 0 }, nu = 0, hc = t->hit_cap;
 
 	for (;;) {
 		uint32_t next = UINT32_MAX;
@@ -151,7 +148,7 @@ static void fine(const struct shard_task *t, struct shard_rank *rk)
 {
 	uint32_t g = t->g, hc = t->hit_cap;
 
-	if (g > UNION_MAX) {
+	if (g > SHARD_UNION_MAX) {
 		for (uint32_t j = 0; j < g; j++)
 			shard_fine(t->l, t->h, t->qg + (size_t)j * t->dim, rk->hit + (size_t)j * hc,
 				   rk->n_keep[j], t->scale, rk->logit + (size_t)j * hc, &rk->bufs);

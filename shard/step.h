@@ -84,6 +84,10 @@ struct shard_task {
 	size_t sld;
 };
 
+/* Groups of up to this many query heads fine-rank the union of their hits
+ * (a shard_rank then needs u_pos, u_map and u_logit). */
+#define SHARD_UNION_MAX 8u
+
 /* Shards whose lists one merge takes (the size of its cursor array). */
 #define SHARD_MERGE_MAX 4096u
 
