@@ -54,7 +54,7 @@ struct krn_scan_q {
 	const float *thr;    /* [nq] */
 	const float *ca;     /* [nq] */
 	const float *cb;     /* [nq] */
-	uint32_t stride;     /* tail sampling: 1 (every key) or 8 */
+	uint32_t stride;     /* tail sampling: 1 (every key), 8, 16, 32 or 64 */
 };
 
 /*

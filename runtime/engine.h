@@ -28,6 +28,9 @@
 struct rt_engine;
 struct rt_seq;
 
+/* The tail's sampling stride (krn_scan_q.stride) for a middle of n tokens. */
+uint32_t rt_tail_stride(uint64_t n_mid);
+
 /* An engine whose shards follow DASHKV_SHARDS ... */
 int rt_engine_new(struct rt_engine **out, char *err);
 /* ... or the plan spec given (NULL or "auto": the machine's default). */

@@ -56,6 +56,18 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 	}
 }
 
+void shard_prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	uint32_t words = l->g->words;
+	const char *c = (const char *)krn_code_at(shard_codes(l, h, t), words, t % SHARD_PAGE);
+
+	c -= t % KRN_CODE_GROUP; /* the group's first byte */
+	for (uint32_t o = 0; o < words * 8 * KRN_CODE_GROUP; o += 64)
+		__builtin_prefetch(c + o);
+	__builtin_prefetch(shard_norm(l, h, t));
+	__builtin_prefetch(shard_cls(l, h, t));
+}
+
 void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
 		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld)
@@ -156,12 +168,43 @@ static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut
 	return 0;
 }
 
+/*
+ * A whole stored page: the blocks left out take the mean value of the
+ * page's other left-out blocks instead of nothing.  Their mass D (per
+ * query) spread over their n_out tokens gives each left-out token the
+ * weight D / n_out on the page's value sum; the kept blocks' tokens get
+ * it taken off again, so that the page row stands for the left-out
+ * blocks alone.  Returns 0 when every block is kept (nothing to add).
+ */
+static int page_rest(const float *w, size_t ld_w, uint32_t nq, const float *cut,
+		     float *rest)
+{
+	uint32_t n_out = 0;
+
+	for (uint32_t j = 0; j < nq; j++)
+		rest[j] = 0.0f;
+	for (uint32_t i = 0; i < SHARD_PAGE_BLOCKS; i++) {
+		if (block_kept(w, ld_w, nq, cut, i))
+			continue;
+		n_out++;
+		for (uint32_t j = 0; j < nq; j++)
+			rest[j] += w[j * ld_w + i];
+	}
+	if (!n_out)
+		return 0;
+	for (uint32_t j = 0; j < nq; j++)
+		rest[j] /= (float)n_out; /* mean mass per token of a left-out block */
+	return 1;
+}
+
 void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
 		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, float *acc)
 {
 	const struct krn_ops *ops = krn_get();
 	uint32_t dim = l->g->head_dim;
 	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
+	int whole = t0 % SHARD_PAGE == 0 && t1 == t0 + SHARD_PAGE && l->len >= t1;
+	float rest[DKV_MAX_HEADS];
 
 	/* block sums -> means: every block is full except maybe the last stored */
 	for (uint32_t j = 0; j < nq; j++)
@@ -169,6 +212,14 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 			uint64_t cnt = l->len - b * SHARD_BLOCK;
 			w[j * ld_w + (b - b0)] /= (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
 		}
+	if (whole && nq <= DKV_MAX_HEADS && page_rest(w, ld_w, nq, cut, rest)) {
+		/* page row: rest per token, taken off the kept blocks' tokens */
+		ops->wsum(rest, 1, nq, shard_vpage(l, h, t0), dim, 1, dim, acc);
+		for (uint32_t j = 0; j < nq; j++)
+			rest[j] = -rest[j];
+	} else {
+		whole = 0;
+	}
 	/* runs of kept blocks inside one page: their value rows are contiguous */
 	for (uint64_t b = b0; b < b1;) {
 		if (!block_kept(w, ld_w, nq, cut, b - b0)) {
@@ -179,6 +230,10 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 		uint64_t e = b + 1;
 		while (e < b1 && e < page_end && block_kept(w, ld_w, nq, cut, e - b0))
 			e++;
+		if (whole)
+			for (uint32_t j = 0; j < nq; j++)
+				for (uint64_t x = b; x < e; x++)
+					w[j * ld_w + (x - b0)] += rest[j];
 		ops->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim,
 			  (uint32_t)(e - b), dim, acc);
 		b = e;

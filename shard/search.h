@@ -33,6 +33,12 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 			float scale, struct krn_part *st, struct shard_bufs *b);
 
 /*
+ * Ask for the code group (KRN_CODE_GROUP keys), norm and class of key t
+ * ahead of a random read.
+ */
+void shard_prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t);
+
+/*
  * Estimated (unshifted) logits of nq queries for the keys at pos[0..n):
  * gathers their codes and norms into codes_buf [n][words] / norms_buf [n]
  * and writes est[j * ld + i].

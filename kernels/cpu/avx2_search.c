@@ -11,7 +11,8 @@
  * the limit of each key's norm class (another lookup); the few probes get
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
- * key's estimate through the vector exp.
+ * key's estimate through the vector exp: stride 8 one block and query
+ * per vector, stride 16 one block and two queries.
  */
 #include "simd_common.h"
 #include "variants.h"
@@ -182,6 +183,59 @@ KRN_INLINE float block_tail8(const struct krn_scan_q *q, uint32_t j, const __m25
 	return 8.0f * krn_hsum8(p);
 }
 
+/*
+ * Stride 16: keys 0, 16, 32, 48 of a block for two queries j and j1 (j1
+ * may be j: then only j's sum counts) in the eight lanes of one vector:
+ * lanes [0 32 0 32 16 48 16 48], queries [j j j1 j1 j j j1 j1].  The
+ * pair's constants (tail coefficients, table offsets) come once per
+ * chunk of queries.
+ */
+struct pair16 {
+	__m256 a, b;
+	__m256i base;
+};
+
+static void pair16_build(const struct krn_scan_q *q, uint32_t j, uint32_t j1, struct pair16 *c)
+{
+	int32_t tl = (int32_t)(64 * q->words + 1), x = (int32_t)j * tl, y = (int32_t)j1 * tl;
+
+	c->a = _mm256_setr_ps(q->ca[j], q->ca[j], q->ca[j1], q->ca[j1], q->ca[j], q->ca[j],
+			      q->ca[j1], q->ca[j1]);
+	c->b = _mm256_setr_ps(q->cb[j], q->cb[j], q->cb[j1], q->cb[j1], q->cb[j], q->cb[j],
+			      q->cb[j1], q->cb[j1]);
+	c->base = _mm256_setr_epi32(x, x, y, y, x, x, y, y);
+}
+
+/* Norms of keys 0, 32, 0, 32, 16, 48, 16, 48 of a block. */
+static inline __m256 norms16(const float *nr)
+{
+	__m128 n4 = _mm_setr_ps(nr[0], nr[32], nr[16], nr[48]);
+	return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(n4),
+					_mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3));
+}
+
+/* The two queries' masses of one block into sum[0], sum[1]. */
+KRN_INLINE void block_tail16(const struct krn_scan_q *q, const struct pair16 *c,
+			     const __m256i dj[2], const __m256i dj1[2], __m256 nr16,
+			     uint64_t hj, uint64_t hj1, float sum[2])
+{
+	__m256i u = _mm256_unpacklo_epi8(dj[0], dj[1]);   /* lane L: k16L, k16L+32 */
+	__m256i u1 = _mm256_unpacklo_epi8(dj1[0], dj1[1]);
+	__m256i w = _mm256_unpacklo_epi16(u, u1);
+	w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+	__m256i h = _mm256_cvtepu8_epi32(_mm256_castsi256_si128(w));
+	__m256 e = _mm256_mul_ps(nr16, _mm256_i32gather_ps(q->tab, _mm256_add_epi32(h, c->base), 4));
+	uint32_t m = (uint32_t)(hj & 1) | (uint32_t)((hj >> 32) & 1) << 1 |
+		     (uint32_t)(hj1 & 1) << 2 | (uint32_t)((hj1 >> 32) & 1) << 3 |
+		     (uint32_t)((hj >> 16) & 1) << 4 | (uint32_t)((hj >> 48) & 1) << 5 |
+		     (uint32_t)((hj1 >> 16) & 1) << 6 | (uint32_t)((hj1 >> 48) & 1) << 7;
+	__m256 p = tail8(e, c->a, c->b, m);
+	p = _mm256_hadd_ps(p, p); /* [j j1 . . | j j1 . .] */
+	__m128 s2 = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+	sum[0] = 16.0f * _mm_cvtss_f32(s2);
+	sum[1] = 16.0f * _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, 1));
+}
+
 /* The tail mass of a block for query j, any stride: one key at a time. */
 static float block_tail(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			uint32_t j, uint32_t p, const uint8_t *hd, uint64_t hits)
@@ -189,17 +243,19 @@ static float block_tail(const struct krn_scan_q *q, const struct krn_scan_keys *
 	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
 	__m256 a = _mm256_set1_ps(q->ca[j]), b = _mm256_set1_ps(q->cb[j]);
 	__m256 acc = _mm256_setzero_ps();
-	float x[64] __attribute__((aligned(32)));
+	float x[64] __attribute__((aligned(32))) = { 0 };
+	uint32_t n = 0;
 
-	for (uint32_t u = 0, n = 0; u < 64; u += q->stride) {
+	for (uint32_t u = 0; u < 64; u += q->stride) {
 		/* 256-bit codes: 255 may stand for 255 or 256 */
 		uint32_t h = hd[u] == 255 ? ham_sliced(q, k, j, p + u) : hd[u];
 		x[n++] = k->norms[p + u] * tab[h];
 	}
-	for (uint32_t u = 0; u < 64 / q->stride; u += 8) {
+	for (uint32_t u = 0; u < n; u += 8) {
 		uint32_t m = 0;
 		for (uint32_t i = 0; i < 8; i++)
-			m |= (uint32_t)((hits >> ((u + i) * q->stride)) & 1) << i;
+			if (u + i >= n || ((hits >> ((u + i) * q->stride)) & 1))
+				m |= 1u << i; /* lanes past the samples are masked too */
 		acc = _mm256_add_ps(acc, tail8(_mm256_load_ps(x + u), a, b, m));
 	}
 	return (float)q->stride * krn_hsum8(acc);
@@ -210,7 +266,8 @@ static int vector_ok(const struct krn_scan_q *q)
 {
 	if (q->words != 1 && q->words != 2 && q->words != 4)
 		return 0;
-	if (q->stride != 1 && q->stride != 8)
+	if (q->stride != 1 && q->stride != 8 && q->stride != 16 && q->stride != 32 &&
+	    q->stride != 64)
 		return 0;
 	/* saturated 8-bit distances decide a limit only below 255 */
 	for (uint32_t i = 0; i < q->nq * KRN_CLASSES; i++)
@@ -221,16 +278,18 @@ static int vector_ok(const struct krn_scan_q *q)
 
 /* One 64-key block for nj (constant after inlining) queries from j0. */
 KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-			   struct krn_scan_out *o, const struct qtab *t, const uint32_t nj,
-			   uint32_t j0, uint32_t b)
+			   struct krn_scan_out *o, const struct qtab *t, const struct pair16 *pc,
+			   const uint32_t nj, uint32_t j0, uint32_t b)
 {
 	__m256i dist[QCHUNK][2];
+	uint64_t hits[QCHUNK];
 	uint8_t hd[64] __attribute__((aligned(32)));
 	/* 256-bit distances saturate: those take the general tail */
-	int fast8 = o->blk && q->stride == 8 && q->words < 4;
+	int fast = o->blk && (q->stride == 8 || q->stride == 16) && q->words < 4;
 	const float *nr = k->norms + b;
-	__m256 nr8 = fast8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40],
-					    nr[48], nr[56]) : _mm256_setzero_ps();
+	__m256 nr8 = !fast ? _mm256_setzero_ps() :
+		     q->stride == 8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40],
+						     nr[48], nr[56]) : norms16(nr);
 
 	/* blocks stream from memory: ask for the one after next now */
 	const char *next = (const char *)krn_code_at(k->codes, q->words, b) + 2 * 64 * q->words * 8;
@@ -244,12 +303,23 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
 	KRN_UNROLL
 	for (uint32_t j = 0; j < nj; j++) {
-		uint64_t hits = block_hits(q, k, o, dist[j], &t[j], j0 + j, b, hd);
+		hits[j] = block_hits(q, k, o, dist[j], &t[j], j0 + j, b, hd);
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
-		if (fast8)
-			*blk += block_tail8(q, j0 + j, dist[j], nr8, hits);
-		else if (blk)
-			*blk += block_tail(q, k, j0 + j, b, hd, hits);
+		if (fast && q->stride == 8)
+			*blk += block_tail8(q, j0 + j, dist[j], nr8, hits[j]);
+		else if (blk && !fast)
+			*blk += block_tail(q, k, j0 + j, b, hd, hits[j]);
+	}
+	if (!fast || q->stride != 16)
+		return;
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nj; j += 2) {
+		uint32_t j1 = j + 1 < nj ? j + 1 : j;
+		float sum[2];
+		block_tail16(q, &pc[j / 2], dist[j], dist[j1], nr8, hits[j], hits[j1], sum);
+		o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] += sum[0];
+		if (j1 != j)
+			o->blk[(j0 + j1) * o->ld_blk + b / 64 - k->first / 64] += sum[1];
 	}
 }
 
@@ -258,6 +328,7 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 {
 	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
 	struct qtab t[QCHUNK];
+	struct pair16 pc[QCHUNK / 2];
 
 	if (!vector_ok(q)) {
 		scan_keys(q, k, o, k->first, end);
@@ -271,19 +342,21 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
 		for (uint32_t j = 0; j < nj; j++)
 			qtab_build(q, j0 + j, &t[j]);
+		for (uint32_t j = 0; j < nj; j += 2)
+			pair16_build(q, j0 + j, j0 + (j + 1 < nj ? j + 1 : j), &pc[j / 2]);
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:
-				scan_block(q, k, o, t, 1, j0, b);
+				scan_block(q, k, o, t, pc, 1, j0, b);
 				break;
 			case 2:
-				scan_block(q, k, o, t, 2, j0, b);
+				scan_block(q, k, o, t, pc, 2, j0, b);
 				break;
 			case 3:
-				scan_block(q, k, o, t, 3, j0, b);
+				scan_block(q, k, o, t, pc, 3, j0, b);
 				break;
 			default:
-				scan_block(q, k, o, t, 4, j0, b);
+				scan_block(q, k, o, t, pc, 4, j0, b);
 			}
 		}
 	}

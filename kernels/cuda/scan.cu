@@ -223,8 +223,8 @@ static int scan_check(const struct krn_gpu_scan *s, char *err)
 		return cu_inval(err, "scan: 1 to 16 queries per call");
 	if (s->words != 1 && s->words != 2 && s->words != 4)
 		return cu_inval(err, "scan: codes of 64, 128 or 256 bits");
-	if (s->stride != 1 && s->stride != 8)
-		return cu_inval(err, "scan: tail stride 1 or 8");
+	if (s->stride != 1 && (s->stride < 8 || s->stride > 64 || (s->stride & (s->stride - 1))))
+		return cu_inval(err, "scan: tail stride 1, 8, 16, 32 or 64");
 	if (s->keys.shift < 6 || s->keys.shift > 31)
 		return cu_inval(err, "scan: pages of 2^6 .. 2^31 keys");
 	if ((uint64_t)s->first + s->n + 63 > ((uint64_t)1 << 32))

@@ -25,6 +25,7 @@
 #include "ref_attn.h"
 #include "bench/ipc.h"
 #include "capture.h"
+#include "engine.h"
 
 #define MAX_NS 32
 #define CHUNK 4096
@@ -1183,8 +1184,8 @@ struct scan_result {
 /*
  * The engine's coarse filter as it runs at long contexts: krn scan over
  * pages of byte-sliced codes with norms and norm classes, a threshold that
- * lets about 0.25% of keys through, and the tail estimate from every 8th
- * key.
+ * lets about 0.25% of keys through, and the tail estimate from every
+ * stride-th key, the engine's stride for a middle of n keys.
  */
 struct scan_data {
 	uint32_t n, nq, words;
@@ -1299,7 +1300,8 @@ static void scan_free(struct scan_data *d)
 static double scan_pass(struct scan_data *d, uint32_t nq)
 {
 	const struct krn_ops *k = krn_get();
-	struct krn_scan_q q = { nq, d->words, d->qc, d->tab, d->lim, d->thr, d->ca, d->cb, 8 };
+	struct krn_scan_q q = { nq, d->words, d->qc, d->tab, d->lim, d->thr, d->ca, d->cb,
+				rt_tail_stride(d->n) };
 	uint64_t t0 = now_ns();
 
 	memset(d->n_hit, 0, nq * sizeof(uint32_t));
@@ -1507,7 +1509,8 @@ static void speed_print_text(const struct speed *b, const struct speed_row *rows
 	       bw->gbps, bw->mib, bw->runs);
 	printf("coarse scan (krn %s scan as the engine runs it: %u keys in pages of %u, %u-bit\n"
 	       "  codes + f32 norm + norm class = %u B/key, about 0.25%% of keys passing, tail from\n"
-	       "  every 8th key):\n", krn_get()->name, sc->n, CHUNK, 64 * sc->words, sc->bytes_key);
+	       "  every %uth key):\n", krn_get()->name, sc->n, CHUNK, 64 * sc->words, sc->bytes_key,
+	       rt_tail_stride(sc->n));
 	for (int v = 0; v < 2; v++)
 		printf("  %u quer%s per pass: %.2f GB/s of key data, %.3f ns/key, %.0f%% of the bandwidth\n",
 		       v ? sc->nq : 1, (v ? sc->nq : 1) == 1 ? "y" : "ies", sc->gbps[v],

@@ -137,6 +137,8 @@ START_TEST(test_refusals)
 	s.words = 2;
 	s.stride = 2;
 	REFUSED(mod->scan(&s, err));
+	s.stride = 128;
+	REFUSED(mod->scan(&s, err));
 	s.stride = 8;
 	s.keys.shift = 5; /* pages must hold whole 64-key blocks */
 	REFUSED(mod->scan(&s, err));
