@@ -301,7 +301,7 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	_mm_prefetch((const char *)(nr + 176), _MM_HINT_T0);
 	_mm_prefetch((const char *)(k->cls + b + 128), _MM_HINT_T0);
 	ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
-	KRN_UNROLL
+	KRN_UNROLL_GCC
 	for (uint32_t j = 0; j < nj; j++) {
 		hits[j] = block_hits(q, k, o, dist[j], &t[j], j0 + j, b, hd);
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
@@ -312,7 +312,7 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	}
 	if (!fast || q->stride != 16)
 		return;
-	KRN_UNROLL
+	KRN_UNROLL_GCC
 	for (uint32_t j = 0; j < nj; j += 2) {
 		uint32_t j1 = j + 1 < nj ? j + 1 : j;
 		float sum[2];
