@@ -282,15 +282,18 @@ static void post(struct dmn_session *s, uint64_t user, int status, const char *m
 	ipc_ring_bell(s->cq);
 }
 
+/* Page-aligned scratch of at least `bytes` (its contents are not kept). */
 static void *scratch(struct dmn_session *s, uint64_t bytes)
 {
 	if (bytes > s->scratch_size) {
-		void *p = realloc(s->scratch, bytes);
+		size_t size = (bytes + IPC_PAGE_MASK) & ~(size_t)IPC_PAGE_MASK;
+		void *p = aligned_alloc(IPC_PAGE_MASK + 1, size);
 
 		if (!p)
 			return NULL;
+		free(s->scratch);
 		s->scratch = p;
-		s->scratch_size = bytes;
+		s->scratch_size = size;
 	}
 	return s->scratch;
 }
@@ -319,7 +322,7 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 {
 	struct sseq *q = find_seq(s, e->seq_id);
 	const char *arena = s->region + s->off.arena;
-	uint64_t qb, kb;
+	uint64_t qb, kb, qo, ko, vo;
 	char *buf;
 	int rc;
 
@@ -334,14 +337,18 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 	rc = check_session_limit(s, 2 * kb, err);
 	if (rc)
 		return rc;
-	buf = scratch(s, qb + 2 * kb + 1);
+	/* each copy keeps its page offset: see ipc_congruent */
+	qo = ipc_congruent(0, e->q_off);
+	ko = ipc_congruent(qo + qb, e->k_off);
+	vo = ipc_congruent(ko + kb, e->v_off);
+	buf = scratch(s, vo + kb + 1);
 	if (!buf)
 		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
-	memcpy(buf, arena + e->q_off * !!qb, qb);
-	memcpy(buf + qb, arena + e->k_off * !!kb, kb);
-	memcpy(buf + qb + kb, arena + e->v_off * !!kb, kb);
-	return rt_seq_step(q->rs, e->layer, qb ? buf : NULL, e->n_q,
-			   kb ? buf + qb : NULL, kb ? buf + qb + kb : NULL,
+	memcpy(buf + qo, arena + e->q_off * !!qb, qb);
+	memcpy(buf + ko, arena + e->k_off * !!kb, kb);
+	memcpy(buf + vo, arena + e->v_off * !!kb, kb);
+	return rt_seq_step(q->rs, e->layer, qb ? buf + qo : NULL, e->n_q,
+			   kb ? buf + ko : NULL, kb ? buf + vo : NULL,
 			   e->n_new, qb ? s->region + s->off.arena + e->out_off : NULL,
 			   err);
 }
@@ -359,6 +366,8 @@ static int serve_ring(struct dmn_session *s)
 		s->sq_head = tail;
 		atomic_store_explicit(&s->sq->head, tail, memory_order_release);
 	}
+	if (s->sq_head != tail)
+		atomic_store_explicit(&s->sq->cpu, ipc_cpu_hint(), memory_order_relaxed);
 	while (s->sq_head != tail) {
 		char err[RT_ERRLEN] = "";
 		struct ipc_sqe e = sqes[s->sq_head & (s->off.entries - 1)];
@@ -595,6 +604,19 @@ static int handshake(struct dmn_session *s)
 	return rc ? -1 : 0;
 }
 
+/* 1 while the client said it waits on the CPU this thread runs on. */
+static int client_here(const struct dmn_session *s)
+{
+	uint32_t there = atomic_load_explicit(&s->cq->cpu, memory_order_relaxed);
+
+	return there && there == ipc_cpu_hint();
+}
+
+/*
+ * Wait for a submission (0) or a control message (1).  Spin a while
+ * first, unless the client shares this CPU: its next step cannot come
+ * while we hold the CPU, and its doorbell reaches a sleeper at once.
+ */
 static int idle_wait(struct dmn_session *s, uint32_t bell)
 {
 	struct pollfd p = { .fd = s->sock, .events = POLLIN };
@@ -605,7 +627,7 @@ static int idle_wait(struct dmn_session *s, uint32_t bell)
 			return 0;
 		if (i < SPIN_TIGHT)
 			continue;
-		if (now_ns() > end)
+		if (now_ns() > end || client_here(s))
 			break;
 		sched_yield();
 	}
