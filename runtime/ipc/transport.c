@@ -378,33 +378,21 @@ static int daemon_gone(struct ipc_conn *c)
 	return c->dead;
 }
 
-/* 1 once the daemon took the submission `sub` off the ring. */
-static int taken(const struct ipc_conn *c, uint32_t sub)
-{
-	uint32_t head = atomic_load_explicit(&c->sq->head, memory_order_acquire);
-
-	return (int32_t)(head - sub) > 0;
-}
-
 /*
  * One turn of the wait's spin; 0 when spinning is pointless and the wait
- * should sleep.  While the daemon's session thread shares this CPU, a
- * spin only keeps it from running: yield until it took the step, then
- * sleep until it posts.  On another CPU, spin with a few pause
- * instructions, and yield every 32nd turn in case the daemon came here
- * since it last said where it runs (a yield per turn costs a system call
- * each and slowed the daemon's step on the other CPU: dashkv-bench ipc).
+ * should sleep.  While the daemon's session thread shares this CPU (its
+ * cpu hint), a spin only keeps it from running, and a yield need not hand
+ * it the CPU either: sleep, and its doorbell wakes us.  On another CPU,
+ * spin with a few pause instructions, and yield every 32nd turn in case
+ * it came here since it last said where it runs (a yield per turn costs a
+ * system call each and slowed the daemon's step: dashkv-bench ipc).
  */
-static int spin_turn(struct ipc_conn *c, uint32_t sub, uint32_t turn)
+static int spin_turn(struct ipc_conn *c, uint32_t turn)
 {
 	uint32_t there = atomic_load_explicit(&c->sq->cpu, memory_order_relaxed);
 
-	if (there && there == ipc_cpu_hint()) {
-		if (taken(c, sub))
-			return 0;
-		sched_yield();
-		return 1;
-	}
+	if (there && there == ipc_cpu_hint())
+		return 0;
 	if (turn % 32 == 0) {
 		sched_yield();
 		return 1;
@@ -418,9 +406,8 @@ static int spin_turn(struct ipc_conn *c, uint32_t sub, uint32_t turn)
 	return 1;
 }
 
-/* Wait for the completion of submission `sub`; the caller holds the lock. */
-static int wait_cqe(struct ipc_conn *c, uint32_t sub, struct ipc_cqe *out,
-		    int spin, char *err)
+/* Wait for the next completion; the caller holds the lock. */
+static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err)
 {
 	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
 	uint64_t spin_end = spin && c->spin_ns ? now_ns() + c->spin_ns : 0;
@@ -436,7 +423,7 @@ static int wait_cqe(struct ipc_conn *c, uint32_t sub, struct ipc_cqe *out,
 			atomic_store_explicit(&c->cq->head, head + 1, memory_order_release);
 			return DKV_OK;
 		}
-		if (spin_end && now_ns() < spin_end && spin_turn(c, sub, ++spins))
+		if (spin_end && now_ns() < spin_end && spin_turn(c, ++spins))
 			continue;
 		spin_end = 0;
 		atomic_store_explicit(&c->cq->sleeping, 1, memory_order_seq_cst);
@@ -451,9 +438,8 @@ static int wait_cqe(struct ipc_conn *c, uint32_t sub, struct ipc_cqe *out,
 	}
 }
 
-/* Submit e as entry *sub of the ring; tell the daemon where we wait. */
-static int submit(struct ipc_conn *c, const struct ipc_sqe *e, uint32_t *sub,
-		  char *err)
+/* Submit e; tell the daemon on which CPU we wait. */
+static int submit(struct ipc_conn *c, const struct ipc_sqe *e, char *err)
 {
 	uint32_t tail = atomic_load_explicit(&c->sq->tail, memory_order_relaxed);
 	uint32_t head = atomic_load_explicit(&c->sq->head, memory_order_acquire);
@@ -464,7 +450,6 @@ static int submit(struct ipc_conn *c, const struct ipc_sqe *e, uint32_t *sub,
 	atomic_store_explicit(&c->cq->cpu, ipc_cpu_hint(), memory_order_relaxed);
 	atomic_store_explicit(&c->sq->tail, tail + 1, memory_order_release);
 	ipc_ring_bell(c->sq);
-	*sub = tail;
 	return DKV_OK;
 }
 
@@ -500,7 +485,6 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new), t0;
 	uint64_t end = lay_out(e, qb, kb, q, k, v, out, g->dsize, 0);
 	struct ipc_cqe cqe;
-	uint32_t sub;
 	int rc, spin;
 
 	if (end > c->off.arena_size)
@@ -521,9 +505,9 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 	spin = e->n_q != c->last_n_q || e->n_new != c->last_n_new ||
 	       c->last_ns <= c->spin_ns;
 	t0 = now_ns();
-	rc = submit(c, e, &sub, err);
+	rc = submit(c, e, err);
 	if (!rc)
-		rc = wait_cqe(c, sub, &cqe, spin, err);
+		rc = wait_cqe(c, &cqe, spin, err);
 	if (rc)
 		return rc;
 	c->last_n_q = e->n_q;
