@@ -318,6 +318,21 @@ static int check_session_limit(struct dmn_session *s, uint64_t add, char *err)
 	return DKV_E_NOSPACE;
 }
 
+/*
+ * The test knob DASHKVD_TEST_STALL (dashkvd(8)): a step on its layer
+ * waits as a hung one would, until the knob's time is up or the daemon
+ * stops.  Only the daemon's environment sets it, never a client.
+ */
+static void test_stall(struct dmn_session *s, uint32_t layer)
+{
+	uint64_t end = now_ms() + s->srv->stall_ms;
+
+	if (!s->srv->stall_ms || layer != s->srv->stall_layer)
+		return;
+	while (now_ms() < end && !atomic_load(&s->srv->stop))
+		usleep(10000);
+}
+
 static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 {
 	struct sseq *q = find_seq(s, e->seq_id);
@@ -337,6 +352,7 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 	rc = check_session_limit(s, 2 * kb, err);
 	if (rc)
 		return rc;
+	test_stall(s, e->layer);
 	/* each copy keeps its page offset: see ipc_congruent */
 	qo = ipc_congruent(0, e->q_off);
 	ko = ipc_congruent(qo + qb, e->k_off);
@@ -351,6 +367,18 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 			   kb ? buf + ko : NULL, kb ? buf + vo : NULL,
 			   e->n_new, qb ? s->region + s->off.arena + e->out_off : NULL,
 			   err);
+}
+
+/* Log a step that ran past step_timeout (its heartbeat stood still). */
+static void overran(struct dmn_session *s, const struct ipc_sqe *e)
+{
+	uint64_t since = atomic_load_explicit(&s->busy_since, memory_order_relaxed);
+	uint64_t ms = now_ms() - since, limit = s->srv->cfg.step_timeout * 1000;
+
+	if (limit && ms > limit)
+		dmn_log(DMN_WARN, "pid %d: a step on layer %u ran %llu ms, past "
+			"step_timeout: its client saw no heartbeat", (int)s->cred.pid,
+			e->layer, (unsigned long long)ms);
 }
 
 /* Serve what the submission ring holds; returns how many. */
@@ -376,6 +404,7 @@ static int serve_ring(struct dmn_session *s)
 		atomic_store_explicit(&s->sq->head, ++s->sq_head, memory_order_release);
 		atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
 		rc = step(s, &e, err);
+		overran(s, &e);
 		atomic_store_explicit(&s->busy_since, 0, memory_order_relaxed);
 		if (rc)
 			session_reject(s, rc);

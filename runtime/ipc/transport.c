@@ -91,7 +91,9 @@ static int daemon_hung(struct ipc_conn *c)
 	}
 	if (t - c->alive_at < c->hung_ns)
 		return 0;
+	/* give up the session: the daemon ends it once it notices */
 	c->dead = 1;
+	shutdown(c->sock, SHUT_RDWR);
 	return 1;
 }
 
