@@ -666,6 +666,9 @@ static int idle_wait(struct dmn_session *s, uint32_t bell)
 	if (atomic_load_explicit(&s->sq->tail, memory_order_seq_cst) == s->sq_head)
 		ipc_futex_wait(&s->sq->bell, bell, IDLE_MS);
 	atomic_store_explicit(&s->sq->sleeping, 0, memory_order_relaxed);
+	/* woken by a step: serve it first, the socket waits for the next idle */
+	if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
+		return 0;
 	return poll(&p, 1, 0) > 0;
 }
 

@@ -433,6 +433,9 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err
 		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) == head)
 			ipc_futex_wait(&c->cq->bell, bell, IPC_POLL_MS);
 		atomic_store_explicit(&c->cq->sleeping, 0, memory_order_relaxed);
+		/* woken by the completion: take it before any system call */
+		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) != head)
+			continue;
 		if (daemon_gone(c))
 			return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
 		if (daemon_hung(c))
