@@ -26,11 +26,10 @@
 #define HELLO_MS 2000
 #define IDLE_MS 50
 /*
- * Between steps the session thread spins this long before it sleeps on the
- * doorbell; past the first SPIN_TIGHT polls it yields the CPU on each, so
- * that a client sharing its core runs at once.
+ * Between steps the session thread polls idle_poll_us before it sleeps on
+ * the doorbell; past the first SPIN_TIGHT polls it yields the CPU on each,
+ * so that another thread on its core runs at once.
  */
-#define SPIN_NS 50000
 #define SPIN_TIGHT 64
 
 struct sseq {
@@ -649,7 +648,7 @@ static int client_here(const struct dmn_session *s)
 static int idle_wait(struct dmn_session *s, uint32_t bell)
 {
 	struct pollfd p = { .fd = s->sock, .events = POLLIN };
-	uint64_t end = now_ns() + SPIN_NS;
+	uint64_t end = now_ns() + s->srv->cfg.idle_poll_us * 1000;
 
 	for (int i = 0;; i++) {
 		if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)

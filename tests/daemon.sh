@@ -158,6 +158,15 @@ grep -q "2 shard(s)" "$dir/log" || fail "daemon with shards cpu:2"
 "$cli" api "unix:$sock" || fail "api through a daemon of 2 shards"
 stop
 
+# a session thread that sleeps at once after a step, and one that polls
+# 3 ms: the same outputs as the embedded engine
+for poll in 0 3000; do
+	printf 'allow_users %s\nidle_poll_us %s\n' "$uid" "$poll" >"$dir/poll.conf"
+	start "$dir/poll.conf"
+	"$cli" api "unix:$sock" || fail "api through a daemon with idle_poll_us $poll"
+	stop
+done
+
 start "$dir/ok.conf"
 "$cli" api "unix:$sock" || fail "api through the daemon"
 
