@@ -39,6 +39,7 @@ static const struct centry table[] = {
 	{ "ring_entries", C_UINT, F(ring_entries), 1, 65536, "64", 0 },
 	{ "max_arena", C_SIZE, F(max_arena), 1 << 20, 1ull << 36, "1G", 1 },
 	{ "step_timeout", C_UINT, F(step_timeout), 0, 86400, "300", 1 },
+	{ "idle_poll_us", C_UINT, F(idle_poll_us), 0, 1000000, "50", 1 },
 };
 
 #define N_ENTRIES (sizeof(table) / sizeof(table[0]))

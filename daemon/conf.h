@@ -25,6 +25,8 @@ struct dmn_config {
 	uint64_t max_arena;         /* bytes of shared arena per session */
 	uint64_t step_timeout;      /* s a step may run before its client
 				       stops seeing a heartbeat; 0 = none */
+	uint64_t idle_poll_us;      /* a session thread polls its ring this
+				       long after a step before it sleeps */
 };
 
 void dmn_config_defaults(struct dmn_config *c);

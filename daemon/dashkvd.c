@@ -323,6 +323,47 @@ static int run(struct dmn_server *srv, const char *path)
 	return 0;
 }
 
+/* A decimal number from 0 to max, all of s up to `end` (a char or NUL). */
+static int parse_num(const char *s, char end, unsigned long max,
+		     unsigned long *out, const char **rest)
+{
+	char *e;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	*out = strtoul(s, &e, 10);
+	if (errno || *e != end || *out > max)
+		return -1;
+	*rest = e;
+	return 0;
+}
+
+/*
+ * DASHKVD_TEST_STALL=LAYER:MS, for tests only (dashkvd(8)): every step on
+ * that layer waits MS ms before it runs, as a hung one would.  Only the
+ * environment the daemon starts in sets it; a bad value stops the start.
+ */
+static int test_knobs(struct dmn_server *srv)
+{
+	const char *v = getenv("DASHKVD_TEST_STALL"), *rest;
+	unsigned long layer, ms;
+
+	if (!v)
+		return 0;
+	if (parse_num(v, ':', DKV_MAX_LAYERS - 1, &layer, &rest) ||
+	    parse_num(rest + 1, '\0', 600000, &ms, &rest) || !ms) {
+		fprintf(stderr, "dashkvd: DASHKVD_TEST_STALL=%s: want LAYER:MS, "
+			"LAYER below %d, MS from 1 to 600000\n", v, DKV_MAX_LAYERS);
+		return -1;
+	}
+	srv->stall_layer = (uint32_t)layer;
+	srv->stall_ms = (uint32_t)ms;
+	dmn_log(DMN_WARN, "test knob DASHKVD_TEST_STALL: every step on layer %lu "
+		"stalls %lu ms", layer, ms);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static struct dmn_server srv;
@@ -367,6 +408,8 @@ int main(int argc, char **argv)
 	if (print)
 		return 0;
 	dmn_log_level((int)srv.cfg.log_level);
+	if (test_knobs(&srv))
+		return 1;
 	srv.self_uid = getuid();
 	srv.started = time(NULL);
 	pthread_mutex_init(&srv.lock, NULL);

@@ -26,11 +26,10 @@
 #define HELLO_MS 2000
 #define IDLE_MS 50
 /*
- * Between steps the session thread spins this long before it sleeps on the
- * doorbell; past the first SPIN_TIGHT polls it yields the CPU on each, so
- * that a client sharing its core runs at once.
+ * Between steps the session thread polls idle_poll_us before it sleeps on
+ * the doorbell; past the first SPIN_TIGHT polls it yields the CPU on each,
+ * so that another thread on its core runs at once.
  */
-#define SPIN_NS 50000
 #define SPIN_TIGHT 64
 
 struct sseq {
@@ -282,15 +281,18 @@ static void post(struct dmn_session *s, uint64_t user, int status, const char *m
 	ipc_ring_bell(s->cq);
 }
 
+/* Page-aligned scratch of at least `bytes` (its contents are not kept). */
 static void *scratch(struct dmn_session *s, uint64_t bytes)
 {
 	if (bytes > s->scratch_size) {
-		void *p = realloc(s->scratch, bytes);
+		size_t size = (bytes + IPC_PAGE_MASK) & ~(size_t)IPC_PAGE_MASK;
+		void *p = aligned_alloc(IPC_PAGE_MASK + 1, size);
 
 		if (!p)
 			return NULL;
+		free(s->scratch);
 		s->scratch = p;
-		s->scratch_size = bytes;
+		s->scratch_size = size;
 	}
 	return s->scratch;
 }
@@ -315,11 +317,26 @@ static int check_session_limit(struct dmn_session *s, uint64_t add, char *err)
 	return DKV_E_NOSPACE;
 }
 
+/*
+ * The test knob DASHKVD_TEST_STALL (dashkvd(8)): a step on its layer
+ * waits as a hung one would, until the knob's time is up or the daemon
+ * stops.  Only the daemon's environment sets it, never a client.
+ */
+static void test_stall(struct dmn_session *s, uint32_t layer)
+{
+	uint64_t end = now_ms() + s->srv->stall_ms;
+
+	if (!s->srv->stall_ms || layer != s->srv->stall_layer)
+		return;
+	while (now_ms() < end && !atomic_load(&s->srv->stop))
+		usleep(10000);
+}
+
 static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 {
 	struct sseq *q = find_seq(s, e->seq_id);
 	const char *arena = s->region + s->off.arena;
-	uint64_t qb, kb;
+	uint64_t qb, kb, qo, ko, vo;
 	char *buf;
 	int rc;
 
@@ -334,16 +351,33 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 	rc = check_session_limit(s, 2 * kb, err);
 	if (rc)
 		return rc;
-	buf = scratch(s, qb + 2 * kb + 1);
+	test_stall(s, e->layer);
+	/* each copy keeps its page offset: see ipc_congruent */
+	qo = ipc_congruent(0, e->q_off);
+	ko = ipc_congruent(qo + qb, e->k_off);
+	vo = ipc_congruent(ko + kb, e->v_off);
+	buf = scratch(s, vo + kb + 1);
 	if (!buf)
 		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
-	memcpy(buf, arena + e->q_off * !!qb, qb);
-	memcpy(buf + qb, arena + e->k_off * !!kb, kb);
-	memcpy(buf + qb + kb, arena + e->v_off * !!kb, kb);
-	return rt_seq_step(q->rs, e->layer, qb ? buf : NULL, e->n_q,
-			   kb ? buf + qb : NULL, kb ? buf + qb + kb : NULL,
+	memcpy(buf + qo, arena + e->q_off * !!qb, qb);
+	memcpy(buf + ko, arena + e->k_off * !!kb, kb);
+	memcpy(buf + vo, arena + e->v_off * !!kb, kb);
+	return rt_seq_step(q->rs, e->layer, qb ? buf + qo : NULL, e->n_q,
+			   kb ? buf + ko : NULL, kb ? buf + vo : NULL,
 			   e->n_new, qb ? s->region + s->off.arena + e->out_off : NULL,
 			   err);
+}
+
+/* Log a step that ran past step_timeout (its heartbeat stood still). */
+static void overran(struct dmn_session *s, const struct ipc_sqe *e)
+{
+	uint64_t since = atomic_load_explicit(&s->busy_since, memory_order_relaxed);
+	uint64_t ms = now_ms() - since, limit = s->srv->cfg.step_timeout * 1000;
+
+	if (limit && ms > limit)
+		dmn_log(DMN_WARN, "pid %d: a step on layer %u ran %llu ms, past "
+			"step_timeout: its client saw no heartbeat", (int)s->cred.pid,
+			e->layer, (unsigned long long)ms);
 }
 
 /* Serve what the submission ring holds; returns how many. */
@@ -359,6 +393,8 @@ static int serve_ring(struct dmn_session *s)
 		s->sq_head = tail;
 		atomic_store_explicit(&s->sq->head, tail, memory_order_release);
 	}
+	if (s->sq_head != tail)
+		atomic_store_explicit(&s->sq->cpu, ipc_cpu_hint(), memory_order_relaxed);
 	while (s->sq_head != tail) {
 		char err[RT_ERRLEN] = "";
 		struct ipc_sqe e = sqes[s->sq_head & (s->off.entries - 1)];
@@ -367,6 +403,7 @@ static int serve_ring(struct dmn_session *s)
 		atomic_store_explicit(&s->sq->head, ++s->sq_head, memory_order_release);
 		atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
 		rc = step(s, &e, err);
+		overran(s, &e);
 		atomic_store_explicit(&s->busy_since, 0, memory_order_relaxed);
 		if (rc)
 			session_reject(s, rc);
@@ -595,17 +632,30 @@ static int handshake(struct dmn_session *s)
 	return rc ? -1 : 0;
 }
 
+/* 1 while the client said it waits on the CPU this thread runs on. */
+static int client_here(const struct dmn_session *s)
+{
+	uint32_t there = atomic_load_explicit(&s->cq->cpu, memory_order_relaxed);
+
+	return there && there == ipc_cpu_hint();
+}
+
+/*
+ * Wait for a submission (0) or a control message (1).  Spin a while
+ * first, unless the client shares this CPU: its next step cannot come
+ * while we hold the CPU, and its doorbell reaches a sleeper at once.
+ */
 static int idle_wait(struct dmn_session *s, uint32_t bell)
 {
 	struct pollfd p = { .fd = s->sock, .events = POLLIN };
-	uint64_t end = now_ns() + SPIN_NS;
+	uint64_t end = now_ns() + s->srv->cfg.idle_poll_us * 1000;
 
 	for (int i = 0;; i++) {
 		if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
 			return 0;
 		if (i < SPIN_TIGHT)
 			continue;
-		if (now_ns() > end)
+		if (now_ns() > end || client_here(s))
 			break;
 		sched_yield();
 	}
@@ -615,6 +665,9 @@ static int idle_wait(struct dmn_session *s, uint32_t bell)
 	if (atomic_load_explicit(&s->sq->tail, memory_order_seq_cst) == s->sq_head)
 		ipc_futex_wait(&s->sq->bell, bell, IDLE_MS);
 	atomic_store_explicit(&s->sq->sleeping, 0, memory_order_relaxed);
+	/* woken by a step: serve it first, the socket waits for the next idle */
+	if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
+		return 0;
 	return poll(&p, 1, 0) > 0;
 }
 

@@ -31,6 +31,8 @@ struct dmn_server {
 	struct dmn_session *list;    /* the active sessions */
 	uid_t self_uid;
 	time_t started;
+	/* DASHKVD_TEST_STALL (tests only): steps on stall_layer wait stall_ms */
+	uint32_t stall_layer, stall_ms;
 };
 
 /*

@@ -243,6 +243,7 @@ START_TEST(conf_bad)
 		"log_level loud\n", "max_sessions\n", "socket\n",
 		"memory_limit 99999999999999999999T\n", "ring_entries 48\n",
 		"workers 4\n", "step_timeout 86401\n", "step_timeout -1\n",
+		"idle_poll_us 1000001\n", "idle_poll_us 5ms\n",
 	};
 	struct dmn_config c;
 
@@ -298,6 +299,9 @@ START_TEST(conf_strings)
 	ck_assert_int_eq(dmn_config_line(&a, "step_timeout 5", err, sizeof(err)), 0);
 	ck_assert_uint_eq(a.step_timeout, 5);
 	ck_assert_uint_eq(b.step_timeout, 300);
+	ck_assert_int_eq(dmn_config_line(&a, "idle_poll_us 2000", err, sizeof(err)), 0);
+	ck_assert_uint_eq(a.idle_poll_us, 2000);
+	ck_assert_uint_eq(b.idle_poll_us, 50);
 }
 END_TEST
 

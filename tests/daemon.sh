@@ -4,8 +4,8 @@
 # user, dashkvctl status/sessions/stats/drain, and the reliability cases:
 # 32 concurrent clients, garbage and truncated messages, forged ring
 # descriptors, a client SIGKILLed mid-step (memory back to its level), an
-# over-limit session, SIGHUP, a stopped (hung) daemon and a daemon killed
-# under a waiting client.  A bystander session ("witness") runs through the
+# over-limit session, SIGHUP, a stopped (hung) daemon, a step past
+# step_timeout and a daemon killed under a waiting client.  A bystander session ("witness") runs through the
 # hostile cases and checks every output of its own against the embedded
 # engine.
 set -u
@@ -157,6 +157,15 @@ start "$dir/shards.conf"
 grep -q "2 shard(s)" "$dir/log" || fail "daemon with shards cpu:2"
 "$cli" api "unix:$sock" || fail "api through a daemon of 2 shards"
 stop
+
+# a session thread that sleeps at once after a step, and one that polls
+# 3 ms: the same outputs as the embedded engine
+for poll in 0 3000; do
+	printf 'allow_users %s\nidle_poll_us %s\n' "$uid" "$poll" >"$dir/poll.conf"
+	start "$dir/poll.conf"
+	"$cli" api "unix:$sock" || fail "api through a daemon with idle_poll_us $poll"
+	stop
+done
 
 start "$dir/ok.conf"
 "$cli" api "unix:$sock" || fail "api through the daemon"
@@ -373,6 +382,51 @@ start "$dir/ok.conf"
 "$cli" hung "unix:$sock" "$pid" || fail "client of a hung daemon"
 kill -CONT "$pid"
 "$cli" api "unix:$sock" || fail "api after the daemon was continued"
+stop
+
+# a step past step_timeout: the test knob DASHKVD_TEST_STALL (dashkvd(8))
+# stalls every step on layer 2 for 4 s, step_timeout is 1 s.  The client
+# gets DKV_E_TIMEOUT in [1, 3) s, then DKV_E_DISCONNECTED on every call;
+# its session ends with the step and gives its memory back; a bystander
+# session steps through it all, bit for bit.  A bad knob stops the start.
+printf 'allow_users %s\nstep_timeout 1\n' "$uid" >"$dir/stall.conf"
+for bad in bogus 2:0 -1:5 2: :5 2:5x 4096:5 2:600001; do
+	DASHKVD_TEST_STALL=$bad "$dmn" -c "$dir/stall.conf" -s "$sock" 2>"$dir/err" &&
+		fail "started with DASHKVD_TEST_STALL=$bad"
+	grep -q "DASHKVD_TEST_STALL=$bad: want LAYER:MS" "$dir/err" ||
+		fail "DASHKVD_TEST_STALL=$bad: $(cat "$dir/err")"
+done
+export DASHKVD_TEST_STALL=2:4000
+start "$dir/stall.conf"
+unset DASHKVD_TEST_STALL
+grep -q "test knob DASHKVD_TEST_STALL: every step on layer 2" "$dir/log" ||
+	fail "the test knob is not logged"
+rm -f "$dir/witness.stop"
+: >"$dir/witness.out"
+DASHKV_IPC_TIMEOUT_MS=500 "$cli" witness "unix:$sock" "$dir/witness.stop" >>"$dir/witness.out" &
+wit=$!
+wait_for "$dir/witness.out" ready
+wait_sessions 1
+bytes0=$(stat_of bytes_used)
+: >"$dir/hold.out"
+DASHKV_IPC_TIMEOUT_MS=500 "$cli" stall "unix:$sock" 2 "$dir/stall.go" >>"$dir/hold.out" &
+hold=$!
+wait_for "$dir/hold.out" "given up"
+# the client still holds its handle: the daemon ends the session anyway,
+# once the stalled step returns, and its memory comes back
+wait_sessions 1
+[ "$(stat_of bytes_used)" = "$bytes0" ] || fail "bytes_used $(stat_of bytes_used) after the stall, was $bytes0"
+touch "$dir/stall.go"
+wait "$hold" || fail "a step past step_timeout: $(cat "$dir/hold.out")"
+hold=
+cat "$dir/hold.out"
+kill -0 "$pid" || fail "dashkvd died with a stalled step"
+grep -q "a step on layer 2 ran [0-9]* ms, past step_timeout" "$dir/log" ||
+	fail "the overlong step is not logged"
+touch "$dir/witness.stop"
+wait "$wit" || fail "witness beside a stalled step: $(cat "$dir/witness.out")"
+wit=
+cat "$dir/witness.out"
 stop
 
 # the daemon killed under a waiting client, and before a call

@@ -16,6 +16,10 @@
  *                            in a step: DISCONNECTED within 2 s
  *   ipc_client hung ADDR PID SIGSTOP the daemon while this client waits:
  *                            TIMEOUT or DISCONNECTED within 5 s
+ *   ipc_client stall ADDR LAYER FILE  a step on LAYER, which the daemon
+ *                            stalls past its step_timeout of 1 s: TIMEOUT
+ *                            within [1, 3) s, then DISCONNECTED on every
+ *                            call; "given up", then wait for FILE
  * Exit 0 on success, 1 on a failed check (with a message).
  */
 #include <math.h>
@@ -68,14 +72,14 @@ static double now(void)
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static dkv_seq *open_seq(dkv_client *c, uint32_t train)
+static dkv_seq *open_seq_layers(dkv_client *c, uint32_t train, uint32_t layers)
 {
 	dkv_seq_config cfg;
 	dkv_seq *s = NULL;
 	int rc;
 
 	dkv_seq_config_init(&cfg);
-	cfg.n_layers = L;
+	cfg.n_layers = layers;
 	cfg.n_q_heads = QH;
 	cfg.n_kv_heads = KVH;
 	cfg.head_dim = HD;
@@ -87,6 +91,11 @@ static dkv_seq *open_seq(dkv_client *c, uint32_t train)
 	rc = dkv_seq_open(c, &cfg, &s);
 	CHECK(rc == DKV_OK, "open: %s", dkv_strerror(rc));
 	return s;
+}
+
+static dkv_seq *open_seq(dkv_client *c, uint32_t train)
+{
+	return open_seq_layers(c, train, L);
 }
 
 static dkv_client *conn(const char *addr)
@@ -466,10 +475,94 @@ static int signal_under_step(const char *addr, pid_t daemon, int sig,
 	return failed;
 }
 
+/* One step of 16 new tokens and 1 query on layer 0, daemon vs embedded. */
+static void same_step(dkv_seq *sd, dkv_seq *se, const char *what)
+{
+	size_t n = 16;
+	float *q = arr(QH * HD), *k = arr(n * KVH * HD), *v = arr(n * KVH * HD);
+	float od[QH * HD], oe[QH * HD];
+	int rd = dkv_step(sd, 0, q, 1, k, v, (uint32_t)n, od);
+	int re = dkv_step(se, 0, q, 1, k, v, (uint32_t)n, oe);
+
+	CHECK(rd == DKV_OK && re == DKV_OK, "%s: step gave %d and %d", what, rd, re);
+	CHECK(!rd && !memcmp(od, oe, sizeof(od)), "%s: outputs differ", what);
+	free(q), free(k), free(v);
+}
+
+/* After a timeout every call of c fails with DKV_E_DISCONNECTED. */
+static void check_given_up(dkv_client *c, dkv_seq *s)
+{
+	float q[QH * HD] = { 0 }, o[QH * HD];
+	dkv_seq_config cfg;
+	dkv_seq *s2 = NULL;
+	uint64_t n;
+	int rc;
+
+	rc = dkv_step(s, 0, q, 1, NULL, NULL, 0, o);
+	CHECK(rc == DKV_E_DISCONNECTED, "step after the timeout gave %d", rc);
+	rc = dkv_seq_length(s, 0, &n);
+	CHECK(rc == DKV_E_DISCONNECTED, "length after the timeout gave %d", rc);
+	dkv_seq_config_init(&cfg);
+	cfg.n_layers = L;
+	cfg.n_q_heads = QH;
+	cfg.n_kv_heads = KVH;
+	cfg.head_dim = HD;
+	rc = dkv_seq_open(c, &cfg, &s2);
+	CHECK(rc == DKV_E_DISCONNECTED, "open after the timeout gave %d", rc);
+	CHECK(dkv_seq_close(s) == DKV_OK, "close after the timeout failed");
+}
+
+/*
+ * The daemon stalls every step on `layer` (DASHKVD_TEST_STALL) past its
+ * step_timeout of 1 s; the client waits with DASHKV_IPC_TIMEOUT_MS 500.
+ * A step there gives DKV_E_TIMEOUT no sooner than step_timeout and
+ * within 3 s; then every call of the client gives DKV_E_DISCONNECTED and
+ * its handles close.  It prints "given up" and holds the client until the
+ * file `go` exists (the daemon must end the session meanwhile); then a
+ * new connection serves bit for bit.
+ */
+static int do_stall(const char *addr, uint32_t layer, const char *go)
+{
+	dkv_client *c = conn(addr), *ce = conn("embedded");
+	dkv_seq *s = open_seq_layers(c, 1u << 20, layer + 1);
+	dkv_seq *se = open_seq_layers(ce, 1u << 20, layer + 1);
+	float *q = arr(QH * HD), *k = arr(KVH * HD), *v = arr(KVH * HD);
+	float o[QH * HD];
+	double t0, dt;
+	int rc;
+
+	if (!s || !se)
+		return 1;
+	same_step(s, se, "before the stall");
+	t0 = now();
+	rc = dkv_step(s, layer, q, 1, k, v, 1, o);
+	dt = now() - t0;
+	CHECK(rc == DKV_E_TIMEOUT, "stalled step gave %d (%s)", rc, dkv_errmsg(c));
+	CHECK(dt >= 1.0 && dt < 3.0, "stalled step failed after %.2f s", dt);
+	CHECK(strstr(dkv_errmsg(c), "heartbeat") != NULL, "message: %s", dkv_errmsg(c));
+	printf("stalled step: %s after %.2f s (%s)\n", dkv_strerror(rc), dt, dkv_errmsg(c));
+	check_given_up(c, s);
+	printf("given up\n");
+	fflush(stdout);
+	for (int i = 0; i < 400 && access(go, F_OK); i++)
+		usleep(25000); /* the daemon ends the session while we hold c */
+	dkv_disconnect(c);
+	c = conn(addr);
+	s = open_seq_layers(c, 1u << 20, layer + 1);
+	dkv_seq_close(se);
+	se = open_seq_layers(ce, 1u << 20, layer + 1);
+	if (s && se)
+		same_step(s, se, "on a new connection");
+	dkv_disconnect(c);
+	dkv_disconnect(ce);
+	free(q), free(k), free(v);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: ipc_client api|hold|dead|perm|limit|lat|many|busy|witness|killwait|hung ADDR [PID|N|FILE]\n");
+		fprintf(stderr, "usage: ipc_client api|hold|dead|perm|limit|lat|many|busy|witness|killwait|hung|stall ADDR [PID|N|FILE|LAYER FILE]\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "api"))
@@ -494,6 +587,8 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "hung") && argc > 3)
 		return signal_under_step(argv[2], (pid_t)atoi(argv[3]), SIGSTOP,
 					 DKV_E_TIMEOUT, DKV_E_DISCONNECTED, 5.0);
+	if (!strcmp(argv[1], "stall") && argc > 4)
+		return do_stall(argv[2], (uint32_t)atoi(argv[3]), argv[4]);
 	if (!strcmp(argv[1], "lat")) {
 		double d = tiny_steps(argv[2], 1), e = tiny_steps("embedded", 1);
 		double d0 = tiny_steps(argv[2], 0), e0 = tiny_steps("embedded", 0);

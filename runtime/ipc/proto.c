@@ -163,6 +163,13 @@ int ipc_check_sqe(const struct ipc_sqe *e, const struct ipc_geom *g,
 	return DKV_OK;
 }
 
+uint64_t ipc_congruent(uint64_t pos, uint64_t like)
+{
+	uint64_t x = (pos & ~(uint64_t)IPC_PAGE_MASK) + (like & IPC_PAGE_MASK);
+
+	return x < pos ? x + IPC_PAGE_MASK + 1 : x;
+}
+
 static uint64_t align_up(uint64_t x, uint64_t a)
 {
 	return (x + a - 1) / a * a;

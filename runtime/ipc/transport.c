@@ -91,7 +91,9 @@ static int daemon_hung(struct ipc_conn *c)
 	}
 	if (t - c->alive_at < c->hung_ns)
 		return 0;
+	/* give up the session: the daemon ends it once it notices */
 	c->dead = 1;
+	shutdown(c->sock, SHUT_RDWR);
 	return 1;
 }
 
@@ -379,17 +381,23 @@ static int daemon_gone(struct ipc_conn *c)
 }
 
 /*
- * One turn of the wait's spin: a few pause instructions, and every 32nd
- * turn a yield, so that a daemon on the same CPU still runs while a
- * completion that lands on another CPU is seen within a microsecond
- * (a yield each turn costs a system call and slowed the daemon's step on
- * the other CPU: dashkv-bench ipc).
+ * One turn of the wait's spin; 0 when spinning is pointless and the wait
+ * should sleep.  While the daemon's session thread shares this CPU (its
+ * cpu hint), a spin only keeps it from running, and a yield need not hand
+ * it the CPU either: sleep, and its doorbell wakes us.  On another CPU,
+ * spin with a few pause instructions, and yield every 32nd turn in case
+ * it came here since it last said where it runs (a yield per turn costs a
+ * system call each and slowed the daemon's step: dashkv-bench ipc).
  */
-static void spin_pause(uint32_t turn)
+static int spin_turn(struct ipc_conn *c, uint32_t turn)
 {
+	uint32_t there = atomic_load_explicit(&c->sq->cpu, memory_order_relaxed);
+
+	if (there && there == ipc_cpu_hint())
+		return 0;
 	if (turn % 32 == 0) {
 		sched_yield();
-		return;
+		return 1;
 	}
 #if defined(__x86_64__) || defined(__i386__)
 	for (int i = 0; i < 16; i++)
@@ -397,6 +405,7 @@ static void spin_pause(uint32_t turn)
 #else
 	sched_yield();
 #endif
+	return 1;
 }
 
 /* Wait for the next completion; the caller holds the lock. */
@@ -416,16 +425,17 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err
 			atomic_store_explicit(&c->cq->head, head + 1, memory_order_release);
 			return DKV_OK;
 		}
-		if (spin_end && now_ns() < spin_end) {
-			spin_pause(++spins);
+		if (spin_end && now_ns() < spin_end && spin_turn(c, ++spins))
 			continue;
-		}
 		spin_end = 0;
 		atomic_store_explicit(&c->cq->sleeping, 1, memory_order_seq_cst);
 		uint32_t bell = atomic_load_explicit(&c->cq->bell, memory_order_seq_cst);
 		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) == head)
 			ipc_futex_wait(&c->cq->bell, bell, IPC_POLL_MS);
 		atomic_store_explicit(&c->cq->sleeping, 0, memory_order_relaxed);
+		/* woken by the completion: take it before any system call */
+		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) != head)
+			continue;
 		if (daemon_gone(c))
 			return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
 		if (daemon_hung(c))
@@ -433,6 +443,7 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err
 	}
 }
 
+/* Submit e; tell the daemon on which CPU we wait. */
 static int submit(struct ipc_conn *c, const struct ipc_sqe *e, char *err)
 {
 	uint32_t tail = atomic_load_explicit(&c->sq->tail, memory_order_relaxed);
@@ -441,9 +452,35 @@ static int submit(struct ipc_conn *c, const struct ipc_sqe *e, char *err)
 	if (tail - head >= c->off.entries)
 		return fail(err, DKV_E_INTERNAL, "submission ring full");
 	c->sqes[tail & (c->off.entries - 1)] = *e;
+	atomic_store_explicit(&c->cq->cpu, ipc_cpu_hint(), memory_order_relaxed);
 	atomic_store_explicit(&c->sq->tail, tail + 1, memory_order_release);
 	ipc_ring_bell(c->sq);
 	return DKV_OK;
+}
+
+/* Where a piece of a step goes in the arena: see ipc_congruent. */
+static uint64_t place(uint64_t pos, const void *p, uint32_t dsize, int packed)
+{
+	uintptr_t a = (uintptr_t)p;
+
+	if (packed)
+		return up64(pos);
+	return ipc_congruent(pos, a % dsize ? 0 : a);
+}
+
+/*
+ * Arena offsets of q, k, v and out, each at the page offset of the
+ * caller's buffer (or packed, when that does not fit); returns the end.
+ */
+static uint64_t lay_out(struct ipc_sqe *e, uint64_t qb, uint64_t kb,
+			const void *q, const void *k, const void *v,
+			const void *out, uint32_t dsize, int packed)
+{
+	e->q_off = place(0, q, dsize, packed);
+	e->k_off = place(e->q_off + qb, k, dsize, packed);
+	e->v_off = place(e->k_off + kb, v, dsize, packed);
+	e->out_off = place(e->v_off + kb, out, dsize, packed);
+	return e->out_off + qb;
 }
 
 static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_geom *g,
@@ -451,17 +488,15 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 		       char *err)
 {
 	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new), t0;
+	uint64_t end = lay_out(e, qb, kb, q, k, v, out, g->dsize, 0);
 	struct ipc_cqe cqe;
 	int rc, spin;
 
-	e->q_off = 0;
-	e->k_off = up64(qb);
-	e->v_off = e->k_off + up64(kb);
-	e->out_off = e->v_off + up64(kb);
-	if (e->out_off + qb > c->off.arena_size) {
+	if (end > c->off.arena_size)
+		end = lay_out(e, qb, kb, q, k, v, out, g->dsize, 1);
+	if (end > c->off.arena_size) {
 		snprintf(err, IPC_MSGLEN, "step needs %llu bytes, the shared arena "
-			 "holds %llu (DASHKV_IPC_ARENA_MB)",
-			 (unsigned long long)(e->out_off + qb),
+			 "holds %llu (DASHKV_IPC_ARENA_MB)", (unsigned long long)end,
 			 (unsigned long long)c->off.arena_size);
 		return DKV_E_NOSPACE;
 	}

@@ -1,8 +1,10 @@
 /* wire.c - whole messages over the Unix socket, futex doorbells. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -160,4 +162,11 @@ void ipc_ring_bell(struct ipc_ring_ctl *ctl)
 	atomic_fetch_add_explicit(&ctl->bell, 1, memory_order_seq_cst);
 	if (atomic_load_explicit(&ctl->sleeping, memory_order_seq_cst))
 		ipc_futex_wake(&ctl->bell);
+}
+
+uint32_t ipc_cpu_hint(void)
+{
+	int cpu = sched_getcpu();
+
+	return cpu < 0 ? 0 : (uint32_t)cpu + 1;
 }
