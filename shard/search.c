@@ -168,12 +168,14 @@ static uint64_t kept_blocks(const struct shard_layer *l, float *w, size_t ld_w, 
 {
 	uint64_t kept = 0;
 
+	/* every block is full except maybe the last stored */
+	uint64_t last = l->len - (b0 + nb - 1) * SHARD_BLOCK;
+	float inv_last = 1.0f / (float)(last < SHARD_BLOCK ? last : SHARD_BLOCK);
+
 	for (uint32_t j = 0; j < nq; j++) {
 		float *wj = w + j * ld_w;
 		for (uint32_t i = 0; i < nb; i++) {
-			/* every block is full except maybe the last stored */
-			uint64_t cnt = l->len - (b0 + i) * SHARD_BLOCK;
-			wj[i] /= (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
+			wj[i] *= i + 1 < nb ? 1.0f / SHARD_BLOCK : inv_last;
 			kept |= (uint64_t)(wj[i] >= cut[j]) << i;
 		}
 	}
