@@ -83,7 +83,13 @@ typedef struct dkv_seq_config {
 	int32_t tail_estimate;  /* estimate the rest from codes + summaries */
 	float scale;            /* softmax scale; 0 = 1/sqrt(head_dim) */
 	int32_t exact;          /* 1 = dense exact attention (reference mode) */
-	uint32_t reserved[15];  /* must be zero */
+	/*
+	 * DKV_HASH_LEARNED: a model file of dashkv-train(1) to start from
+	 * (NULL = none), read by dkv_seq_open; through a daemon an absolute
+	 * path, which the daemon opens.
+	 */
+	const char *hash_model;
+	uint32_t reserved[12];  /* must be zero */
 } dkv_seq_config;
 
 /* Sequence statistics (dkv_seq_stats). */

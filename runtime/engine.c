@@ -85,6 +85,7 @@ struct rt_fit {
 #define RT_SWAP_STEPS 8u
 
 static void fit_free(struct rt_fit *f);
+static int seq_model_open(struct rt_seq *s, const char *path, char *err);
 
 /* One top-K entry, for adaptive K's ordering. */
 struct rt_ranked {
@@ -151,6 +152,7 @@ struct rt_seq {
 	struct rt_layer *layers;
 	struct rt_scratch sc;
 	uint64_t pages_bytes;
+	uint64_t model_bytes; /* a hash_model wider than seq_fixed_bytes counts */
 	dkv_stats st;
 	int trace;
 	uint32_t *trace_idx;  /* [n_q_heads][trace_cap] */
@@ -350,6 +352,9 @@ static int resolve_knobs(dkv_seq_config *c, char *err)
 		c->hash = DKV_HASH_SIMHASH;
 	if (c->hash != DKV_HASH_SIMHASH && c->hash != DKV_HASH_LEARNED)
 		return fail(err, DKV_E_INVAL, "hash %d is not a DKV_HASH_* value", c->hash);
+	if (c->hash_model && (c->hash != DKV_HASH_LEARNED || !*c->hash_model))
+		return fail(err, DKV_E_INVAL, c->hash != DKV_HASH_LEARNED ?
+			    "hash_model needs hash DKV_HASH_LEARNED" : "hash_model is empty");
 	if (!c->train_tokens)
 		c->train_tokens = RT_DEF_TRAIN_TOKENS;
 	if (!c->top_k)
@@ -731,6 +736,12 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 		seq_free(s);
 		return fail(err, DKV_E_NOSPACE, "memory limit reached opening the sequence");
 	}
+	rc = s->cfg.hash_model ? seq_model_open(s, s->cfg.hash_model, err) : DKV_OK;
+	s->cfg.hash_model = NULL; /* read: the caller's string is not kept */
+	if (rc) {
+		rt_seq_close(s);
+		return rc;
+	}
 	s->st.struct_size = sizeof(s->st);
 	s->st.n_layers = s->cfg.n_layers;
 	*out = s;
@@ -741,7 +752,8 @@ void rt_seq_close(struct rt_seq *s)
 {
 	if (!s)
 		return;
-	mem_give(s->eng, seq_fixed_bytes(s) + s->pages_bytes + s->sc.grow_bytes);
+	mem_give(s->eng, seq_fixed_bytes(s) + s->pages_bytes + s->sc.grow_bytes +
+		 s->model_bytes);
 	seq_free(s);
 }
 
@@ -1854,6 +1866,55 @@ int rt_seq_train_now(struct rt_seq *s, char *err)
 	return DKV_OK;
 }
 
+/* Take over every trained head of m (its layer layer0 + l for our layer l). */
+static void model_apply(struct rt_seq *s, struct rt_model *m, uint32_t layer0)
+{
+	const dkv_seq_config *c = &s->cfg;
+
+	for (uint32_t l = 0; l < c->n_layers; l++) {
+		struct rt_layer *L = &s->layers[l];
+		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+			size_t i = (size_t)(layer0 + l) * c->n_kv_heads + h;
+			if (!m->trained[i])
+				continue;
+			swap_model(s, L, h, &m->heads[i]);
+			memset(&m->heads[i], 0, sizeof(m->heads[i]));
+			L->trained = 1;
+		}
+	}
+}
+
+/*
+ * hash_model at open: a file for exactly this geometry, refused before
+ * anything is allocated otherwise.  Heads wider than RT_MODEL_HIDDEN are
+ * charged to the memory limit.
+ */
+static int seq_model_open(struct rt_seq *s, const char *path, char *err)
+{
+	const dkv_seq_config *c = &s->cfg;
+	struct rt_model want = { .bits = c->hash_bits, .dim = c->head_dim,
+				 .n_layers = c->n_layers, .n_kv_heads = c->n_kv_heads };
+	struct rt_model m;
+	uint64_t per, base = rt_lhead_floats(c->hash_bits, c->head_dim, RT_MODEL_HIDDEN);
+	int rc = rt_model_read_for(path, &want, &m, err, RT_ERRLEN);
+
+	if (rc)
+		return rc;
+	per = rt_lhead_floats(m.bits, m.dim, m.hidden);
+	per = per > base ? (per - base) * 4 : 0;
+	for (size_t i = 0; i < (size_t)m.n_layers * m.n_kv_heads; i++)
+		s->model_bytes += m.trained[i] ? per : 0;
+	if (mem_take(s->eng, s->model_bytes)) {
+		rc = fail(err, DKV_E_NOSPACE, "memory limit: the model's %llu more bytes "
+			  "would exceed it", (unsigned long long)s->model_bytes);
+		s->model_bytes = 0;
+	} else {
+		model_apply(s, &m, 0);
+	}
+	rt_model_free(&m);
+	return rc;
+}
+
 int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char *err)
 {
 	const dkv_seq_config *c = &s->cfg;
@@ -1872,17 +1933,8 @@ int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char 
 		rc = rt_model_check(&m, c->hash_bits, c->head_dim,
 				    m.n_layers > need ? m.n_layers : need, c->n_kv_heads,
 				    err, RT_ERRLEN);
-	for (uint32_t l = 0; l < c->n_layers && rc == DKV_OK; l++) {
-		struct rt_layer *L = &s->layers[l];
-		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
-			size_t i = (size_t)(layer0 + l) * c->n_kv_heads + h;
-			if (!m.trained[i])
-				continue;
-			swap_model(s, L, h, &m.heads[i]);
-			memset(&m.heads[i], 0, sizeof(m.heads[i]));
-			L->trained = 1;
-		}
-	}
+	if (rc == DKV_OK)
+		model_apply(s, &m, layer0);
 	if (m.heads)
 		rt_model_free(&m);
 	return rc;

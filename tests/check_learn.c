@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "capture.h"
@@ -302,6 +303,21 @@ END_TEST
 #define E_CHUNK 500u
 #define E_PQ 8u
 
+static void seq_config(dkv_seq_config *cfg, uint32_t train_tokens)
+{
+	dkv_seq_config_init(cfg);
+	cfg->n_layers = 1;
+	cfg->n_q_heads = 4;
+	cfg->n_kv_heads = 2;
+	cfg->head_dim = DIM;
+	cfg->hash_bits = BITS;
+	cfg->hash = DKV_HASH_LEARNED;
+	cfg->train_tokens = train_tokens;
+	cfg->max_tokens = 4096;
+	cfg->top_k = 64;
+	cfg->candidates = 512;
+}
+
 static void seq_open(dkv_client *c, dkv_seq **s, uint32_t train_tokens)
 {
 	dkv_seq_config cfg;
@@ -395,6 +411,105 @@ START_TEST(reencode_equals_fresh)
 	dkv_seq_close(x);
 	dkv_disconnect(c);
 	unlink(path);
+	kvgen_free(g);
+}
+END_TEST
+
+/* dkv_seq_open with hash_model = path: the status, *s written only on success. */
+static int open_with_model(dkv_client *c, dkv_seq **s, const char *path)
+{
+	dkv_seq_config cfg;
+
+	seq_config(&cfg, UINT32_MAX);
+	cfg.hash_model = path;
+	return dkv_seq_open(c, &cfg, s);
+}
+
+/* dkv_seq_open refuses path with rc and a message holding `what`. */
+static void open_refused(dkv_client *c, const char *path, int rc, const char *what)
+{
+	dkv_seq *s = (dkv_seq *)&s;
+
+	ck_assert_int_eq(open_with_model(c, &s, path), rc);
+	ck_assert_ptr_eq(s, (dkv_seq *)&s);
+	ck_assert_msg(strstr(dkv_errmsg(c), what), "\"%s\" not in \"%s\"", what,
+		      dkv_errmsg(c));
+}
+
+START_TEST(hash_model_at_open)
+{
+	struct kvgen *g = gen();
+	dkv_client *c;
+	dkv_seq *a, *b, *x, *y;
+	dkv_seq_config cfg;
+	float oa[4 * DIM], ob[4 * DIM], ox[4 * DIM];
+	uint32_t ta[1024], tb[1024], tx[1024];
+	int na, nb, nx;
+	struct rt_model m;
+	char err[256];
+	const char *path = tmp_path("open"), *bad = tmp_path("openbad");
+
+	/* a: trained in-process, saved */
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	seq_open(c, &a, UINT32_MAX);
+	seq_fill(a, g, 0, E_N);
+	ck_assert_int_eq(dkv_seq_train(a), DKV_OK);
+	ck_assert_int_eq(rt_seq_save_model(a, path), DKV_OK);
+	seq_decode(a, g, oa, ta, &na);
+	/* b: the file given at open, every key encoded by it: a's outputs */
+	ck_assert_int_eq(open_with_model(c, &b, path), DKV_OK);
+	ck_assert_int_eq(rt_seq_set_trace(b, 1), DKV_OK);
+	seq_fill(b, g, 0, E_N);
+	seq_decode(b, g, ob, tb, &nb);
+	ck_assert_int_eq(na, nb);
+	ck_assert_mem_eq(ta, tb, na * sizeof(uint32_t));
+	ck_assert_mem_eq(oa, ob, sizeof(oa));
+	/* x: the same without the file: SimHash takes another exact set */
+	seq_open(c, &x, UINT32_MAX);
+	seq_fill(x, g, 0, E_N);
+	seq_decode(x, g, ox, tx, &nx);
+	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)));
+	/* corrupt, truncated, missing, not a file: refused, nothing opened */
+	damaged_copy(path, bad, RT_MODEL_HEADER + 4 + 333, 0x08);
+	open_refused(c, bad, DKV_E_INVAL, "crc mismatch");
+	damaged_copy(path, bad, -5, 0);
+	open_refused(c, bad, DKV_E_INVAL, "truncated");
+	open_refused(c, "/nonexistent/dkv.model", DKV_E_NOTFOUND, "No such file");
+	open_refused(c, "/", DKV_E_INVAL, "not a regular file");
+	unlink(bad);
+	ck_assert_int_eq(mkfifo(bad, 0600), 0);
+	open_refused(c, bad, DKV_E_INVAL, "not a regular file"); /* no hang on a FIFO */
+	unlink(bad);
+	/* mismatched geometry: bits, layers, kv heads, head_dim */
+	ck_assert_int_eq(rt_model_alloc(&m, 64, DIM, RT_MODEL_HIDDEN, 1, 2), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "model is for 64 bits");
+	ck_assert_int_eq(rt_model_alloc(&m, BITS, DIM, RT_MODEL_HIDDEN, 2, 2), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "2 layers");
+	ck_assert_int_eq(rt_model_alloc(&m, BITS, DIM, RT_MODEL_HIDDEN, 1, 1), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "1 kv heads");
+	ck_assert_int_eq(rt_model_alloc(&m, BITS, 32, RT_MODEL_HIDDEN, 1, 2), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "head_dim 32");
+	/* a model file needs the learned family; an empty path is refused */
+	seq_config(&cfg, UINT32_MAX);
+	cfg.hash = DKV_HASH_SIMHASH;
+	cfg.hash_model = path;
+	ck_assert_int_eq(dkv_seq_open(c, &cfg, &y), DKV_E_INVAL);
+	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "DKV_HASH_LEARNED"));
+	open_refused(c, "", DKV_E_INVAL, "empty");
+	dkv_seq_close(a);
+	dkv_seq_close(b);
+	dkv_seq_close(x);
+	dkv_disconnect(c);
+	unlink(path);
+	unlink(bad);
 	kvgen_free(g);
 }
 END_TEST
@@ -537,6 +652,7 @@ static Suite *suite(void)
 	tcase_add_test(t, capture_round_trip_and_corrupt);
 	tcase_add_test(t, reencode_equals_fresh);
 	tcase_add_test(t, auto_training_and_bad_model);
+	tcase_add_test(t, hash_model_at_open);
 	tcase_add_test(t, adaptive_k);
 	suite_add_tcase(s, t);
 	return s;
