@@ -108,7 +108,10 @@ static void session_reject(struct dmn_session *s, int status)
 
 /* ---- accounting ---- */
 
-/* Bytes the session's sequences hold (keys, values, codes, summaries). */
+/*
+ * Bytes the session's sequences hold (keys, values, codes, summaries, and
+ * the learned models' fits in progress).
+ */
 static uint64_t session_bytes(struct dmn_session *s)
 {
 	dkv_stats *st = s->stats;
@@ -119,7 +122,8 @@ static uint64_t session_bytes(struct dmn_session *s)
 			continue;
 		memset(st, 0, sizeof(*st));
 		rt_seq_get_stats(s->seqs[i].rs, st);
-		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
+		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries +
+		       st->bytes_training;
 	}
 	return sum;
 }

@@ -113,7 +113,11 @@ typedef struct dkv_stats {
 	uint64_t last_coarse_ns;  /* of last_attend_ns: coarse filter (sample, scan) */
 	uint64_t last_fine_ns;    /* fine ranking, top-K and their exact attention */
 	uint64_t last_tail_ns;    /* the tail estimate's value sums */
-	uint64_t reserved[5];
+	/* learned hash models (dkv_seq_train(3)) */
+	uint64_t bytes_training;  /* held by fits in progress (memory limit) */
+	uint32_t fits_deferred;   /* layers whose fit waits for memory */
+	uint32_t fits_late;       /* model swaps that waited for their fit */
+	uint64_t reserved[3];
 } dkv_stats;
 
 const char *dkv_strerror(int status);

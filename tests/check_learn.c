@@ -538,30 +538,48 @@ START_TEST(auto_training_and_bad_model)
 	char err[256];
 	const char *path = tmp_path("auto"), *other = tmp_path("other");
 	float q[4 * DIM], o1[4 * DIM], o2[4 * DIM];
+	dkv_stats st = { .struct_size = sizeof(st) };
 	int swapped_at = -1;
 
 	/*
-	 * train_tokens reached in the 4th chunk: the fit runs on a thread and
-	 * swaps in a fixed number of the layer's steps later, so two equal
-	 * sequences give equal outputs at every step, and no step sees a
-	 * model before it is whole.
+	 * train_tokens reached in the 4th chunk: the fit runs on a thread,
+	 * encodes the 2000 keys stored then with its models, and swaps in
+	 * once RT_SWAP_STEPS (8) steps have passed and the layer's queries
+	 * have scanned 1.5 (fit work + 270 * 2000) keys.  Fit work 0: 810000,
+	 * of which the 5th and 6th chunks give 8 * 2500 + 8 * 3000 and each
+	 * decode step 3000: the swap is at the start of decode step 256.  So
+	 * two equal sequences give equal outputs at every step, and no step
+	 * sees a model before it is whole.
 	 */
 	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
 	ck_assert_int_eq(dkv_connect("embedded", &c2), DKV_OK);
 	seq_open(c, &s, 2000);
 	seq_open(c2, &s2, 2000);
+	ck_assert_int_eq(rt_seq_set_fit_work(s, 0), DKV_OK);
+	ck_assert_int_eq(rt_seq_set_fit_work(s2, 0), DKV_OK);
 	seq_fill(s, g, 0, E_N);
 	seq_fill(s2, g, 0, E_N);
 	ck_assert_int_eq(trained_heads(s, path), 0);
-	for (int i = 0; i < 12; i++) {
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_gt(st.bytes_training, 0); /* held, and charged */
+	ck_assert_uint_ge(rt_client_memory_used(c), st.bytes_training);
+	for (int i = 0; i < 258; i++) {
 		kvgen_queries(g, E_N - 1, 50 + i, q);
 		ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
 		ck_assert_int_eq(dkv_step(s2, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
 		ck_assert_mem_eq(o1, o2, sizeof(o1));
-		if (swapped_at < 0 && trained_heads(s, path) == 2)
+		if (swapped_at < 0 && (i == 8 || i >= 255) && trained_heads(s, path) == 2)
 			swapped_at = i;
 	}
-	ck_assert_int_eq(swapped_at, 5);
+	ck_assert_int_eq(swapped_at, 256);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.bytes_training, 0);
+	/* the codes swapped in equal those of the same models given at open */
+	ck_assert_int_eq(open_with_model(c2, &t, path), DKV_OK);
+	seq_fill(t, g, 0, E_N);
+	ck_assert_int_eq(dkv_step(t, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
+	ck_assert_mem_eq(o1, o2, sizeof(o1));
+	dkv_seq_close(t);
 	ck_assert_int_eq(trained_heads(s2, path), 2);
 	dkv_seq_close(s2);
 	dkv_disconnect(c2);
@@ -587,6 +605,63 @@ START_TEST(auto_training_and_bad_model)
 	dkv_disconnect(c);
 	unlink(path);
 	unlink(other);
+	kvgen_free(g);
+}
+END_TEST
+
+/*
+ * The fit's memory under a memory limit: the layer reaches train_tokens
+ * with too little room, so its fit is deferred (stats say so, steps go on
+ * with SimHash, the outputs of a SimHash sequence), dkv_seq_train says
+ * DKV_E_NOSPACE, and with the limit lifted the fit starts at the next
+ * step; every byte comes back at close.
+ */
+START_TEST(fit_memory_limit)
+{
+	struct kvgen *g = gen();
+	dkv_client *c;
+	dkv_seq *s, *x;
+	dkv_seq_config cfg;
+	dkv_stats st = { .struct_size = sizeof(st) };
+	float q[4 * DIM], o1[4 * DIM], o2[4 * DIM];
+
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	seq_open(c, &s, 2000);
+	seq_config(&cfg, 2000);
+	cfg.hash = DKV_HASH_SIMHASH;
+	ck_assert_int_eq(dkv_seq_open(c, &cfg, &x), DKV_OK);
+	seq_fill(s, g, 0, 1500);
+	seq_fill(x, g, 0, 1500);
+	/* room for the steps (their pages and scratch are taken), not the fit */
+	ck_assert_int_eq(dkv_set_memory_limit(c, rt_client_memory_used(c) + 65536), DKV_OK);
+	seq_fill(s, g, 1500, E_N);
+	seq_fill(x, g, 1500, E_N);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.fits_deferred, 1);
+	ck_assert_uint_eq(st.bytes_training, 0);
+	for (int i = 0; i < 12; i++) {
+		kvgen_queries(g, E_N - 1, 70 + i, q);
+		ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+		ck_assert_int_eq(dkv_step(x, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
+		ck_assert_mem_eq(o1, o2, sizeof(o1)); /* still SimHash */
+	}
+	ck_assert_int_eq(dkv_seq_train(s), DKV_E_NOSPACE);
+	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "memory limit"));
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+	ck_assert_mem_eq(o1, o2, sizeof(o1));
+	/* room again: the next step starts the fit */
+	ck_assert_int_eq(dkv_set_memory_limit(c, 0), DKV_OK);
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.fits_deferred, 0);
+	ck_assert_uint_gt(st.bytes_training, 0);
+	ck_assert_int_eq(dkv_seq_train(s), DKV_OK);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.bytes_training, 0);
+	dkv_seq_close(s);
+	dkv_seq_close(x);
+	ck_assert_uint_eq(rt_client_memory_used(c), 0);
+	dkv_disconnect(c);
 	kvgen_free(g);
 }
 END_TEST
@@ -653,6 +728,7 @@ static Suite *suite(void)
 	tcase_add_test(t, reencode_equals_fresh);
 	tcase_add_test(t, auto_training_and_bad_model);
 	tcase_add_test(t, hash_model_at_open);
+	tcase_add_test(t, fit_memory_limit);
 	tcase_add_test(t, adaptive_k);
 	suite_add_tcase(s, t);
 	return s;

@@ -20,6 +20,7 @@
 
 #include "dashkv.h"
 #include "gen/kvgen.h"
+#include "trace.h"
 
 #define NL 2u
 #define QH 8u
@@ -27,9 +28,6 @@
 #define HD 64u
 #define NTOK 3000u
 #define CHUNK 500u
-
-/* Internal to the client library, as dashkv-bench uses it. */
-int rt_seq_load_model(dkv_seq *s, const char *path, uint32_t layer0);
 
 static int failed;
 

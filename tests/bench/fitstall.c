@@ -6,8 +6,9 @@
  * generator (chunks of 4096, 64 queries at the end of each of the last 4
  * chunks), train_tokens set so that the fit starts at the end of the
  * fill; then --steps decode steps (one new token, one query) are timed.
- * Prints the median and the worst step, the step that was worst, and
- * whether the models were in use by the end.  Public API only.
+ * Prints the median and the worst step, the step that was worst, the
+ * step at which the fit's models swapped in (its memory, bytes_training in
+ * dkv_stats, given back) and how long that step took.  Public API only.
  *
  *   dashkv-fitstall [--tokens N] [--kv-heads H] [--steps S] [--address A]
  */
@@ -87,7 +88,7 @@ static void run(const struct opts *o)
 	dkv_seq *s;
 	dkv_seq_config cfg;
 	dkv_stats st = { .struct_size = sizeof(st) };
-	uint32_t H = o->kv_heads, nq = H * GROUP, worst_at = 0;
+	uint32_t H = o->kv_heads, nq = H * GROUP, worst_at = 0, swap_at = UINT32_MAX;
 	float *k = malloc(H * DIM * sizeof(float)), *v = malloc(H * DIM * sizeof(float));
 	float *q = malloc(nq * DIM * sizeof(float)), *out = malloc(nq * DIM * sizeof(float));
 	double *ms = calloc(o->steps, sizeof(double)), t0, fill_ms;
@@ -129,15 +130,22 @@ static void run(const struct opts *o)
 			die("decode step", rc, c);
 		if (ms[i] > ms[worst_at])
 			worst_at = i;
+		rc = dkv_seq_stats(s, &st);
+		if (rc)
+			die("stats", rc, c);
+		if (swap_at == UINT32_MAX && !st.bytes_training)
+			swap_at = i;
 	}
-	double worst = ms[worst_at];
-	rc = dkv_seq_stats(s, &st);
-	if (rc)
-		die("stats", rc, c);
+	double worst = ms[worst_at], at_swap = swap_at < o->steps ? ms[swap_at] : 0;
 	qsort(ms, o->steps, sizeof(double), by_value);
 	printf("tokens %u kv_heads %u head_dim %u: fill %.0f ms; %u decode steps: "
 	       "median %.2f ms, worst %.2f ms (step %u)\n", o->tokens, H, DIM, fill_ms,
 	       o->steps, ms[o->steps / 2], worst, worst_at);
+	if (swap_at < o->steps)
+		printf("models swapped in at step %u: %.2f ms; swaps that waited for their "
+		       "fit: %u\n", swap_at, at_swap, st.fits_late);
+	else
+		printf("models not swapped in within %u steps\n", o->steps);
 	dkv_seq_close(s);
 	dkv_disconnect(c);
 	kvgen_free(g);
