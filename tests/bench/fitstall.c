@@ -139,8 +139,9 @@ static void run(const struct opts *o)
 	double worst = ms[worst_at], at_swap = swap_at < o->steps ? ms[swap_at] : 0;
 	qsort(ms, o->steps, sizeof(double), by_value);
 	printf("tokens %u kv_heads %u head_dim %u: fill %.0f ms; %u decode steps: "
-	       "median %.2f ms, worst %.2f ms (step %u)\n", o->tokens, H, DIM, fill_ms,
-	       o->steps, ms[o->steps / 2], worst, worst_at);
+	       "median %.2f ms, p99 %.2f ms, worst %.2f ms (step %u)\n", o->tokens, H, DIM,
+	       fill_ms, o->steps, ms[o->steps / 2], ms[(size_t)o->steps * 99 / 100], worst,
+	       worst_at);
 	if (swap_at < o->steps)
 		printf("models swapped in at step %u: %.2f ms; swaps that waited for their "
 		       "fit: %u\n", swap_at, at_swap, st.fits_late);
