@@ -109,8 +109,9 @@ static void session_reject(struct dmn_session *s, int status)
 /* ---- accounting ---- */
 
 /*
- * Bytes the session's sequences hold (keys, values, codes, summaries, and
- * the learned models' fits in progress).
+ * Bytes the session's sequences hold (keys, values, codes, summaries).
+ * Fits of learned models in progress are charged to the daemon's
+ * memory_limit by the engine, not here: a fit must not make steps fail.
  */
 static uint64_t session_bytes(struct dmn_session *s)
 {
@@ -122,8 +123,7 @@ static uint64_t session_bytes(struct dmn_session *s)
 			continue;
 		memset(st, 0, sizeof(*st));
 		rt_seq_get_stats(s->seqs[i].rs, st);
-		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries +
-		       st->bytes_training;
+		sum += st->bytes_full + st->bytes_codes + st->bytes_summaries;
 	}
 	return sum;
 }
