@@ -2165,34 +2165,63 @@ static void model_apply(struct rt_seq *s, struct rt_model *m, uint32_t layer0)
 	}
 }
 
+/* Bytes a model of geometry g takes while it is read (every head). */
+static uint64_t model_read_bytes(const struct rt_model *g)
+{
+	return (uint64_t)g->n_layers * g->n_kv_heads *
+	       (rt_lhead_floats(g->bits, g->dim, g->hidden) * 4 + sizeof(struct rt_lhead) + 1);
+}
+
+/*
+ * Take over m's trained heads; those wider than RT_MODEL_HIDDEN (which
+ * seq_fixed_bytes counts) are charged for good, in model_bytes.
+ */
+static int model_keep(struct rt_seq *s, struct rt_model *m, char *err)
+{
+	uint64_t per = rt_lhead_floats(m->bits, m->dim, m->hidden), bytes = 0;
+	uint64_t base = rt_lhead_floats(m->bits, m->dim, RT_MODEL_HIDDEN);
+
+	per = per > base ? (per - base) * 4 : 0;
+	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++)
+		bytes += m->trained[i] ? per : 0;
+	if (mem_take(s->eng, bytes))
+		return fail(err, DKV_E_NOSPACE, "memory limit: the model's %llu more bytes "
+			    "would exceed it", (unsigned long long)bytes);
+	s->model_bytes = bytes;
+	model_apply(s, m, 0);
+	return DKV_OK;
+}
+
 /*
  * hash_model at open: a file for exactly this geometry, refused before
- * anything is allocated otherwise.  Heads wider than RT_MODEL_HIDDEN are
- * charged to the memory limit.
+ * anything is allocated otherwise; reading it is charged to the memory
+ * limit first.
  */
 static int seq_model_open(struct rt_seq *s, const char *path, char *err)
 {
 	const dkv_seq_config *c = &s->cfg;
 	struct rt_model want = { .bits = c->hash_bits, .dim = c->head_dim,
 				 .n_layers = c->n_layers, .n_kv_heads = c->n_kv_heads };
-	struct rt_model m;
-	uint64_t per, base = rt_lhead_floats(c->hash_bits, c->head_dim, RT_MODEL_HIDDEN);
-	int rc = rt_model_read_for(path, &want, &m, err, RT_ERRLEN);
+	struct rt_model g, m;
+	uint64_t reading;
+	int rc = rt_model_header(path, &g, err, RT_ERRLEN);
 
+	if (rc == DKV_OK)
+		rc = rt_model_check(&g, want.bits, want.dim, want.n_layers, want.n_kv_heads,
+				    err, RT_ERRLEN);
 	if (rc)
 		return rc;
-	per = rt_lhead_floats(m.bits, m.dim, m.hidden);
-	per = per > base ? (per - base) * 4 : 0;
-	for (size_t i = 0; i < (size_t)m.n_layers * m.n_kv_heads; i++)
-		s->model_bytes += m.trained[i] ? per : 0;
-	if (mem_take(s->eng, s->model_bytes)) {
-		rc = fail(err, DKV_E_NOSPACE, "memory limit: the model's %llu more bytes "
-			  "would exceed it", (unsigned long long)s->model_bytes);
-		s->model_bytes = 0;
-	} else {
-		model_apply(s, &m, 0);
+	reading = model_read_bytes(&g);
+	if (mem_take(s->eng, reading))
+		return fail(err, DKV_E_NOSPACE, "memory limit: reading the model takes %llu "
+			    "bytes", (unsigned long long)reading);
+	want.hidden = g.hidden;
+	rc = rt_model_read_for(path, &want, &m, err, RT_ERRLEN);
+	if (rc == DKV_OK) {
+		rc = model_keep(s, &m, err);
+		rt_model_free(&m);
 	}
-	rt_model_free(&m);
+	mem_give(s->eng, reading);
 	return rc;
 }
 

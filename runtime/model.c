@@ -303,29 +303,58 @@ int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errl
 	return rt_model_read_for(path, NULL, out, err, errlen);
 }
 
+/* Open path and read its header into g, checking the file's size. */
+static FILE *open_model(const char *path, uint8_t *h, struct rt_model *g, int *rc,
+			char *err, size_t errlen)
+{
+	uint64_t size = 0;
+	FILE *f = open_regular(path, &size, rc, err, errlen);
+
+	memset(g, 0, sizeof(*g));
+	if (!f)
+		return NULL;
+	*rc = read_header(f, path, h, g, err, errlen);
+	/* the size first: a header alone allocates nothing it does not back */
+	if (*rc == DKV_OK && size != model_file_size(g))
+		*rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: %llu bytes, its header promises "
+			      "%llu: truncated or corrupt", path, (unsigned long long)size,
+			      (unsigned long long)model_file_size(g));
+	if (*rc != DKV_OK) {
+		fclose(f);
+		return NULL;
+	}
+	return f;
+}
+
+int rt_model_header(const char *path, struct rt_model *geom, char *err, size_t errlen)
+{
+	uint8_t h[RT_MODEL_HEADER];
+	int rc = DKV_OK;
+	FILE *f = open_model(path, h, geom, &rc, err, errlen);
+
+	if (f)
+		fclose(f);
+	return rc;
+}
+
 int rt_model_read_for(const char *path, const struct rt_model *want, struct rt_model *out,
 		      char *err, size_t errlen)
 {
 	struct rt_model g, m;
 	uint8_t h[RT_MODEL_HEADER];
-	uint64_t size = 0;
 	uint32_t crc;
 	int rc = DKV_OK;
-	FILE *f = open_regular(path, &size, &rc, err, errlen);
+	FILE *f = open_model(path, h, &g, &rc, err, errlen);
 
 	memset(&m, 0, sizeof(m));
-	memset(&g, 0, sizeof(g));
 	if (!f)
 		return rc;
-	rc = read_header(f, path, h, &g, err, errlen);
-	if (rc == DKV_OK && want)
+	if (want)
 		rc = rt_model_check(&g, want->bits, want->dim, want->n_layers, want->n_kv_heads,
 				    err, errlen);
-	/* the size first: a header alone allocates nothing it does not back */
-	if (rc == DKV_OK && size != model_file_size(&g))
-		rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: %llu bytes, its header promises %llu: "
-			     "truncated or corrupt", path, (unsigned long long)size,
-			     (unsigned long long)model_file_size(&g));
+	if (rc == DKV_OK && want && want->hidden && g.hidden != want->hidden)
+		rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: hidden width %u, %u a moment ago: "
+			     "the file changed", path, g.hidden, want->hidden);
 	if (rc == DKV_OK && rt_model_alloc(&m, g.bits, g.dim, g.hidden, g.n_layers,
 					   g.n_kv_heads))
 		rc = rt_errf(err, errlen, DKV_E_NOMEM, "%s: out of memory for the model", path);

@@ -504,6 +504,15 @@ START_TEST(hash_model_at_open)
 	ck_assert_int_eq(dkv_seq_open(c, &cfg, &y), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "DKV_HASH_LEARNED"));
 	open_refused(c, "", DKV_E_INVAL, "empty");
+	/* room for the sequence, not for reading its model: refused, all given back */
+	uint64_t base = rt_client_memory_used(c);
+	seq_open(c, &y, UINT32_MAX);
+	uint64_t one = rt_client_memory_used(c) - base;
+	dkv_seq_close(y);
+	ck_assert_int_eq(dkv_set_memory_limit(c, base + one + 4096), DKV_OK);
+	open_refused(c, path, DKV_E_NOSPACE, "reading the model");
+	ck_assert_uint_eq(rt_client_memory_used(c), base);
+	ck_assert_int_eq(dkv_set_memory_limit(c, 0), DKV_OK);
 	dkv_seq_close(a);
 	dkv_seq_close(b);
 	dkv_seq_close(x);
