@@ -623,7 +623,7 @@ END_TEST
  * with too little room, so its fit is deferred (stats say so, steps go on
  * with SimHash, the outputs of a SimHash sequence), dkv_seq_train says
  * DKV_E_NOSPACE, and with the limit lifted the fit starts at the next
- * step; every byte comes back at close.
+ * step; every byte comes back at close, the fit's included.
  */
 START_TEST(fit_memory_limit)
 {
@@ -664,10 +664,7 @@ START_TEST(fit_memory_limit)
 	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
 	ck_assert_uint_eq(st.fits_deferred, 0);
 	ck_assert_uint_gt(st.bytes_training, 0);
-	ck_assert_int_eq(dkv_seq_train(s), DKV_OK);
-	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
-	ck_assert_uint_eq(st.bytes_training, 0);
-	dkv_seq_close(s);
+	dkv_seq_close(s); /* waits for the fit */
 	dkv_seq_close(x);
 	ck_assert_uint_eq(rt_client_memory_used(c), 0);
 	dkv_disconnect(c);
@@ -728,7 +725,7 @@ static Suite *suite(void)
 	Suite *s = suite_create("learn");
 	TCase *t = tcase_create("core");
 
-	tcase_set_timeout(t, 120);
+	tcase_set_timeout(t, 300); /* the fits are slow under a sanitizer on a busy machine */
 	tcase_add_test(t, training_lowers_loss);
 	tcase_add_test(t, too_little_data_keeps_simhash);
 	tcase_add_test(t, model_file_round_trip);
