@@ -51,6 +51,7 @@ struct dmn_session {
 	atomic_ullong bytes, steps, rejects;
 	atomic_ullong busy_since;     /* ms, CLOCK_MONOTONIC; 0 between steps */
 	int heartbeat;                /* the client wants IPC_FEAT_HEARTBEAT */
+	uint32_t features;            /* accepted in the handshake */
 	int reserved;                 /* holds a slot of max_sessions */
 	char *region;
 	uint64_t region_size;
@@ -106,7 +107,11 @@ static void session_reject(struct dmn_session *s, int status)
 
 /* ---- accounting ---- */
 
-/* Bytes the session's sequences hold (keys, values, codes, summaries). */
+/*
+ * Bytes the session's sequences hold (keys, values, codes, summaries).
+ * Fits of learned models in progress are charged to the daemon's
+ * memory_limit by the engine, not here: a fit must not make steps fail.
+ */
 static uint64_t session_bytes(struct dmn_session *s)
 {
 	dkv_stats *st = s->stats;
@@ -163,11 +168,17 @@ static struct sseq *find_seq(struct dmn_session *s, uint32_t id)
 	return NULL;
 }
 
-static int do_open(struct dmn_session *s, uint32_t seq, const struct ipc_open *m)
+/*
+ * Open a sequence.  The pointer in cfg.hash_model is the client's and
+ * never read here: the model file is `path` (checked absolute) or none.
+ */
+static int do_open(struct dmn_session *s, uint32_t seq, const dkv_seq_config *wire,
+		   const char *path)
 {
 	char err[RT_ERRLEN] = "";
 	struct sseq *q = NULL;
 	struct ipc_open_ok ok = { 0 };
+	dkv_seq_config cfg = *wire;
 	const dkv_seq_config *r;
 	int rc;
 
@@ -176,18 +187,39 @@ static int do_open(struct dmn_session *s, uint32_t seq, const struct ipc_open *m
 			q = &s->seqs[i];
 	if (!q)
 		return send_error(s, seq, DKV_E_NOSPACE, "too many sequences in this session");
-	rc = rt_seq_open(s->srv->eng, &m->cfg, &q->rs, err);
-	if (rc)
+	cfg.hash_model = path;
+	rc = rt_seq_open(s->srv->eng, &cfg, &q->rs, err);
+	if (rc) {
+		if (path)
+			dmn_log(DMN_INFO, "pid %d: hash_model refused: %s", (int)s->cred.pid, err);
 		return send_error(s, seq, rc, err);
+	}
 	r = rt_seq_config(q->rs);
 	q->id = ++s->next_id;
 	q->geom = (struct ipc_geom){ r->n_layers, r->n_q_heads, r->n_kv_heads,
 				     r->head_dim, r->dtype == DKV_F32 ? 4 : 2 };
 	ok.seq_id = q->id;
 	ok.cfg = *r;
+	ok.cfg.hash_model = NULL;
 	update_usage(s);
-	dmn_log(DMN_DEBUG, "pid %d: opened sequence %u", (int)s->cred.pid, q->id);
+	dmn_log(DMN_DEBUG, "pid %d: opened sequence %u%s%s", (int)s->cred.pid, q->id,
+		path ? " with hash model " : "", path ? path : "");
 	return ipc_send(s->sock, IPC_OPEN_OK, seq, &ok, sizeof(ok), -1);
+}
+
+static int do_open_model(struct dmn_session *s, uint32_t seq, const struct ipc_open_model *m)
+{
+	char err[IPC_MSGLEN] = "";
+	int rc = ipc_check_open_model(m, err, sizeof(err));
+
+	if (rc == DKV_E_PROTO) {
+		bad_message(s);
+		reply_error(s->sock, seq, rc, err);
+		return -1; /* an unterminated path: the peer is out of step */
+	}
+	if (rc)
+		return send_error(s, seq, rc, err);
+	return do_open(s, seq, &m->cfg, m->path);
 }
 
 static int do_ref(struct dmn_session *s, const struct ipc_hdr *h, const struct ipc_ref *m)
@@ -228,6 +260,7 @@ static int control(struct dmn_session *s)
 	struct ipc_hdr h;
 	union {
 		struct ipc_open open;
+		struct ipc_open_model open_model;
 		struct ipc_ref ref;
 		char raw[IPC_MAX_PAYLOAD];
 	} p;
@@ -244,7 +277,11 @@ static int control(struct dmn_session *s)
 	}
 	switch (h.type) {
 	case IPC_OPEN:
-		return do_open(s, h.seq, &p.open) ? -1 : 0;
+		return do_open(s, h.seq, &p.open.cfg, NULL) ? -1 : 0;
+	case IPC_OPEN_MODEL:
+		if (!(s->features & IPC_FEAT_MODEL))
+			break;
+		return do_open_model(s, h.seq, &p.open_model) ? -1 : 0;
 	case IPC_CLOSE:
 	case IPC_LENGTH:
 	case IPC_STATS:
@@ -624,7 +661,8 @@ static int handshake(struct dmn_session *s)
 		return -1;
 	}
 	s->heartbeat = !!(p.hello.features & IPC_FEAT_HEARTBEAT);
-	a.features |= p.hello.features & IPC_FEAT_HEARTBEAT;
+	a.features |= p.hello.features & (IPC_FEAT_HEARTBEAT | IPC_FEAT_MODEL);
+	s->features = a.features;
 	a.region_size = s->region_size;
 	a.off = s->off;
 	rc = ipc_send(s->sock, IPC_ACCEPT, h.seq, &a, sizeof(a), fd);

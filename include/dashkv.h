@@ -83,7 +83,13 @@ typedef struct dkv_seq_config {
 	int32_t tail_estimate;  /* estimate the rest from codes + summaries */
 	float scale;            /* softmax scale; 0 = 1/sqrt(head_dim) */
 	int32_t exact;          /* 1 = dense exact attention (reference mode) */
-	uint32_t reserved[15];  /* must be zero */
+	/*
+	 * DKV_HASH_LEARNED: a model file of dashkv-train(1) to start from
+	 * (NULL = none), read by dkv_seq_open; through a daemon an absolute
+	 * path, which the daemon opens.
+	 */
+	const char *hash_model;
+	uint32_t reserved[12];  /* must be zero */
 } dkv_seq_config;
 
 /* Sequence statistics (dkv_seq_stats). */
@@ -107,7 +113,11 @@ typedef struct dkv_stats {
 	uint64_t last_coarse_ns;  /* of last_attend_ns: coarse filter (sample, scan) */
 	uint64_t last_fine_ns;    /* fine ranking, top-K and their exact attention */
 	uint64_t last_tail_ns;    /* the tail estimate's value sums */
-	uint64_t reserved[5];
+	/* learned hash models (dkv_seq_train(3)) */
+	uint64_t bytes_training;  /* held by fits in progress (memory limit) */
+	uint32_t fits_deferred;   /* layers whose fit waits for memory */
+	uint32_t fits_late;       /* model swaps that waited for their fit */
+	uint64_t reserved[3];
 } dkv_stats;
 
 const char *dkv_strerror(int status);

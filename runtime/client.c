@@ -258,6 +258,19 @@ int rt_seq_trace_exact(const dkv_seq *s, uint32_t qhead, const uint32_t **idx)
 	return rt_seq_trace_get(s->rs, qhead, idx);
 }
 
+int rt_seq_set_fit_work(dkv_seq *s, double units)
+{
+	if (!s || s->c->transport != CL_EMBEDDED || !(units >= 0))
+		return DKV_E_INVAL;
+	rt_seq_fit_work(s->rs, units);
+	return DKV_OK;
+}
+
+uint64_t rt_client_memory_used(const dkv_client *c)
+{
+	return c && c->transport == CL_EMBEDDED ? rt_engine_used(c->eng) : 0;
+}
+
 const char *rt_kernel_name(void)
 {
 	return krn_get()->name;

@@ -63,20 +63,28 @@ struct rt_layer {
 	uint32_t q_kept;
 	uint64_t q_rng;
 	int trained;          /* fitted at train_tokens, or loaded */
+	int fit_deferred;     /* train_tokens reached, the fit waits for memory */
 	uint64_t steps;       /* dkv_step calls on this layer */
 	struct rt_fit *fit;   /* a background fit, swapped in at its step */
+	uint8_t **codes_own;  /* [n_own] code slabs that replaced the pages' own */
+	uint32_t n_own;
 };
 
 /*
  * One layer's fitting: copies of its inputs (up to max_keys stored keys
  * after the sinks and the query sample, per kv head) and the new models.
- * It runs on its own thread after train_tokens and is swapped in at a
- * fixed later step of the layer (deterministic, whatever the timing), or
- * in the calling thread for dkv_seq_train.
+ * It runs on its own thread after train_tokens, or in the calling thread
+ * for dkv_seq_train.  A background fit also encodes the keys stored when
+ * it started, [0, len), with the new models into code slabs of its own
+ * (one per page, as the page lays its codes out), so that the swap, at a
+ * fixed later step of the layer (deterministic, whatever the timing),
+ * only encodes the keys appended since and swaps the pages' code
+ * pointers.  Every byte it holds is charged to the memory limit.
  */
 struct rt_fit {
 	pthread_t th;
-	uint64_t swap_step;    /* the layer's step at which the models swap */
+	uint64_t swap_step;    /* the layer's step at which the models swap ... */
+	double work, need;     /* ... once work (see fit_due) reaches need */
 	uint32_t n_heads, dim, bits, nk, nq;
 	const float *P;
 	float *keys;           /* [n_heads][nk][dim] */
@@ -84,12 +92,32 @@ struct rt_fit {
 	float *mu;             /* [n_heads][dim] */
 	struct rt_lhead *out;  /* [n_heads] */
 	int *rc;               /* [n_heads]: rt_learn_head's */
+	uint64_t bytes;        /* charged to the engine's limit */
+	/* background only: the stored keys and their new codes */
+	struct shard_layer view; /* the pages of [0, len) as they were */
+	uint8_t **codes;       /* [view.n_pages] slabs, NULL when not encoded */
+	size_t slab;           /* bytes of one slab */
+	int encoded;           /* the thread filled every slab */
+	int done;              /* the thread is done (atomic) */
 };
 
 /* Steps of a layer between the start of a background fit and its swap. */
 #define RT_SWAP_STEPS 8u
 
+/*
+ * The work of a fit in units of one key scanned by one query (the
+ * coarse filter's per-key cost), measured: fitting one kv head's model
+ * costs about RT_FIT_WORK units and encoding one of its keys about
+ * RT_ENCODE_WORK.  The swap waits until the layer's queries since the
+ * fit started have scanned RT_SWAP_MARGIN times that many keys, so that
+ * a fit that runs at the pace of the steps is done by then.
+ */
+#define RT_FIT_WORK 1.5e8
+#define RT_ENCODE_WORK 270.0
+#define RT_SWAP_MARGIN 1.5
+
 static void fit_free(struct rt_fit *f);
+static int seq_model_open(struct rt_seq *s, const char *path, char *err);
 
 /* One top-K entry, for adaptive K's ordering. */
 struct rt_ranked {
@@ -156,6 +184,11 @@ struct rt_seq {
 	struct rt_layer *layers;
 	struct rt_scratch sc;
 	uint64_t pages_bytes;
+	uint64_t model_bytes; /* a hash_model wider than seq_fixed_bytes counts */
+	uint64_t codes_bytes; /* the layers' codes_own */
+	uint64_t fit_bytes;   /* the fits in progress */
+	uint32_t fits_late;   /* swaps that waited for their fit */
+	double swap_work;     /* RT_FIT_WORK, or a test's (rt_seq_set_fit_work) */
 	dkv_stats st;
 	int trace;
 	uint32_t *trace_idx;  /* [n_q_heads][trace_cap] */
@@ -355,6 +388,9 @@ static int resolve_knobs(dkv_seq_config *c, char *err)
 		c->hash = DKV_HASH_SIMHASH;
 	if (c->hash != DKV_HASH_SIMHASH && c->hash != DKV_HASH_LEARNED)
 		return fail(err, DKV_E_INVAL, "hash %d is not a DKV_HASH_* value", c->hash);
+	if (c->hash_model && (c->hash != DKV_HASH_LEARNED || !*c->hash_model))
+		return fail(err, DKV_E_INVAL, c->hash != DKV_HASH_LEARNED ?
+			    "hash_model needs hash DKV_HASH_LEARNED" : "hash_model is empty");
 	if (!c->train_tokens)
 		c->train_tokens = RT_DEF_TRAIN_TOKENS;
 	if (!c->top_k)
@@ -638,15 +674,19 @@ static void seq_free(struct rt_seq *s)
 {
 	if (s->layers) {
 		for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
-			shard_layer_free(&s->layers[l].store);
-			if (s->layers[l].hash)
-				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
-					rt_hash_free(&s->layers[l].hash[h]);
-			free(s->layers[l].hash);
+			/* a fit reads the pages: first it ends */
 			if (s->layers[l].fit) {
 				pthread_join(s->layers[l].fit->th, NULL);
 				fit_free(s->layers[l].fit);
 			}
+			shard_layer_free(&s->layers[l].store);
+			for (uint32_t p = 0; p < s->layers[l].n_own; p++)
+				free(s->layers[l].codes_own[p]);
+			free(s->layers[l].codes_own);
+			if (s->layers[l].hash)
+				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
+					rt_hash_free(&s->layers[l].hash[h]);
+			free(s->layers[l].hash);
 			if (s->layers[l].lm)
 				for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++)
 					rt_lhead_free(&s->layers[l].lm[h]);
@@ -725,6 +765,7 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	s->geom.n_shards = e->n_shards;
 	s->geom.node = e->node;
 	s->trace_cap = s->cfg.sink_tokens + s->cfg.recent_window + s->cfg.top_k;
+	s->swap_work = RT_FIT_WORK;
 	s->P = rt_hash_projection(s->cfg.hash_bits, s->cfg.head_dim,
 				  RT_HASH_SEED(s->cfg.head_dim));
 	s->trace_n = calloc(s->cfg.n_q_heads, sizeof(uint32_t));
@@ -736,6 +777,12 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 		seq_free(s);
 		return fail(err, DKV_E_NOSPACE, "memory limit reached opening the sequence");
 	}
+	rc = s->cfg.hash_model ? seq_model_open(s, s->cfg.hash_model, err) : DKV_OK;
+	s->cfg.hash_model = NULL; /* read: the caller's string is not kept */
+	if (rc) {
+		rt_seq_close(s);
+		return rc;
+	}
 	s->st.struct_size = sizeof(s->st);
 	s->st.n_layers = s->cfg.n_layers;
 	*out = s;
@@ -746,7 +793,8 @@ void rt_seq_close(struct rt_seq *s)
 {
 	if (!s)
 		return;
-	mem_give(s->eng, seq_fixed_bytes(s) + s->pages_bytes + s->sc.grow_bytes);
+	mem_give(s->eng, seq_fixed_bytes(s) + s->pages_bytes + s->sc.grow_bytes +
+		 s->model_bytes + s->codes_bytes + s->fit_bytes);
 	seq_free(s);
 }
 
@@ -1000,15 +1048,28 @@ static void capture_queries(struct rt_seq *s, struct rt_layer *L, const float *q
 	}
 }
 
-/* Swap head h's model for m (taken over) and re-encode its stored keys. */
-static void swap_model(struct rt_seq *s, struct rt_layer *L, uint32_t h, struct rt_lhead *m)
+/* Swap head h's model for m (taken over); its keys are re-encoded by the caller. */
+static void take_model(struct rt_layer *L, uint32_t h, struct rt_lhead *m)
 {
 	struct rt_lhead old = L->lm[h];
 
 	L->lm[h] = *m;
 	L->hash[h].lm = &L->lm[h];
+	memset(m, 0, sizeof(*m));
 	rt_lhead_free(&old);
+}
+
+/* Swap head h's model for m (taken over) and re-encode its stored keys. */
+static void swap_model(struct rt_seq *s, struct rt_layer *L, uint32_t h, struct rt_lhead *m)
+{
+	take_model(L, h, m);
 	encode_range(s, L, h, 0, L->store.len);
+}
+
+/* Bytes of one page's codes, all heads (store.c lays them out so). */
+static size_t code_slab_bytes(const struct rt_seq *s)
+{
+	return ((size_t)s->cfg.n_kv_heads * SHARD_PAGE * s->geom.words * 8 + 63) & ~(size_t)63;
 }
 
 static void fit_free(struct rt_fit *f)
@@ -1018,6 +1079,11 @@ static void fit_free(struct rt_fit *f)
 	if (f->out)
 		for (uint32_t h = 0; h < f->n_heads; h++)
 			rt_lhead_free(&f->out[h]);
+	if (f->codes)
+		for (uint32_t p = 0; p < f->view.n_pages; p++)
+			free(f->codes[p]);
+	free(f->codes);
+	free(f->view.pages);
 	free(f->keys);
 	free(f->qs);
 	free(f->mu);
@@ -1026,32 +1092,87 @@ static void fit_free(struct rt_fit *f)
 	free(f);
 }
 
-static struct rt_fit *fit_new(struct rt_seq *s, struct rt_layer *L)
+/* Give a fit's remaining charge back and free it. */
+static void fit_release(struct rt_seq *s, struct rt_fit *f)
+{
+	if (!f)
+		return;
+	mem_give(s->eng, f->bytes);
+	s->fit_bytes -= f->bytes;
+	fit_free(f);
+}
+
+/* Keys (nk) and queries (nq) a fit of L copies. */
+static void fit_sizes(const struct rt_seq *s, const struct rt_layer *L, uint32_t *nk,
+		      uint32_t *nq)
+{
+	struct rt_learn_opts o;
+	uint64_t len = L->store.len, t0 = len > s->cfg.sink_tokens ? s->cfg.sink_tokens : 0;
+
+	rt_learn_defaults(&o);
+	*nk = len - t0 < o.max_keys ? (uint32_t)(len - t0) : o.max_keys;
+	*nq = L->q_kept;
+}
+
+/* Every byte a fit of L holds at once; background: with its code slabs. */
+static uint64_t fit_bytes_of(const struct rt_seq *s, const struct rt_layer *L, int background)
+{
+	const dkv_seq_config *c = &s->cfg;
+	uint64_t H = c->n_kv_heads, D = c->head_dim, pages = L->store.n_pages, b;
+	struct rt_learn_opts o;
+	uint32_t nk, nq;
+
+	rt_learn_defaults(&o);
+	fit_sizes(s, L, &nk, &nq);
+	b = sizeof(struct rt_fit) + H * ((uint64_t)nk + nq + 1) * D * 4 +
+	    H * (sizeof(struct rt_lhead) + sizeof(int) +
+		 rt_lhead_floats(c->hash_bits, c->head_dim, RT_MODEL_HIDDEN) * 4) +
+	    rt_learn_bytes(c->hash_bits, c->head_dim, RT_MODEL_HIDDEN, nk, nq, &o);
+	if (background)
+		b += pages * (code_slab_bytes(s) + 2 * sizeof(void *)) +
+		     KRN_BLOCK * (2 * D * 4 + s->geom.words * 8 + 4);
+	return b;
+}
+
+static int fit_view(struct rt_seq *s, struct rt_layer *L, struct rt_fit *f);
+
+/*
+ * A fit of L with copies of its inputs, charged to the memory limit:
+ * DKV_E_NOSPACE (nothing taken) when it does not fit, DKV_E_NOMEM.
+ */
+static int fit_new(struct rt_seq *s, struct rt_layer *L, int background, struct rt_fit **out)
 {
 	const dkv_seq_config *c = &s->cfg;
 	struct shard_layer *st = &L->store;
-	struct rt_learn_opts o;
 	uint64_t t0 = st->len > c->sink_tokens ? c->sink_tokens : 0, n = st->len - t0;
 	uint32_t H = c->n_kv_heads, D = c->head_dim;
-	struct rt_fit *f = calloc(1, sizeof(*f));
+	uint64_t bytes = fit_bytes_of(s, L, background);
+	struct rt_fit *f;
 
-	rt_learn_defaults(&o);
-	if (!f)
-		return NULL;
+	if (mem_take(s->eng, bytes))
+		return DKV_E_NOSPACE;
+	s->fit_bytes += bytes;
+	f = calloc(1, sizeof(*f));
+	if (!f) {
+		mem_give(s->eng, bytes);
+		s->fit_bytes -= bytes;
+		return DKV_E_NOMEM;
+	}
+	f->bytes = bytes;
 	f->n_heads = H;
 	f->dim = D;
 	f->bits = c->hash_bits;
 	f->P = s->P;
-	f->nk = n < o.max_keys ? (uint32_t)n : o.max_keys;
-	f->nq = L->q_kept;
+	fit_sizes(s, L, &f->nk, &f->nq);
 	f->keys = malloc((size_t)H * f->nk * D * sizeof(float));
 	f->qs = malloc((size_t)H * f->nq * D * sizeof(float));
 	f->mu = malloc((size_t)H * D * sizeof(float));
 	f->out = calloc(H, sizeof(*f->out));
 	f->rc = calloc(H, sizeof(*f->rc));
-	if (!f->keys || !f->qs || !f->mu || !f->out || !f->rc) {
-		fit_free(f);
-		return NULL;
+	if (!f->keys || !f->qs || !f->mu || !f->out || !f->rc ||
+	    (background && fit_view(s, L, f))) {
+		fit_release(s, f);
+		return DKV_E_NOMEM;
 	}
 	for (uint32_t h = 0; h < H; h++) {
 		for (uint32_t i = 0; i < f->nk; i++)
@@ -1061,10 +1182,90 @@ static struct rt_fit *fit_new(struct rt_seq *s, struct rt_layer *L)
 		       (size_t)f->nq * D * sizeof(float));
 		memcpy(f->mu + (size_t)h * D, L->hash[h].mu, D * sizeof(float));
 	}
-	return f;
+	*out = f;
+	return DKV_OK;
 }
 
-/* Fit every head of f (any thread: f's own copies only). */
+/*
+ * A background fit's view of L's pages as they are now (the table may
+ * move while it runs, the pages do not) and its empty code slabs.
+ */
+static int fit_view(struct rt_seq *s, struct rt_layer *L, struct rt_fit *f)
+{
+	struct shard_layer *v = &f->view;
+	uint32_t np = (uint32_t)((L->store.len + SHARD_PAGE - 1) / SHARD_PAGE);
+
+	v->g = &s->geom;
+	v->len = L->store.len;
+	f->slab = code_slab_bytes(s);
+	v->pages = malloc((np ? np : 1) * sizeof(*v->pages));
+	f->codes = calloc(np ? np : 1, sizeof(*f->codes));
+	if (!v->pages || !f->codes)
+		return -1;
+	memcpy(v->pages, L->store.pages, np * sizeof(*v->pages));
+	v->n_pages = v->cap_pages = np;
+	for (uint32_t p = 0; p < np; p++) {
+		f->codes[p] = aligned_alloc(64, f->slab);
+		if (!f->codes[p])
+			return -1;
+		memset(f->codes[p], 0, f->slab);
+	}
+	return 0;
+}
+
+/* Head h's codes of [t0, t1) (one page) into slab, with its new model. */
+static void fit_encode_head(struct rt_fit *f, uint32_t h, uint64_t t0, uint64_t t1,
+			    uint8_t *slab, float *buf, uint64_t *codes, float *norms)
+{
+	const struct shard_layer *v = &f->view;
+	uint32_t D = f->dim, words = f->bits / 64;
+	struct rt_hash hm = { .bits = f->bits, .dim = D, .P = f->P,
+			      .mu = f->mu + (size_t)h * D, .lm = &f->out[h] };
+	uint8_t *dst = slab + (size_t)h * SHARD_PAGE * words * 8;
+
+	for (uint64_t t = t0; t < t1;) {
+		uint32_t n = t1 - t < KRN_BLOCK ? (uint32_t)(t1 - t) : KRN_BLOCK;
+		if (f->rc[h]) { /* the head keeps its model: its codes as they are */
+			for (uint32_t i = 0; i < n; i++) {
+				shard_code_get(v, h, t + i, codes);
+				krn_code_write((uint8_t *)krn_code_at(dst, words, (t + i) % SHARD_PAGE),
+					       words, codes);
+			}
+			t += n;
+			continue;
+		}
+		shard_rows_f32(v->g, shard_key(v, h, t), n, buf);
+		rt_hash_keys(&hm, buf, n, codes, norms, buf + (size_t)KRN_BLOCK * D);
+		for (uint32_t i = 0; i < n; i++)
+			krn_code_write((uint8_t *)krn_code_at(dst, words, (t + i) % SHARD_PAGE),
+				       words, codes + (size_t)i * words);
+		t += n;
+	}
+}
+
+/* Encode the keys of the view into the slabs (the fit's own thread). */
+static void fit_encode(struct rt_fit *f)
+{
+	uint32_t D = f->dim, words = f->bits / 64;
+	float *buf = malloc((size_t)2 * KRN_BLOCK * D * sizeof(float));
+	uint64_t *codes = malloc((size_t)KRN_BLOCK * words * 8);
+	float *norms = malloc(KRN_BLOCK * sizeof(float));
+
+	if (buf && codes && norms) {
+		for (uint32_t p = 0; p < f->view.n_pages; p++) {
+			uint64_t t0 = (uint64_t)p * SHARD_PAGE, t1 = t0 + SHARD_PAGE;
+			t1 = t1 < f->view.len ? t1 : f->view.len;
+			for (uint32_t h = 0; h < f->n_heads; h++)
+				fit_encode_head(f, h, t0, t1, f->codes[p], buf, codes, norms);
+		}
+		f->encoded = 1;
+	}
+	free(buf);
+	free(codes);
+	free(norms);
+}
+
+/* Fit every head of f (any thread: f's own copies only), then encode. */
 static void *fit_run(void *arg)
 {
 	struct rt_fit *f = arg;
@@ -1082,23 +1283,80 @@ static void *fit_run(void *arg)
 					 f->mu + (size_t)h * D, f->qs + (size_t)h * f->nq * D,
 					 f->nq, D, f->P, &o, &f->out[h], NULL);
 	}
+	if (f->codes)
+		fit_encode(f);
+	__atomic_store_n(&f->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 
-/* Swap the fitted models in (re-encoding the stored keys); frees f. */
+/* Keep slab as page p's codes (the layer owns it from now on). */
+static int own_slab(struct rt_seq *s, struct rt_layer *L, uint32_t p, uint8_t *slab)
+{
+	if (p >= L->n_own) {
+		uint8_t **t = realloc(L->codes_own, (size_t)L->store.n_pages * sizeof(*t));
+		if (!t)
+			return -1;
+		memset(t + L->n_own, 0, (L->store.n_pages - L->n_own) * sizeof(*t));
+		L->codes_own = t;
+		L->n_own = L->store.n_pages;
+	}
+	if (L->codes_own[p]) {
+		free(L->codes_own[p]);
+		mem_give(s->eng, code_slab_bytes(s));
+		s->codes_bytes -= code_slab_bytes(s);
+	}
+	L->codes_own[p] = slab;
+	L->store.pages[p]->codes = slab;
+	return 0;
+}
+
+/*
+ * The background swap: the slabs become the pages' codes (their charge
+ * moves from the fit to the layer), the keys appended since the fit
+ * started are encoded with the new models.  Without every slab, the
+ * stored keys are re-encoded here instead.
+ */
+static void fit_swap_slabs(struct rt_seq *s, struct rt_layer *L, struct rt_fit *f)
+{
+	uint64_t slab = code_slab_bytes(s), len0 = f->view.len;
+
+	for (uint32_t p = 0; f->encoded && p < f->view.n_pages; p++) {
+		if (own_slab(s, L, p, f->codes[p])) {
+			f->encoded = 0;
+			len0 = 0; /* the pages before p have new codes: encode all */
+			break;
+		}
+		f->codes[p] = NULL;
+		f->bytes -= slab;
+		s->fit_bytes -= slab;
+		s->codes_bytes += slab;
+	}
+	if (!f->encoded)
+		len0 = 0;
+	/* every head: a slab holds no codes of a kept model past len0 either */
+	for (uint32_t h = 0; h < f->n_heads; h++)
+		encode_range(s, L, h, len0, L->store.len);
+}
+
+/* Swap the fitted models in (the stored keys with them); frees f. */
 static int fit_apply(struct rt_seq *s, struct rt_layer *L, struct rt_fit *f)
 {
 	int rc = DKV_OK;
 
 	for (uint32_t h = 0; h < f->n_heads; h++) {
-		if (f->rc[h] == 0) {
-			swap_model(s, L, h, &f->out[h]);
-			memset(&f->out[h], 0, sizeof(f->out[h]));
-		} else if (f->rc[h] < 0) {
+		if (f->rc[h] == 0)
+			take_model(L, h, &f->out[h]);
+		else if (f->rc[h] < 0)
 			rc = DKV_E_NOMEM;
-		}
 	}
-	fit_free(f);
+	if (f->codes) {
+		fit_swap_slabs(s, L, f);
+	} else {
+		for (uint32_t h = 0; h < f->n_heads; h++)
+			if (f->rc[h] == 0)
+				encode_range(s, L, h, 0, L->store.len);
+	}
+	fit_release(s, f);
 	return rc;
 }
 
@@ -1131,36 +1389,65 @@ static int train_layer(struct rt_seq *s, struct rt_layer *L)
 	struct rt_fit *f;
 	int rc = train_finish(s, L);
 
+	if (rc == DKV_OK)
+		rc = fit_new(s, L, 0, &f);
 	if (rc)
 		return rc;
-	f = fit_new(s, L);
-	if (!f)
-		return DKV_E_NOMEM;
 	fit_run(f);
 	rc = fit_apply(s, L, f);
-	if (rc == DKV_OK)
+	if (rc == DKV_OK) {
 		L->trained = 1;
+		L->fit_deferred = 0;
+	}
 	return rc;
 }
 
 /*
  * train_tokens reached: fit L on a thread of its own; the models swap in
- * RT_SWAP_STEPS steps of the layer later (train_finish waits if needed).
- * Without memory or a thread, L stays as it is and tries again next step.
+ * when fit_due says (train_finish waits if the fit is late).  Without
+ * memory under the limit, or a thread, L stays as it is (SimHash) and
+ * tries again at its next step; fit_deferred says so in the stats.
  */
 static void train_start(struct rt_seq *s, struct rt_layer *L)
 {
-	struct rt_fit *f = fit_new(s, L);
+	struct rt_fit *f;
 
-	if (!f)
+	L->fit_deferred = 1;
+	if (fit_new(s, L, 1, &f))
 		return;
 	f->swap_step = L->steps + RT_SWAP_STEPS;
+	f->need = RT_SWAP_MARGIN * (s->swap_work + RT_ENCODE_WORK * (double)f->view.len);
 	if (pthread_create(&f->th, NULL, fit_run, f)) {
-		fit_free(f);
+		fit_release(s, f);
 		return;
 	}
 	L->fit = f;
 	L->trained = 1;
+	L->fit_deferred = 0;
+}
+
+/*
+ * Whether L's background fit swaps in at this step: RT_SWAP_STEPS steps
+ * after it started, and once the layer's queries since have scanned
+ * enough keys (f->need) for a fit at the steps' pace to be done.  Both
+ * depend on the inputs alone, so the outputs do not depend on timing.
+ */
+static int fit_due(struct rt_seq *s, struct rt_layer *L)
+{
+	struct rt_fit *f = L->fit;
+
+	if (!f || L->steps < f->swap_step || f->work < f->need)
+		return 0;
+	if (!__atomic_load_n(&f->done, __ATOMIC_ACQUIRE))
+		s->fits_late++;
+	return 1;
+}
+
+/* The work of a step's queries for fit_due: keys scanned. */
+static void fit_count(struct rt_layer *L, uint32_t n_q)
+{
+	if (L->fit)
+		L->fit->work += (double)n_q * (double)L->store.len;
 }
 
 /* ---- attention ---- */
@@ -1852,9 +2139,10 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 			return fail(err, DKV_E_NOMEM, "out of memory for the trace");
 	}
 	/* a background fit swaps in at its step, before this step's keys */
-	if (L->fit && L->steps >= L->fit->swap_step)
+	if (fit_due(s, L))
 		train_finish(s, L);
 	append(s, L, k, v, n_new);
+	fit_count(L, n_q);
 	t1 = now_ns();
 	size_t qstride = (size_t)c->n_q_heads * c->head_dim;
 	size_t bstride = qstride * s->geom.elt_size;
@@ -1903,10 +2191,93 @@ int rt_seq_train_now(struct rt_seq *s, char *err)
 			return fail(err, DKV_E_NOMEM, "out of memory training layer %u", l);
 		if (!can_train(s, &s->layers[l]))
 			continue;
-		if (train_layer(s, &s->layers[l]))
+		int rc = train_layer(s, &s->layers[l]);
+		if (rc == DKV_E_NOSPACE)
+			return fail(err, rc, "memory limit: fitting layer %u needs %llu bytes more; "
+				    "it keeps its models", l,
+				    (unsigned long long)fit_bytes_of(s, &s->layers[l], 0));
+		if (rc)
 			return fail(err, DKV_E_NOMEM, "out of memory training layer %u", l);
 	}
 	return DKV_OK;
+}
+
+/* Take over every trained head of m (its layer layer0 + l for our layer l). */
+static void model_apply(struct rt_seq *s, struct rt_model *m, uint32_t layer0)
+{
+	const dkv_seq_config *c = &s->cfg;
+
+	for (uint32_t l = 0; l < c->n_layers; l++) {
+		struct rt_layer *L = &s->layers[l];
+		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+			size_t i = (size_t)(layer0 + l) * c->n_kv_heads + h;
+			if (!m->trained[i])
+				continue;
+			swap_model(s, L, h, &m->heads[i]);
+			memset(&m->heads[i], 0, sizeof(m->heads[i]));
+			L->trained = 1;
+		}
+	}
+}
+
+/* Bytes a model of geometry g takes while it is read (every head). */
+static uint64_t model_read_bytes(const struct rt_model *g)
+{
+	return (uint64_t)g->n_layers * g->n_kv_heads *
+	       (rt_lhead_floats(g->bits, g->dim, g->hidden) * 4 + sizeof(struct rt_lhead) + 1);
+}
+
+/*
+ * Take over m's trained heads; those wider than RT_MODEL_HIDDEN (which
+ * seq_fixed_bytes counts) are charged for good, in model_bytes.
+ */
+static int model_keep(struct rt_seq *s, struct rt_model *m, char *err)
+{
+	uint64_t per = rt_lhead_floats(m->bits, m->dim, m->hidden), bytes = 0;
+	uint64_t base = rt_lhead_floats(m->bits, m->dim, RT_MODEL_HIDDEN);
+
+	per = per > base ? (per - base) * 4 : 0;
+	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++)
+		bytes += m->trained[i] ? per : 0;
+	if (mem_take(s->eng, bytes))
+		return fail(err, DKV_E_NOSPACE, "memory limit: the model's %llu more bytes "
+			    "would exceed it", (unsigned long long)bytes);
+	s->model_bytes = bytes;
+	model_apply(s, m, 0);
+	return DKV_OK;
+}
+
+/*
+ * hash_model at open: a file for exactly this geometry, refused before
+ * anything is allocated otherwise; reading it is charged to the memory
+ * limit first.
+ */
+static int seq_model_open(struct rt_seq *s, const char *path, char *err)
+{
+	const dkv_seq_config *c = &s->cfg;
+	struct rt_model want = { .bits = c->hash_bits, .dim = c->head_dim,
+				 .n_layers = c->n_layers, .n_kv_heads = c->n_kv_heads };
+	struct rt_model g, m;
+	uint64_t reading;
+	int rc = rt_model_header(path, &g, err, RT_ERRLEN);
+
+	if (rc == DKV_OK)
+		rc = rt_model_check(&g, want.bits, want.dim, want.n_layers, want.n_kv_heads,
+				    err, RT_ERRLEN);
+	if (rc)
+		return rc;
+	reading = model_read_bytes(&g);
+	if (mem_take(s->eng, reading))
+		return fail(err, DKV_E_NOSPACE, "memory limit: reading the model takes %llu "
+			    "bytes", (unsigned long long)reading);
+	want.hidden = g.hidden;
+	rc = rt_model_read_for(path, &want, &m, err, RT_ERRLEN);
+	if (rc == DKV_OK) {
+		rc = model_keep(s, &m, err);
+		rt_model_free(&m);
+	}
+	mem_give(s->eng, reading);
+	return rc;
 }
 
 int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char *err)
@@ -1927,17 +2298,8 @@ int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char 
 		rc = rt_model_check(&m, c->hash_bits, c->head_dim,
 				    m.n_layers > need ? m.n_layers : need, c->n_kv_heads,
 				    err, RT_ERRLEN);
-	for (uint32_t l = 0; l < c->n_layers && rc == DKV_OK; l++) {
-		struct rt_layer *L = &s->layers[l];
-		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
-			size_t i = (size_t)(layer0 + l) * c->n_kv_heads + h;
-			if (!m.trained[i])
-				continue;
-			swap_model(s, L, h, &m.heads[i]);
-			memset(&m.heads[i], 0, sizeof(m.heads[i]));
-			L->trained = 1;
-		}
-	}
+	if (rc == DKV_OK)
+		model_apply(s, &m, layer0);
 	if (m.heads)
 		rt_model_free(&m);
 	return rc;
@@ -1981,13 +2343,23 @@ void rt_seq_get_stats(const struct rt_seq *s, dkv_stats *st)
 	*st = s->st;
 	shard_page_bytes(&s->geom, &pb);
 	st->bytes_full = st->bytes_codes = st->bytes_summaries = 0;
+	st->fits_deferred = 0;
 	for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
 		const struct shard_layer *L = &s->layers[l].store;
 		st->layer_tokens[l] = L->len;
 		st->bytes_full += (uint64_t)L->n_pages * pb.full;
 		st->bytes_codes += (uint64_t)L->n_pages * pb.codes;
 		st->bytes_summaries += (uint64_t)L->n_pages * pb.summaries;
+		st->fits_deferred += (uint32_t)s->layers[l].fit_deferred;
 	}
+	st->bytes_codes += s->codes_bytes;
+	st->bytes_training = s->fit_bytes;
+	st->fits_late = s->fits_late;
+}
+
+void rt_seq_fit_work(struct rt_seq *s, double units)
+{
+	s->swap_work = units;
 }
 
 void rt_seq_trace_on(struct rt_seq *s, int on)

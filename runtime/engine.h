@@ -66,6 +66,12 @@ int rt_seq_model_save(const struct rt_seq *s, const char *path, char *err);
 void rt_seq_get_stats(const struct rt_seq *s, dkv_stats *st);
 const dkv_seq_config *rt_seq_config(const struct rt_seq *s);
 
+/*
+ * The work of fitting one kv head's models, in keys scanned by queries,
+ * that a background fit is given before it swaps in (tests set it low).
+ */
+void rt_seq_fit_work(struct rt_seq *s, double units);
+
 /* Tracing of the exact path (see trace.h). */
 void rt_seq_trace_on(struct rt_seq *s, int on);
 int rt_seq_trace_get(const struct rt_seq *s, uint32_t qhead, const uint32_t **idx);

@@ -81,6 +81,18 @@ static void ctx_free(struct lctx *c)
 		free(p[i]);
 }
 
+/* Bytes ctx_alloc takes for c's sizes. */
+static size_t ctx_bytes(const struct lctx *c)
+{
+	size_t S = c->S, Q = c->Q, d = c->dim, b = c->bits, B = c->B, K = c->kb_max;
+	size_t f = sizeof(float), u = sizeof(uint32_t);
+
+	return S * (d + 3) * f + S * 2 * u + Q * (d + 1) * f + Q * c->T * u +
+	       (B + K) * u + (K + B) * d * f + (b > c->hidden ? b : c->hidden) * K * f +
+	       2 * B * K * f + 4 * K * b * f + 4 * B * b * f + 2 * B * c->hidden * f +
+	       3 * c->np * f;
+}
+
 static int ctx_alloc(struct lctx *c)
 {
 	size_t S = c->S, Q = c->Q, d = c->dim, b = c->bits, B = c->B, K = c->kb_max;
@@ -532,13 +544,13 @@ out:
 	return rc;
 }
 
-static int setup(struct lctx *c, const struct rt_lhead *m, uint32_t nk, uint32_t nq,
-		 const struct rt_learn_opts *o)
+static void sizes(struct lctx *c, uint32_t bits, uint32_t dim, uint32_t hidden,
+		  uint32_t nk, uint32_t nq, const struct rt_learn_opts *o)
 {
 	memset(c, 0, sizeof(*c));
-	c->dim = m->dim;
-	c->bits = m->bits;
-	c->hidden = m->hidden;
+	c->dim = dim;
+	c->bits = bits;
+	c->hidden = hidden;
 	c->S = nk < o->max_keys ? nk : o->max_keys;
 	c->Q = nq < o->max_queries ? nq : o->max_queries;
 	c->T = (uint32_t)(o->top_frac * c->S);
@@ -553,7 +565,22 @@ static int setup(struct lctx *c, const struct rt_lhead *m, uint32_t nk, uint32_t
 		c->R = 1024 - c->B * POS_PER_QUERY;
 		c->kb_max = 1024;
 	}
+}
+
+static int setup(struct lctx *c, const struct rt_lhead *m, uint32_t nk, uint32_t nq,
+		 const struct rt_learn_opts *o)
+{
+	sizes(c, m->bits, m->dim, m->hidden, nk, nq, o);
 	return ctx_alloc(c);
+}
+
+size_t rt_learn_bytes(uint32_t bits, uint32_t dim, uint32_t hidden, uint32_t nk,
+		      uint32_t nq, const struct rt_learn_opts *o)
+{
+	struct lctx c;
+
+	sizes(&c, bits, dim, hidden, nk, nq, o);
+	return ctx_bytes(&c);
 }
 
 int rt_learn_head(const float *keys, uint32_t nk, size_t ld_k, const float *mu,

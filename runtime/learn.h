@@ -19,6 +19,7 @@
 #ifndef DKV_RT_LEARN_H
 #define DKV_RT_LEARN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -57,5 +58,9 @@ int rt_learn_head(const float *keys, uint32_t nk, size_t ld_k, const float *mu,
 		  const float *queries, uint32_t nq, size_t ld_q, const float *P,
 		  const struct rt_learn_opts *o, struct rt_lhead *m,
 		  struct rt_learn_stats *st);
+
+/* The most bytes rt_learn_head allocates for these sizes (its scratch). */
+size_t rt_learn_bytes(uint32_t bits, uint32_t dim, uint32_t hidden, uint32_t nk,
+		      uint32_t nq, const struct rt_learn_opts *o);
 
 #endif

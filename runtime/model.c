@@ -1,10 +1,13 @@
 /* model.c - learned hash models and the model file (see model.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "capture.h"
 #include "dashkv.h"
@@ -257,20 +260,101 @@ static int read_heads(FILE *f, const char *path, struct rt_model *m, uint32_t *c
 	return DKV_OK;
 }
 
+/*
+ * Open path for reading without blocking on a FIFO or a device: only a
+ * regular file is a model file.  *size gets its length.
+ */
+static FILE *open_regular(const char *path, uint64_t *size, int *rc, char *err,
+			  size_t errlen)
+{
+	struct stat sb;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	FILE *f;
+
+	if (fd < 0) {
+		*rc = rt_errf(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
+			      "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+		*rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: not a regular file", path);
+		close(fd);
+		return NULL;
+	}
+	*size = (uint64_t)sb.st_size;
+	f = fdopen(fd, "rb");
+	if (!f) {
+		*rc = rt_errf(err, errlen, DKV_E_NOMEM, "%s: %s", path, strerror(errno));
+		close(fd);
+	}
+	return f;
+}
+
+/* The file size a header promises. */
+static uint64_t model_file_size(const struct rt_model *g)
+{
+	uint64_t nf = rt_lhead_floats(g->bits, g->dim, g->hidden);
+
+	return RT_MODEL_HEADER + (uint64_t)g->n_layers * g->n_kv_heads * (4 + 4 * nf) + 4;
+}
+
 int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errlen)
+{
+	return rt_model_read_for(path, NULL, out, err, errlen);
+}
+
+/* Open path and read its header into g, checking the file's size. */
+static FILE *open_model(const char *path, uint8_t *h, struct rt_model *g, int *rc,
+			char *err, size_t errlen)
+{
+	uint64_t size = 0;
+	FILE *f = open_regular(path, &size, rc, err, errlen);
+
+	memset(g, 0, sizeof(*g));
+	if (!f)
+		return NULL;
+	*rc = read_header(f, path, h, g, err, errlen);
+	/* the size first: a header alone allocates nothing it does not back */
+	if (*rc == DKV_OK && size != model_file_size(g))
+		*rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: %llu bytes, its header promises "
+			      "%llu: truncated or corrupt", path, (unsigned long long)size,
+			      (unsigned long long)model_file_size(g));
+	if (*rc != DKV_OK) {
+		fclose(f);
+		return NULL;
+	}
+	return f;
+}
+
+int rt_model_header(const char *path, struct rt_model *geom, char *err, size_t errlen)
+{
+	uint8_t h[RT_MODEL_HEADER];
+	int rc = DKV_OK;
+	FILE *f = open_model(path, h, geom, &rc, err, errlen);
+
+	if (f)
+		fclose(f);
+	return rc;
+}
+
+int rt_model_read_for(const char *path, const struct rt_model *want, struct rt_model *out,
+		      char *err, size_t errlen)
 {
 	struct rt_model g, m;
 	uint8_t h[RT_MODEL_HEADER];
 	uint32_t crc;
-	FILE *f = fopen(path, "rb");
-	int rc;
+	int rc = DKV_OK;
+	FILE *f = open_model(path, h, &g, &rc, err, errlen);
 
 	memset(&m, 0, sizeof(m));
-	memset(&g, 0, sizeof(g));
 	if (!f)
-		return rt_errf(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
-			    "%s: %s", path, strerror(errno));
-	rc = read_header(f, path, h, &g, err, errlen);
+		return rc;
+	if (want)
+		rc = rt_model_check(&g, want->bits, want->dim, want->n_layers, want->n_kv_heads,
+				    err, errlen);
+	if (rc == DKV_OK && want && want->hidden && g.hidden != want->hidden)
+		rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: hidden width %u, %u a moment ago: "
+			     "the file changed", path, g.hidden, want->hidden);
 	if (rc == DKV_OK && rt_model_alloc(&m, g.bits, g.dim, g.hidden, g.n_layers,
 					   g.n_kv_heads))
 		rc = rt_errf(err, errlen, DKV_E_NOMEM, "%s: out of memory for the model", path);

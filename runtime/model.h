@@ -76,6 +76,17 @@ int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t
  * non-finite parameters), with a message.
  */
 int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errlen);
+/*
+ * The same, for a sequence: want's bits, dim, n_layers and n_kv_heads
+ * (and hidden, unless 0) are checked against the header before anything
+ * is allocated (DKV_E_INVAL with both geometries).  Only a regular file is
+ * read (never blocks on a FIFO or a device), and only when its size is the
+ * one its header promises.
+ */
+int rt_model_read_for(const char *path, const struct rt_model *want, struct rt_model *out,
+		      char *err, size_t errlen);
+/* The geometry of a model file (its header, its size checked); nothing allocated. */
+int rt_model_header(const char *path, struct rt_model *geom, char *err, size_t errlen);
 /* DKV_OK when m fits the geometry, else DKV_E_INVAL and what differs. */
 int rt_model_check(const struct rt_model *m, uint32_t bits, uint32_t dim,
 		   uint32_t n_layers, uint32_t n_kv_heads, char *err, size_t errlen);

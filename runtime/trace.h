@@ -32,6 +32,15 @@ int rt_seq_trace_exact(const dkv_seq *s, uint32_t qhead, const uint32_t **idx);
 int rt_seq_load_model(dkv_seq *s, const char *path, uint32_t layer0);
 int rt_seq_save_model(const dkv_seq *s, const char *path);
 
+/*
+ * The work of fitting one kv head's models (besides encoding its keys),
+ * in keys scanned by queries, that a background fit of an embedded
+ * sequence is given before its models swap in (engine.c; the measured
+ * default unless set).  And the bytes the client's engine holds.
+ */
+int rt_seq_set_fit_work(dkv_seq *s, double units);
+uint64_t rt_client_memory_used(const dkv_client *c);
+
 /* The kernel level the engine runs ("scalar", "avx2", "avx512"). */
 const char *rt_kernel_name(void);
 

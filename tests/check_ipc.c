@@ -39,6 +39,26 @@ START_TEST(hdr_checks)
 }
 END_TEST
 
+START_TEST(open_model_checks)
+{
+	static struct ipc_open_model m;
+
+	ck_assert_uint_le(sizeof(m), IPC_MAX_PAYLOAD);
+	ck_assert_uint_eq(ipc_payload_size(IPC_OPEN_MODEL), sizeof(m));
+	strcpy(m.path, "/var/lib/dashkv/llama.model");
+	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_OK);
+	/* relative: an argument the daemon cannot resolve */
+	strcpy(m.path, "llama.model");
+	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_ptr_nonnull(strstr(err, "absolute"));
+	m.path[0] = '\0';
+	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_E_INVAL);
+	/* no NUL anywhere: the peer is broken */
+	memset(m.path, '/', sizeof(m.path));
+	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_E_PROTO);
+}
+END_TEST
+
 START_TEST(hello_accept)
 {
 	struct ipc_hello h = { .features = IPC_FEAT_ALL, .arena_size = 1 << 20 };
@@ -331,6 +351,7 @@ int main(void)
 
 	tcase_add_test(t, hdr_checks);
 	tcase_add_test(t, hello_accept);
+	tcase_add_test(t, open_model_checks);
 	tcase_add_test(t, ring_layout);
 	tcase_add_test(t, sqe_checks);
 	tcase_add_test(t, reply_checks);

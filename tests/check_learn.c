@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "capture.h"
@@ -302,6 +303,21 @@ END_TEST
 #define E_CHUNK 500u
 #define E_PQ 8u
 
+static void seq_config(dkv_seq_config *cfg, uint32_t train_tokens)
+{
+	dkv_seq_config_init(cfg);
+	cfg->n_layers = 1;
+	cfg->n_q_heads = 4;
+	cfg->n_kv_heads = 2;
+	cfg->head_dim = DIM;
+	cfg->hash_bits = BITS;
+	cfg->hash = DKV_HASH_LEARNED;
+	cfg->train_tokens = train_tokens;
+	cfg->max_tokens = 4096;
+	cfg->top_k = 64;
+	cfg->candidates = 512;
+}
+
 static void seq_open(dkv_client *c, dkv_seq **s, uint32_t train_tokens)
 {
 	dkv_seq_config cfg;
@@ -399,6 +415,114 @@ START_TEST(reencode_equals_fresh)
 }
 END_TEST
 
+/* dkv_seq_open with hash_model = path: the status, *s written only on success. */
+static int open_with_model(dkv_client *c, dkv_seq **s, const char *path)
+{
+	dkv_seq_config cfg;
+
+	seq_config(&cfg, UINT32_MAX);
+	cfg.hash_model = path;
+	return dkv_seq_open(c, &cfg, s);
+}
+
+/* dkv_seq_open refuses path with rc and a message holding `what`. */
+static void open_refused(dkv_client *c, const char *path, int rc, const char *what)
+{
+	dkv_seq *s = (dkv_seq *)&s;
+
+	ck_assert_int_eq(open_with_model(c, &s, path), rc);
+	ck_assert_ptr_eq(s, (dkv_seq *)&s);
+	ck_assert_msg(strstr(dkv_errmsg(c), what), "\"%s\" not in \"%s\"", what,
+		      dkv_errmsg(c));
+}
+
+START_TEST(hash_model_at_open)
+{
+	struct kvgen *g = gen();
+	dkv_client *c;
+	dkv_seq *a, *b, *x, *y;
+	dkv_seq_config cfg;
+	float oa[4 * DIM], ob[4 * DIM], ox[4 * DIM];
+	uint32_t ta[1024], tb[1024], tx[1024];
+	int na, nb, nx;
+	struct rt_model m;
+	char err[256];
+	const char *path = tmp_path("open"), *bad = tmp_path("openbad");
+
+	/* a: trained in-process, saved */
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	seq_open(c, &a, UINT32_MAX);
+	seq_fill(a, g, 0, E_N);
+	ck_assert_int_eq(dkv_seq_train(a), DKV_OK);
+	ck_assert_int_eq(rt_seq_save_model(a, path), DKV_OK);
+	seq_decode(a, g, oa, ta, &na);
+	/* b: the file given at open, every key encoded by it: a's outputs */
+	ck_assert_int_eq(open_with_model(c, &b, path), DKV_OK);
+	ck_assert_int_eq(rt_seq_set_trace(b, 1), DKV_OK);
+	seq_fill(b, g, 0, E_N);
+	seq_decode(b, g, ob, tb, &nb);
+	ck_assert_int_eq(na, nb);
+	ck_assert_mem_eq(ta, tb, na * sizeof(uint32_t));
+	ck_assert_mem_eq(oa, ob, sizeof(oa));
+	/* x: the same without the file: SimHash takes another exact set */
+	seq_open(c, &x, UINT32_MAX);
+	seq_fill(x, g, 0, E_N);
+	seq_decode(x, g, ox, tx, &nx);
+	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)));
+	/* corrupt, truncated, missing, not a file: refused, nothing opened */
+	damaged_copy(path, bad, RT_MODEL_HEADER + 4 + 333, 0x08);
+	open_refused(c, bad, DKV_E_INVAL, "crc mismatch");
+	damaged_copy(path, bad, -5, 0);
+	open_refused(c, bad, DKV_E_INVAL, "truncated");
+	open_refused(c, "/nonexistent/dkv.model", DKV_E_NOTFOUND, "No such file");
+	open_refused(c, "/", DKV_E_INVAL, "not a regular file");
+	unlink(bad);
+	ck_assert_int_eq(mkfifo(bad, 0600), 0);
+	open_refused(c, bad, DKV_E_INVAL, "not a regular file"); /* no hang on a FIFO */
+	unlink(bad);
+	/* mismatched geometry: bits, layers, kv heads, head_dim */
+	ck_assert_int_eq(rt_model_alloc(&m, 64, DIM, RT_MODEL_HIDDEN, 1, 2), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "model is for 64 bits");
+	ck_assert_int_eq(rt_model_alloc(&m, BITS, DIM, RT_MODEL_HIDDEN, 2, 2), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "2 layers");
+	ck_assert_int_eq(rt_model_alloc(&m, BITS, DIM, RT_MODEL_HIDDEN, 1, 1), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "1 kv heads");
+	ck_assert_int_eq(rt_model_alloc(&m, BITS, 32, RT_MODEL_HIDDEN, 1, 2), 0);
+	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	rt_model_free(&m);
+	open_refused(c, bad, DKV_E_INVAL, "head_dim 32");
+	/* a model file needs the learned family; an empty path is refused */
+	seq_config(&cfg, UINT32_MAX);
+	cfg.hash = DKV_HASH_SIMHASH;
+	cfg.hash_model = path;
+	ck_assert_int_eq(dkv_seq_open(c, &cfg, &y), DKV_E_INVAL);
+	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "DKV_HASH_LEARNED"));
+	open_refused(c, "", DKV_E_INVAL, "empty");
+	/* room for the sequence, not for reading its model: refused, all given back */
+	uint64_t base = rt_client_memory_used(c);
+	seq_open(c, &y, UINT32_MAX);
+	uint64_t one = rt_client_memory_used(c) - base;
+	dkv_seq_close(y);
+	ck_assert_int_eq(dkv_set_memory_limit(c, base + one + 4096), DKV_OK);
+	open_refused(c, path, DKV_E_NOSPACE, "reading the model");
+	ck_assert_uint_eq(rt_client_memory_used(c), base);
+	ck_assert_int_eq(dkv_set_memory_limit(c, 0), DKV_OK);
+	dkv_seq_close(a);
+	dkv_seq_close(b);
+	dkv_seq_close(x);
+	dkv_disconnect(c);
+	unlink(path);
+	unlink(bad);
+	kvgen_free(g);
+}
+END_TEST
+
 /* The number of heads of the model in use that are trained (saved to path). */
 static int trained_heads(dkv_seq *s, const char *path)
 {
@@ -423,30 +547,48 @@ START_TEST(auto_training_and_bad_model)
 	char err[256];
 	const char *path = tmp_path("auto"), *other = tmp_path("other");
 	float q[4 * DIM], o1[4 * DIM], o2[4 * DIM];
+	dkv_stats st = { .struct_size = sizeof(st) };
 	int swapped_at = -1;
 
 	/*
-	 * train_tokens reached in the 4th chunk: the fit runs on a thread and
-	 * swaps in a fixed number of the layer's steps later, so two equal
-	 * sequences give equal outputs at every step, and no step sees a
-	 * model before it is whole.
+	 * train_tokens reached in the 4th chunk: the fit runs on a thread,
+	 * encodes the 2000 keys stored then with its models, and swaps in
+	 * once RT_SWAP_STEPS (8) steps have passed and the layer's queries
+	 * have scanned 1.5 (fit work + 270 * 2000) keys.  Fit work 0: 810000,
+	 * of which the 5th and 6th chunks give 8 * 2500 + 8 * 3000 and each
+	 * decode step 3000: the swap is at the start of decode step 256.  So
+	 * two equal sequences give equal outputs at every step, and no step
+	 * sees a model before it is whole.
 	 */
 	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
 	ck_assert_int_eq(dkv_connect("embedded", &c2), DKV_OK);
 	seq_open(c, &s, 2000);
 	seq_open(c2, &s2, 2000);
+	ck_assert_int_eq(rt_seq_set_fit_work(s, 0), DKV_OK);
+	ck_assert_int_eq(rt_seq_set_fit_work(s2, 0), DKV_OK);
 	seq_fill(s, g, 0, E_N);
 	seq_fill(s2, g, 0, E_N);
 	ck_assert_int_eq(trained_heads(s, path), 0);
-	for (int i = 0; i < 12; i++) {
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_gt(st.bytes_training, 0); /* held, and charged */
+	ck_assert_uint_ge(rt_client_memory_used(c), st.bytes_training);
+	for (int i = 0; i < 258; i++) {
 		kvgen_queries(g, E_N - 1, 50 + i, q);
 		ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
 		ck_assert_int_eq(dkv_step(s2, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
 		ck_assert_mem_eq(o1, o2, sizeof(o1));
-		if (swapped_at < 0 && trained_heads(s, path) == 2)
+		if (swapped_at < 0 && (i == 8 || i >= 255) && trained_heads(s, path) == 2)
 			swapped_at = i;
 	}
-	ck_assert_int_eq(swapped_at, 5);
+	ck_assert_int_eq(swapped_at, 256);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.bytes_training, 0);
+	/* the codes swapped in equal those of the same models given at open */
+	ck_assert_int_eq(open_with_model(c2, &t, path), DKV_OK);
+	seq_fill(t, g, 0, E_N);
+	ck_assert_int_eq(dkv_step(t, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
+	ck_assert_mem_eq(o1, o2, sizeof(o1));
+	dkv_seq_close(t);
 	ck_assert_int_eq(trained_heads(s2, path), 2);
 	dkv_seq_close(s2);
 	dkv_disconnect(c2);
@@ -472,6 +614,60 @@ START_TEST(auto_training_and_bad_model)
 	dkv_disconnect(c);
 	unlink(path);
 	unlink(other);
+	kvgen_free(g);
+}
+END_TEST
+
+/*
+ * The fit's memory under a memory limit: the layer reaches train_tokens
+ * with too little room, so its fit is deferred (stats say so, steps go on
+ * with SimHash, the outputs of a SimHash sequence), dkv_seq_train says
+ * DKV_E_NOSPACE, and with the limit lifted the fit starts at the next
+ * step; every byte comes back at close, the fit's included.
+ */
+START_TEST(fit_memory_limit)
+{
+	struct kvgen *g = gen();
+	dkv_client *c;
+	dkv_seq *s, *x;
+	dkv_seq_config cfg;
+	dkv_stats st = { .struct_size = sizeof(st) };
+	float q[4 * DIM], o1[4 * DIM], o2[4 * DIM];
+
+	ck_assert_int_eq(dkv_connect("embedded", &c), DKV_OK);
+	seq_open(c, &s, 2000);
+	seq_config(&cfg, 2000);
+	cfg.hash = DKV_HASH_SIMHASH;
+	ck_assert_int_eq(dkv_seq_open(c, &cfg, &x), DKV_OK);
+	seq_fill(s, g, 0, 1500);
+	seq_fill(x, g, 0, 1500);
+	/* room for the steps (their pages and scratch are taken), not the fit */
+	ck_assert_int_eq(dkv_set_memory_limit(c, rt_client_memory_used(c) + 65536), DKV_OK);
+	seq_fill(s, g, 1500, E_N);
+	seq_fill(x, g, 1500, E_N);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.fits_deferred, 1);
+	ck_assert_uint_eq(st.bytes_training, 0);
+	for (int i = 0; i < 12; i++) {
+		kvgen_queries(g, E_N - 1, 70 + i, q);
+		ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+		ck_assert_int_eq(dkv_step(x, 0, q, 1, NULL, NULL, 0, o2), DKV_OK);
+		ck_assert_mem_eq(o1, o2, sizeof(o1)); /* still SimHash */
+	}
+	ck_assert_int_eq(dkv_seq_train(s), DKV_E_NOSPACE);
+	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "memory limit"));
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+	ck_assert_mem_eq(o1, o2, sizeof(o1));
+	/* room again: the next step starts the fit */
+	ck_assert_int_eq(dkv_set_memory_limit(c, 0), DKV_OK);
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, NULL, NULL, 0, o1), DKV_OK);
+	ck_assert_int_eq(dkv_seq_stats(s, &st), DKV_OK);
+	ck_assert_uint_eq(st.fits_deferred, 0);
+	ck_assert_uint_gt(st.bytes_training, 0);
+	dkv_seq_close(s); /* waits for the fit */
+	dkv_seq_close(x);
+	ck_assert_uint_eq(rt_client_memory_used(c), 0);
+	dkv_disconnect(c);
 	kvgen_free(g);
 }
 END_TEST
@@ -529,7 +725,7 @@ static Suite *suite(void)
 	Suite *s = suite_create("learn");
 	TCase *t = tcase_create("core");
 
-	tcase_set_timeout(t, 120);
+	tcase_set_timeout(t, 300); /* the fits are slow under a sanitizer on a busy machine */
 	tcase_add_test(t, training_lowers_loss);
 	tcase_add_test(t, too_little_data_keeps_simhash);
 	tcase_add_test(t, model_file_round_trip);
@@ -537,6 +733,8 @@ static Suite *suite(void)
 	tcase_add_test(t, capture_round_trip_and_corrupt);
 	tcase_add_test(t, reencode_equals_fresh);
 	tcase_add_test(t, auto_training_and_bad_model);
+	tcase_add_test(t, hash_model_at_open);
+	tcase_add_test(t, fit_memory_limit);
 	tcase_add_test(t, adaptive_k);
 	suite_add_tcase(s, t);
 	return s;

@@ -140,4 +140,38 @@ assert st == DKV_E_NOTFOUND, st
 st = submit(303, seq_id, 1, 1, 0, 0, 0, 0, 32768)
 assert st == 0, st
 s.close()
-print("hostile client: %d forged descriptors refused, session still works" % (len(cases) + 1))
+
+# hash_model on the wire: the client's pointer in dkv_seq_config is never
+# read (a wild one opens a plain sequence), a relative path is refused,
+# a path without its NUL ends the session; the daemon stays up
+OPEN_MODEL, FEAT_MODEL, PATHLEN = 20, 4, 1024
+CFGP = struct.Struct("<IIIIIiQIiIIIIIfifi4xQ12I")  # with hash_model, 136 bytes
+assert CFGP.size == CFG.size
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(HDR.pack(MAGIC, VERSION, HELLO, 16, 1) + struct.pack("<IIQ", 1 | FEAT_MODEL, 0, 1 << 20))
+msg, fds, _, _ = socket.recv_fds(s, 4096, 4)
+assert HDR.unpack_from(msg)[2] == ACCEPT, msg[:16]
+assert struct.unpack_from("<I", msg, 16)[0] & FEAT_MODEL, "no IPC_FEAT_MODEL"
+for fd in fds:
+    os.close(fd)
+
+def request(typ, payload, seq):
+    s.sendall(HDR.pack(MAGIC, VERSION, typ, len(payload), seq) + payload)
+    _, _, rtyp, length, _ = HDR.unpack(recv_exact(HDR.size))
+    body = recv_exact(length)
+    return rtyp, (struct.unpack_from("<i", body)[0] if rtyp == ERROR else None)
+
+def cfgp(hash_, ptr):
+    return CFGP.pack(CFGP.size, L, QH, KVH, HD, 0, 4096, 0, hash_, 0, 0, 0, 0, 0,
+                     0.0, -1, 0.0, -1, ptr, *([0] * 12))
+
+typ, _ = request(OPEN, cfgp(2, 0x4141414141414141), 3)
+assert typ == OPEN_OK, typ
+path = b"x.model".ljust(PATHLEN, b"\0")
+assert request(OPEN_MODEL, cfgp(2, 0) + path, 4) == (ERROR, DKV_E_INVAL)
+assert request(OPEN_MODEL, cfgp(2, 0) + b"/" * PATHLEN, 5) == (ERROR, DKV_E_PROTO)
+assert s.recv(1) == b"", "the session should end"
+s.close()
+print("hostile client: %d forged descriptors refused, session still works; "
+      "hash_model forgeries refused" % (len(cases) + 1))

@@ -22,6 +22,7 @@ uint32_t ipc_payload_size(uint16_t type)
 	case IPC_ACCEPT: return sizeof(struct ipc_accept);
 	case IPC_OPEN: return sizeof(struct ipc_open);
 	case IPC_OPEN_OK: return sizeof(struct ipc_open_ok);
+	case IPC_OPEN_MODEL: return sizeof(struct ipc_open_model);
 	case IPC_CLOSE:
 	case IPC_LENGTH:
 	case IPC_STATS:
@@ -65,6 +66,18 @@ int ipc_check_hello(const struct ipc_hello *m, char *err, size_t errlen)
 	if (m->arena_size < 4096 || m->arena_size > (1ull << 36))
 		return FAIL("hello: arena size %llu out of range",
 			    (unsigned long long)m->arena_size);
+	return DKV_OK;
+}
+
+int ipc_check_open_model(const struct ipc_open_model *m, char *err, size_t errlen)
+{
+	if (!memchr(m->path, '\0', sizeof(m->path)))
+		return FAIL("open: model path not NUL-terminated");
+	if (m->path[0] != '/') {
+		snprintf(err, errlen, "hash_model \"%.150s\": the daemon opens the file "
+			 "itself and needs an absolute path", m->path);
+		return DKV_E_INVAL;
+	}
 	return DKV_OK;
 }
 

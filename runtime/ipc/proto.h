@@ -18,13 +18,15 @@
 #define IPC_VERSION 1u
 #define IPC_MSGLEN 256u         /* message text in error replies */
 #define IPC_MAX_PAYLOAD 4096u   /* the largest control payload */
+#define IPC_PATHLEN 1024u       /* a path in a message, its NUL included */
 #define IPC_CACHELINE 64
 #define IPC_PAGE_MASK 4095u    /* offsets within a 4 KiB page */
 
 /* Feature bits negotiated in HELLO / ACCEPT. */
 #define IPC_FEAT_RING 0x1u      /* steps through the shared rings */
 #define IPC_FEAT_HEARTBEAT 0x2u /* the daemon bumps sq `alive` while well */
-#define IPC_FEAT_ALL (IPC_FEAT_RING | IPC_FEAT_HEARTBEAT)
+#define IPC_FEAT_MODEL 0x4u     /* IPC_OPEN_MODEL: the daemon reads a hash model file */
+#define IPC_FEAT_ALL (IPC_FEAT_RING | IPC_FEAT_HEARTBEAT | IPC_FEAT_MODEL)
 #define IPC_HEARTBEAT_MS 100    /* how often the daemon bumps it */
 
 enum ipc_type {
@@ -48,6 +50,7 @@ enum ipc_type {
 	IPC_SRVSTATS,   /* client, instead of HELLO: no payload (dashkvctl) */
 	IPC_SRVSTATS_OK, /* daemon: struct ipc_srvstats */
 	IPC_DRAIN,      /* client, instead of HELLO: no payload; IPC_OK */
+	IPC_OPEN_MODEL, /* client (IPC_FEAT_MODEL): struct ipc_open_model */
 	IPC_TYPE_END
 };
 
@@ -83,6 +86,16 @@ struct ipc_accept {
 
 struct ipc_open {
 	dkv_seq_config cfg;
+};
+
+/*
+ * An open whose hash_model the daemon reads: cfg.hash_model is ignored
+ * (a pointer of the client's), path stands for it.  path is absolute
+ * (the daemon has its own working directory) and NUL-terminated.
+ */
+struct ipc_open_model {
+	dkv_seq_config cfg;
+	char path[IPC_PATHLEN];
 };
 
 struct ipc_open_ok {
@@ -203,6 +216,8 @@ uint32_t ipc_payload_size(uint16_t type);
 int ipc_check_hello(const struct ipc_hello *m, char *err, size_t errlen);
 int ipc_check_accept(const struct ipc_accept *m, uint64_t file_size, char *err, size_t errlen);
 int ipc_check_ref(const struct ipc_ref *m, char *err, size_t errlen);
+/* DKV_E_PROTO when path is not NUL-terminated, DKV_E_INVAL when relative. */
+int ipc_check_open_model(const struct ipc_open_model *m, char *err, size_t errlen);
 int ipc_check_error(const struct ipc_error *m, char *err, size_t errlen);
 int ipc_check_cqe(const struct ipc_cqe *m, char *err, size_t errlen);
 int ipc_check_sqe(const struct ipc_sqe *e, const struct ipc_geom *g,

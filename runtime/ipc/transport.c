@@ -301,19 +301,53 @@ void ipc_close(struct ipc_conn *c)
 	free(c);
 }
 
+/*
+ * cfg as it goes on the wire, its hash_model pointer cleared; the path it
+ * names goes into path, which must be absolute (the daemon resolves it).
+ */
+static int open_msg(const struct ipc_conn *c, const dkv_seq_config *cfg,
+		    struct ipc_open_model *m, char *err)
+{
+	const char *path;
+
+	memset(m, 0, sizeof(*m));
+	memcpy(&m->cfg, cfg, cfg->struct_size < sizeof(m->cfg) ?
+	       cfg->struct_size : sizeof(m->cfg));
+	m->cfg.struct_size = cfg->struct_size;
+	path = m->cfg.hash_model;
+	m->cfg.hash_model = NULL;
+	if (!path)
+		return DKV_OK;
+	if (!(c->features & IPC_FEAT_MODEL))
+		return fail(err, DKV_E_UNSUPPORTED, "this daemon does not read hash_model files");
+	if (path[0] != '/') {
+		snprintf(err, IPC_MSGLEN, "hash_model \"%.150s\": the daemon opens the file "
+			 "itself and needs an absolute path", path);
+		return DKV_E_INVAL;
+	}
+	if (strlen(path) >= sizeof(m->path)) {
+		snprintf(err, IPC_MSGLEN, "hash_model path longer than %zu bytes",
+			 sizeof(m->path) - 1);
+		return DKV_E_INVAL;
+	}
+	strcpy(m->path, path);
+	return DKV_OK;
+}
+
 int ipc_open(struct ipc_conn *c, const dkv_seq_config *cfg, uint32_t *id,
 	     dkv_seq_config *resolved, char *err)
 {
-	struct ipc_open m;
+	struct ipc_open_model m;
 	struct ipc_open_ok ok;
-	int rc;
+	int rc = open_msg(c, cfg, &m, err);
 
-	memset(&m, 0, sizeof(m));
-	memcpy(&m.cfg, cfg, cfg->struct_size < sizeof(m.cfg) ?
-	       cfg->struct_size : sizeof(m.cfg));
-	m.cfg.struct_size = cfg->struct_size;
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&c->lock);
-	rc = request(c, IPC_OPEN, &m, sizeof(m), IPC_OPEN_OK, &ok, err);
+	if (m.path[0])
+		rc = request(c, IPC_OPEN_MODEL, &m, sizeof(m), IPC_OPEN_OK, &ok, err);
+	else
+		rc = request(c, IPC_OPEN, &m.cfg, sizeof(struct ipc_open), IPC_OPEN_OK, &ok, err);
 	pthread_mutex_unlock(&c->lock);
 	if (rc)
 		return rc;
@@ -321,6 +355,7 @@ int ipc_open(struct ipc_conn *c, const dkv_seq_config *cfg, uint32_t *id,
 		return fail(err, DKV_E_PROTO, "the daemon returned sequence id 0");
 	*id = ok.seq_id;
 	*resolved = ok.cfg;
+	resolved->hash_model = NULL; /* the daemon's pointer, if any: not ours */
 	return DKV_OK;
 }
 

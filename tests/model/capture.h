@@ -12,9 +12,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CAPT_MAGIC "DKVCAPT1"
-#define CAPT_VERSION 1
-
 struct capture {
 	uint32_t head_dim, n_heads, n_kv_heads, n_layers;
 	uint32_t cap, n_tokens;
@@ -27,9 +24,7 @@ int capture_init(struct capture *c, uint32_t head_dim, uint32_t n_heads,
 void capture_free(struct capture *c);
 /* Records layer l of token t (t < cap); n_tokens becomes the highest t + 1. */
 void capture_add(struct capture *c, uint32_t l, uint32_t t, const float *q, const float *k);
-/* Writes the file; -1 with a message in err on failure. */
+/* Writes the file (runtime/capture.h's writer); -1 with a message in err on failure. */
 int capture_write(const struct capture *c, const char *path, char *err, size_t errlen);
-
-uint32_t capt_crc32(uint32_t crc, const void *buf, size_t len);
 
 #endif /* DKV_CAPTURE_H */
