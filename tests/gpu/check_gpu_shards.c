@@ -325,6 +325,42 @@ START_TEST(gpu_pages_all_or_nothing)
 }
 END_TEST
 
+/* A failed all-gather cannot be redone: the step says so; the next one works. */
+START_TEST(gpu_gather_failure_reported)
+{
+	const struct shape *sh = &shapes[0];
+	size_t kn = (size_t)sh->kv_heads * sh->dim, qn = (size_t)sh->q_heads * sh->dim;
+	float *k = calloc(9000 * kn, 4), *v = calloc(9000 * kn, 4), *q = calloc(qn, 4);
+	float *o = calloc(qn, 4);
+	struct rt_engine *e;
+	struct rt_seq *s;
+	char err[RT_ERRLEN] = "";
+
+	ck_assert(k && v && q && o);
+	for (size_t i = 0; i < 9000 * kn; i++) {
+		k[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+		v[i] = (float)((i * 40503u) % 1000) / 500.0f - 1.0f;
+	}
+	for (size_t i = 0; i < qn; i++)
+		q[i] = (float)(i % 7) / 7.0f;
+	use_emulation();
+	ck_assert_int_eq(setenv("DASHKV_SHARDS", "gpu:0,1", 1), 0);
+	ck_assert_msg(rt_engine_new(&e, err) == DKV_OK, "%s", err);
+	s = open_seq(e, sh, DKV_HASH_SIMHASH);
+	ck_assert_int_eq(setenv("DASHKV_GPU_EMU_FAIL", "gather", 1), 0);
+	ck_assert_int_eq(rt_seq_step(s, 0, q, 1, k, v, 9000, o, err), DKV_E_INTERNAL);
+	ck_assert_msg(strstr(err, "all-gather") && strstr(err, "collective failed"), "%s", err);
+	ck_assert_int_eq(unsetenv("DASHKV_GPU_EMU_FAIL"), 0);
+	ck_assert_msg(rt_seq_step(s, 0, q, 1, k, v, 1, o, err) == DKV_OK, "%s", err);
+	rt_seq_close(s);
+	rt_engine_free(e);
+	free(k);
+	free(v);
+	free(q);
+	free(o);
+}
+END_TEST
+
 static void refused(const char *spec, int code, const char *says)
 {
 	struct rt_engine *e = NULL;
@@ -393,6 +429,7 @@ int main(void)
 	tcase_add_test(tc, gpu_shards_shared_memory_gather);
 	tcase_add_loop_test(tc, gpu_failures_fall_back, 0, 2);
 	tcase_add_test(tc, gpu_pages_all_or_nothing);
+	tcase_add_test(tc, gpu_gather_failure_reported);
 	tcase_add_test(tc, gpu_refused_without_module);
 	tcase_add_test(tc, gpu_refused_without_device);
 	tcase_add_test(tc, gpu_bad_lists_refused);

@@ -126,7 +126,7 @@ bench() {
 # The engine on a real GPU shard: the module of this build, not an installed one.
 engine() {
 	cd "$build"
-	DASHKV_CUDA_MODULE="$build/kernels/cuda/.libs/dashkv-cuda.so" ./tests/gpu/gpu-shards
+	DASHKV_CUDA_MODULE="$build/kernels/cuda/.libs/dashkv-cuda.so" ./tests/gpu/gpu-shards -n 9
 }
 
 export src build jobs
@@ -143,8 +143,8 @@ step bootstrap 120 bootstrap
 step build 240 configure_build
 if [ -x "$build/tests/gpu/check_cuda" ]; then
 	step parity 100 parity
-	TAIL_LINES=80 step bench 150 bench
 	TAIL_LINES=40 step engine 150 engine
+	TAIL_LINES=80 step bench 150 bench
 else
 	log "=== parity, bench, engine: not run, the build has no check_cuda"
 	failed=$((failed + 3))

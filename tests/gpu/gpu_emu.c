@@ -22,6 +22,7 @@
  *   DASHKV_GPU_EMU_DEVICES  devices the probe reports (default 2; 0: none)
  *   DASHKV_GPU_EMU_NCCL     0: no collective (the shards use shared memory)
  *   DASHKV_GPU_EMU_FAIL     entry points that fail, e.g. "scan,fine"
+ *                           ("gather": the collective)
  * dkv_gpu_emu_stats counts the calls.
  */
 #include <math.h>
@@ -549,6 +550,7 @@ static int emu_allgather(struct shard_coll *c, int rank, const void *send, void 
 		  reg_check(recv, bytes * (size_t)c->nranks, 0, "recv", err);
 
 	COUNT(gather);
+	bad |= failing("gather", err);
 	pthread_mutex_lock(&st->lock);
 	if (st->cap < bytes) {
 		char *p = realloc(st->stage, bytes * (size_t)c->nranks);
