@@ -376,7 +376,11 @@ void shard_gpu_seq_free(struct shard_gpu_seq *s)
 	free(s);
 }
 
-/* Shard r's all-gather buffers and a first staging area. */
+/*
+ * Shard r's all-gather buffers.  Its pinned staging comes later, from
+ * the shard's own thread, so from its GPU's NUMA node when the plan binds
+ * the thread there.
+ */
 static int work_init(struct shard_gpu_seq *s, uint32_t r, char *err)
 {
 	const struct krn_gpu_ops *ops = s->gs->ops;
@@ -384,8 +388,7 @@ static int work_init(struct shard_gpu_seq *s, uint32_t r, char *err)
 	size_t rb = shard_rec_bytes(s->g, s->top_k);
 
 	if (ops->device(s->gs->dev[r], err) || ops->dalloc(&w->send, rb, err) ||
-	    ops->dalloc(&w->recv, rb * s->gs->n, err) ||
-	    gbuf_host(ops, &w->stage, rb * s->gs->n, err))
+	    ops->dalloc(&w->recv, rb * s->gs->n, err))
 		return DKV_E_NOMEM;
 	return 0;
 }
@@ -1024,8 +1027,12 @@ void shard_gpu_allgather(struct shard_task *t, uint32_t r, const void *rec, void
 		shard_coll_allgather(t->coll, (int)r, rec, recv, bytes);
 		return;
 	}
-	memcpy(w->stage.p, rec, bytes);
-	bad = ops->device(s->gs->dev[r], err) || ops->put(w->send, w->stage.p, bytes, err);
+	bad = ops->device(s->gs->dev[r], err) ||
+	      gbuf_host(ops, &w->stage, bytes * s->gs->n, err);
+	if (!bad) {
+		memcpy(w->stage.p, rec, bytes);
+		bad = ops->put(w->send, w->stage.p, bytes, err);
+	}
 	if (shard_coll_allgather(s->gs->nccl, (int)r, w->send, w->recv, bytes) && !bad) {
 		snprintf(err, sizeof(err), "the %s collective failed", shard_coll_name(s->gs->nccl));
 		bad = 1;
