@@ -20,6 +20,7 @@
 #include "dashkv.h"
 #include "engine.h"
 #include "gen/kvgen.h"
+#include "gpu.h"
 #include "krn.h"
 
 #ifndef DKV_EMU_MODULE
@@ -417,6 +418,58 @@ START_TEST(gpu_bad_lists_refused)
 }
 END_TEST
 
+/* A recorded machine, or NULL (noted) when the shared data is not here. */
+static struct shard_topo *topology(const char *name)
+{
+	const char *data = getenv("DASHKV_TEST_DATA"), *top = getenv("top_srcdir");
+	struct shard_topo *t = NULL;
+	char path[4096], err[256];
+
+	if (data && *data)
+		snprintf(path, sizeof(path), "%s/topologies/%s", data, name);
+	else
+		snprintf(path, sizeof(path), "%s/../shared/data/topologies/%s", top ? top : ".",
+			 name);
+	if (shard_topo_load(&t, path, NULL, err, sizeof(err))) {
+		fprintf(stderr, "check_gpu_shards: %s: %s; not checked\n", name, err);
+		return NULL;
+	}
+	return t;
+}
+
+/* Where hwloc sees the GPUs, the plan's GPUs map to their CUDA devices. */
+START_TEST(gpu_plan_maps_cuda_devices)
+{
+	struct shard_topo *t = topology("mpibind-g4dnmetal.xml"); /* cudaI + nvmlI */
+	struct shard_plan *plan = NULL;
+	struct shard_gpus *g;
+	char err[SHARD_ERRLEN] = "", what[SHARD_ERRLEN];
+
+	if (!t)
+		return;
+	use_emulation();
+	ck_assert_int_eq(setenv("DASHKV_GPU_EMU_DEVICES", "8", 1), 0);
+	ck_assert_msg(shard_gpus_open(&g, t, "gpu:1,5-6", &plan, err) == DKV_OK, "%s", err);
+	ck_assert_ptr_nonnull(plan);
+	ck_assert_uint_eq(plan->n, 3);
+	ck_assert_uint_eq(plan->n_gpu, 3);
+	ck_assert_uint_eq(shard_gpus_count(g), 3);
+	shard_gpus_describe(g, what, sizeof(what));
+	ck_assert_msg(strstr(what, "3 GPU shards on devices 1,5,6"), "%s", what);
+	shard_gpus_close(g);
+	shard_plan_free(plan);
+	ck_assert_int_eq(shard_gpus_open(&g, t, "gpu:8", &plan, err), DKV_E_INVAL);
+	ck_assert_ptr_null(plan);
+	ck_assert_msg(strstr(err, "gpu:8"), "%s", err);
+	/* CUDA sees fewer devices than hwloc (CUDA_VISIBLE_DEVICES) */
+	ck_assert_int_eq(setenv("DASHKV_GPU_EMU_DEVICES", "4", 1), 0);
+	ck_assert_int_eq(shard_gpus_open(&g, t, "gpu:6", &plan, err), DKV_E_INVAL);
+	ck_assert_ptr_null(plan);
+	ck_assert_msg(strstr(err, "CUDA reports 4 devices"), "%s", err);
+	shard_topo_free(t);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *su = suite_create("gpu_shards");
@@ -433,6 +486,7 @@ int main(void)
 	tcase_add_test(tc, gpu_refused_without_module);
 	tcase_add_test(tc, gpu_refused_without_device);
 	tcase_add_test(tc, gpu_bad_lists_refused);
+	tcase_add_test(tc, gpu_plan_maps_cuda_devices);
 	suite_add_tcase(su, tc);
 	sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
