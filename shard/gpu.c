@@ -689,8 +689,11 @@ static int flush(struct jctx *c)
 		uint64_t lo = (from > base ? from : base) - base;
 		uint64_t hi = (l->len < base + SHARD_PAGE ? l->len : base + SHARD_PAGE) - base;
 		uint64_t g0 = lo / KRN_CODE_GROUP, g1 = (hi + KRN_CODE_GROUP - 1) / KRN_CODE_GROUP;
-		if (lp >= c->pt->n_local)
+		if (lp >= c->pt->n_local) {
+			snprintf(c->err, sizeof(c->err), "page %llu has no device page",
+				 (unsigned long long)p);
 			return DKV_E_INTERNAL;
+		}
 		if (c->ops->put(dpage_of(c, TAB_CODES, lp) + g0 * gb,
 				shard_codes(l, h, base) + g0 * gb, (g1 - g0) * gb, c->err) ||
 		    c->ops->put(dpage_of(c, TAB_NORMS, lp) + lo * 4, shard_norm(l, h, base + lo),
