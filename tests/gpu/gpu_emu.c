@@ -27,6 +27,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,31 @@ extern struct dkv_gpu_emu_stats dkv_gpu_emu_stats;
 struct dkv_gpu_emu_stats dkv_gpu_emu_stats;
 
 static pthread_mutex_t emu_lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread int cur_dev;
+
+/*
+ * The calling thread's device, as cudaSetDevice keeps it.  A pthread key
+ * rather than __thread: LeakSanitizer stumbles over the dynamic TLS of a
+ * dlopened module.
+ */
+static pthread_key_t dev_key;
+static pthread_once_t dev_once = PTHREAD_ONCE_INIT;
+
+static void dev_key_make(void)
+{
+	pthread_key_create(&dev_key, NULL);
+}
+
+static int cur_dev_get(void)
+{
+	pthread_once(&dev_once, dev_key_make);
+	return (int)(intptr_t)pthread_getspecific(dev_key);
+}
+
+static void cur_dev_set(int dev)
+{
+	pthread_once(&dev_once, dev_key_make);
+	pthread_setspecific(dev_key, (void *)(intptr_t)dev);
+}
 
 #define COUNT(field) __atomic_add_fetch(&dkv_gpu_emu_stats.field, 1, __ATOMIC_RELAXED)
 
@@ -104,7 +129,7 @@ static int emu_device(int dev, char *err)
 {
 	if (dev < 0 || dev >= ndevices())
 		return emu_err(err, DKV_E_INVAL, "emulated GPU: %s", "no such device");
-	cur_dev = dev;
+	cur_dev_set(dev);
 	return 0;
 }
 
@@ -167,7 +192,7 @@ static int reg_check(const void *p, size_t n, int host_ok, const char *what, cha
 		const struct emu_alloc *a = &allocs[i];
 		if (c < a->p || c + n > a->p + a->n)
 			continue;
-		if (a->dev == cur_dev || (host_ok && a->dev < 0))
+		if (a->dev == cur_dev_get() || (host_ok && a->dev < 0))
 			rc = 0;
 		break;
 	}
@@ -183,7 +208,7 @@ static int emu_dalloc(void **p, size_t bytes, char *err)
 	size_t n = (bytes + 63) & ~(size_t)63;
 	void *q = aligned_alloc(64, n ? n : 64);
 
-	if (!q || reg_add(q, bytes, cur_dev)) {
+	if (!q || reg_add(q, bytes, cur_dev_get())) {
 		free(q);
 		return emu_err(err, DKV_E_NOMEM, "emulated GPU: %s", "out of memory");
 	}
@@ -546,7 +571,7 @@ static int emu_allgather(struct shard_coll *c, int rank, const void *send, void 
 {
 	struct emu_coll *st = c->impl;
 	char err[KRN_GPU_ERRLEN];
-	int bad = cur_dev != st->devices[rank] || reg_check(send, bytes, 0, "send", err) ||
+	int bad = cur_dev_get() != st->devices[rank] || reg_check(send, bytes, 0, "send", err) ||
 		  reg_check(recv, bytes * (size_t)c->nranks, 0, "recv", err);
 
 	COUNT(gather);
