@@ -299,7 +299,8 @@ static int run(struct dmn_server *srv, const char *path)
 		dmn_log(DMN_ERROR, "engine: %s", err);
 		return 1;
 	}
-	dmn_log(DMN_INFO, "%u shard(s)", rt_engine_shards(srv->eng));
+	rt_engine_describe(srv->eng, err, sizeof(err));
+	dmn_log(DMN_INFO, "%u shard(s): %s", rt_engine_shards(srv->eng), err);
 	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
 	lfd = listen_on(&srv->cfg);
 	if (lfd < 0) {

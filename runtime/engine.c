@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "gpu.h"
 #include "hash.h"
 #include "krn.h"
 #include "plan.h"
@@ -48,6 +49,7 @@ struct rt_engine {
 	struct shard_pool *pool;   /* the shards' workers */
 	uint32_t n_shards;
 	int *node;                 /* [n_shards] NUMA node of each shard's pages */
+	struct shard_gpus *gpus;   /* GPU shards (gpu:LIST), else NULL */
 };
 
 /* Queries kept per (layer, kv head) to train learned models from. */
@@ -55,6 +57,7 @@ struct rt_engine {
 
 struct rt_layer {
 	struct shard_layer store;
+	struct shard_gpu_layer *gpu; /* its device mirror on GPU shards, else NULL */
 	struct rt_hash *hash; /* [n_kv_heads] */
 	/* DKV_HASH_LEARNED only */
 	struct rt_lhead *lm;  /* [n_kv_heads] models in use (buf NULL: SimHash) */
@@ -182,6 +185,7 @@ struct rt_seq {
 	uint32_t group;
 	float *P;
 	struct rt_layer *layers;
+	struct shard_gpu_seq *gpu; /* on GPU shards, else NULL */
 	struct rt_scratch sc;
 	uint64_t pages_bytes;
 	uint64_t model_bytes; /* a hash_model wider than seq_fixed_bytes counts */
@@ -221,24 +225,41 @@ static uint64_t now_ns(void)
 /* ---- engine and memory accounting ---- */
 
 /*
+ * GPU shards (shard/gpu.h): the GPU module, the plan (or CUDA's device
+ * list where hwloc sees no GPU) and unbound threads when there is no plan.
+ */
+static int engine_gpu_shards(struct rt_engine *e, const char *spec, char *err)
+{
+	char perr[RT_ERRLEN];
+	int rc;
+
+	if (shard_topo_load(&e->topo, NULL, NULL, perr, sizeof(perr)))
+		e->topo = NULL;
+	rc = shard_gpus_open(&e->gpus, e->topo, spec, &e->plan, perr);
+	if (rc)
+		return fail(err, rc, "DASHKV_SHARDS=%s: %s", spec, perr);
+	e->n_shards = shard_gpus_count(e->gpus);
+	return shard_pool_new(&e->pool, e->n_shards, e->plan, err);
+}
+
+/*
  * The shards of the engine's sequences from a plan spec (plan.h).  Unset
  * or "auto" on a machine whose topology cannot be read gives one unbound
- * shard; GPU shards need the GPU module, which this engine does not drive.
+ * shard.
  */
 static int engine_shards(struct rt_engine *e, const char *spec, char *err)
 {
 	int is_auto = !spec || !*spec || !strcmp(spec, "auto");
 	char perr[RT_ERRLEN];
 
+	if (spec && !strncmp(spec, "gpu:", 4))
+		return engine_gpu_shards(e, spec, err);
 	if (shard_topo_load(&e->topo, NULL, NULL, perr, sizeof(perr))) {
 		if (!is_auto)
 			return fail(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec, perr);
 		e->topo = NULL;
 	} else if (shard_plan_make(e->topo, spec, &e->plan, perr, sizeof(perr))) {
 		return fail(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec ? spec : "", perr);
-	} else if (e->plan->n_gpu) {
-		return fail(err, DKV_E_UNSUPPORTED,
-			    "DASHKV_SHARDS=%s: GPU shards are not available in this engine", spec);
 	}
 	e->n_shards = e->plan ? e->plan->n : 1;
 	if (e->plan && e->plan->n_nodes > 1) {
@@ -283,6 +304,7 @@ void rt_engine_free(struct rt_engine *e)
 	if (!e)
 		return;
 	shard_pool_free(e->pool);
+	shard_gpus_close(e->gpus);
 	shard_plan_free(e->plan);
 	free(e->node);
 	if (e->topo)
@@ -294,6 +316,21 @@ void rt_engine_free(struct rt_engine *e)
 uint32_t rt_engine_shards(const struct rt_engine *e)
 {
 	return e->n_shards;
+}
+
+uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last, size_t len)
+{
+	if (last && len)
+		*last = '\0';
+	return e->gpus ? shard_gpus_fallbacks(e->gpus, last, len) : 0;
+}
+
+void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len)
+{
+	if (e->gpus)
+		shard_gpus_describe(e->gpus, buf, len);
+	else
+		snprintf(buf, len, "%u CPU shard%s", e->n_shards, e->n_shards == 1 ? "" : "s");
 }
 
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes)
@@ -695,6 +732,7 @@ static void seq_free(struct rt_seq *s)
 		}
 		free(s->layers);
 	}
+	shard_gpu_seq_free(s->gpu); /* after the pages: they are its pinned memory */
 	scratch_free(&s->sc);
 	free(s->P);
 	free(s->trace_idx);
@@ -741,6 +779,20 @@ static uint64_t seq_fixed_bytes(const struct rt_seq *s)
 	       ((c->head_dim + c->hash_bits + 1) * 4 + learned);
 }
 
+/* On GPU shards: the sequence's device state; its pages become pinned. */
+static int seq_gpu_init(struct rt_seq *s, char *err)
+{
+	int rc;
+
+	if (!s->eng->gpus)
+		return DKV_OK;
+	rc = shard_gpu_seq_new(&s->gpu, s->eng->gpus, &s->geom, s->cfg.n_layers, s->group,
+			       s->cfg.top_k, err);
+	for (uint32_t l = 0; rc == DKV_OK && l < s->cfg.n_layers; l++)
+		s->layers[l].gpu = shard_gpu_layer(s->gpu, l);
+	return rc;
+}
+
 int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 		struct rt_seq **out, char *err)
 {
@@ -772,6 +824,11 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	if (!s->P || !s->trace_n || layers_init(s) || scratch_fixed(s)) {
 		seq_free(s);
 		return fail(err, DKV_E_NOMEM, "out of memory opening the sequence");
+	}
+	rc = seq_gpu_init(s, err);
+	if (rc) {
+		seq_free(s);
+		return rc;
 	}
 	if (mem_take(e, seq_fixed_bytes(s))) {
 		seq_free(s);
@@ -935,6 +992,7 @@ static void encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 			shard_cls(st, h, t)[i] = rt_hash_class(&L->hash[h], sc->enc_norms[i]);
 		t += n;
 	}
+	shard_gpu_dirty(L->gpu, h, t0);
 }
 
 /* Fix head h's mean key from the stored keys after the sinks. */
@@ -967,6 +1025,7 @@ static void fix_norm_ref(struct rt_layer *L, uint32_t h)
 	L->hash[h].norm_ref = (float)(sum / (double)st->len);
 	for (uint64_t t = 0; t < st->len; t++)
 		*shard_cls(st, h, t) = rt_hash_class(&L->hash[h], *shard_norm(st, h, t));
+	shard_gpu_dirty(L->gpu, h, 0);
 }
 
 static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
@@ -1476,14 +1535,17 @@ struct step_counts {
 /*
  * Run a job of the group's task on every shard, or on this thread alone
  * when [t0, t1) lies in one page: the work is the same page by page, so
- * the results are too.
+ * the results are too.  GPU shards run jobs of more than one page on the
+ * devices (also a single GPU shard); one page is host work.
  */
 static void run_job(struct rt_seq *s, shard_job_fn fn, uint64_t t0, uint64_t t1)
 {
 	struct shard_task *t = &s->sc.task;
 	uint64_t p0;
+	int many = shard_pages_of(t0, t1, &p0) > 1;
 
-	if (s->eng->n_shards > 1 && shard_pages_of(t0, t1, &p0) > 1) {
+	t->gpu = many ? t->gpu_layer : NULL;
+	if (many && (s->eng->n_shards > 1 || t->gpu)) {
 		t->n_shards = s->eng->n_shards;
 		shard_pool_run(s->eng->pool, fn, t);
 	} else {
@@ -2022,6 +2084,7 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		w0 = sink_end;
 	sc->task.l = st;
 	sc->task.h = h;
+	sc->task.gpu_layer = L->gpu;
 	/*
 	 * A middle that fits in the candidate budget would pass the coarse
 	 * filter whole: attending it exactly is cheaper and exact.
@@ -2122,6 +2185,8 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 		return rc;
 	L = &s->layers[layer];
 	rc = reserve_step(s, &L->store, q, n_q, k, v, n_new, err);
+	if (rc == DKV_OK && L->gpu)
+		rc = shard_gpu_reserve(L->gpu, &L->store, err);
 	if (rc)
 		return rc;
 	if (s->trace && !s->trace_idx) {
@@ -2162,7 +2227,7 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 	s->st.last_coarse_ns = cnt.coarse_ns;
 	s->st.last_fine_ns = cnt.fine_ns;
 	s->st.last_tail_ns = cnt.tail_ns;
-	return DKV_OK;
+	return s->gpu ? shard_gpu_seq_check(s->gpu, err) : DKV_OK;
 }
 
 int rt_seq_len(const struct rt_seq *s, uint32_t layer, uint64_t *tokens, char *err)

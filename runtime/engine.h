@@ -41,6 +41,12 @@ void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes);
 uint64_t rt_engine_used(const struct rt_engine *e);
 /* Shards of the engine's sequences (DASHKV_SHARDS). */
 uint32_t rt_engine_shards(const struct rt_engine *e);
+/* One line on the shards: "2 CPU shards", or the GPU shards' devices and
+ * collective. */
+void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len);
+/* GPU shards: jobs the host ran after a device error, and the last error
+ * (0 and "" on CPU shards). */
+uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last, size_t len);
 
 /* Fill every knob's default (geometry left zero). */
 void rt_config_defaults(dkv_seq_config *cfg);

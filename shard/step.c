@@ -106,6 +106,8 @@ void shard_job_scan(void *arg, uint32_t r)
 	uint64_t b0 = t->m0 / SHARD_BLOCK;
 	struct krn_scan_out o = { rk->hit, t->hit_cap, rk->n_hit, NULL, t->blk_cap };
 
+	if (t->gpu && !shard_gpu_scan(t, r))
+		return;
 	memset(rk->n_hit, 0, t->g * sizeof(uint32_t));
 	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
 		uint64_t page0 = p * SHARD_PAGE;
@@ -308,11 +310,14 @@ void shard_job_rank(void *arg, uint32_t r)
 	struct rec_ent *ent = (struct rec_ent *)((char *)rk->recv + t->n_shards * rb);
 
 	memcpy(mref, t->mref, t->g * sizeof(float)); /* before rank 0 writes it */
-	fine(t, rk);
+	if (!t->gpu || shard_gpu_fine(t, r))
+		fine(t, rk);
 	for (uint32_t j = 0; j < t->g; j++)
 		local_top(t, rk, j);
 	if (t->n_shards == 1)
 		memcpy(rk->recv, rk->rec, rb);
+	else if (t->gpu)
+		shard_gpu_allgather(t, r, rk->rec, rk->recv, rb);
 	else
 		shard_coll_allgather(t->coll, (int)r, rk->rec, rk->recv, rb);
 	for (uint32_t j = 0; j < t->g; j++) {
@@ -358,6 +363,8 @@ void shard_job_exact(void *arg, uint32_t r)
 	struct krn_part part[DKV_MAX_HEADS];
 	size_t stride = (size_t)t->g * t->dim;
 
+	if (t->gpu && !shard_gpu_exact(t, r))
+		return;
 	FOR_OWNED_PAGES(t, r, t->t0, t->t1, p, a, b) {
 		float *acc = t->pacc + p * stride;
 		memset(acc, 0, stride * sizeof(float));

@@ -22,7 +22,9 @@
  * Everything a shard computes is per key, per block or per page, and the
  * engine folds pages in page order, so results do not depend on the
  * number of shards or on timing: with 1, 2 or 4 shards they are
- * bit-identical.  The global top-K is exact: the top-K by (logit
+ * bit-identical.  On GPU shards (gpu.h) the scan, the fine ranking and
+ * the exact job run on the devices, and the all-gather goes through NCCL
+ * where the GPU module has it.  The global top-K is exact: the top-K by (logit
  * descending, position ascending) of all hits equals that of the union of
  * the shards' local top-K lists.
  */
@@ -30,6 +32,7 @@
 #define DKV_SHARD_STEP_H
 
 #include "coll.h"
+#include "gpu.h"
 #include "krn.h"
 #include "search.h"
 #include "store.h"
@@ -82,6 +85,10 @@ struct shard_task {
 	float *snorms;             /* [sn] */
 	float *se;                 /* [g][sld] estimates */
 	size_t sld;
+	/* GPU shards (gpu.h): the layer's device mirror, and the job's (NULL:
+	 * the job runs the host code, as on CPU shards) */
+	struct shard_gpu_layer *gpu_layer;
+	struct shard_gpu_layer *gpu;
 };
 
 /* Groups of up to this many query heads fine-rank the union of their hits

@@ -35,6 +35,25 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 		b->total = (b->total + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
 }
 
+/* One page's memory: the geometry's allocator, or aligned, NUMA-placed memory. */
+static uint8_t *page_mem(const struct shard_geom *g, size_t total, uint32_t index)
+{
+	uint8_t *mem;
+
+	if (g->page_alloc)
+		return g->page_alloc(total, g->page_ctx);
+	mem = aligned_alloc(total >= HUGE_PAGE ? HUGE_PAGE : 64, total);
+	if (!mem)
+		return NULL;
+	if (g->node && g->n_shards)
+		shard_numa_prefer(mem, total, g->node[index % g->n_shards]);
+#ifdef MADV_HUGEPAGE
+	if (total >= HUGE_PAGE)
+		madvise(mem, total, MADV_HUGEPAGE); /* advice only */
+#endif
+	return mem;
+}
+
 static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 {
 	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
@@ -53,17 +72,11 @@ static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 	p = malloc(sizeof(*p));
 	if (!p)
 		return NULL;
-	mem = aligned_alloc(b.total >= HUGE_PAGE ? HUGE_PAGE : 64, b.total);
+	mem = page_mem(g, b.total, index);
 	if (!mem) {
 		free(p);
 		return NULL;
 	}
-	if (g->node && g->n_shards)
-		shard_numa_prefer(mem, b.total, g->node[index % g->n_shards]);
-#ifdef MADV_HUGEPAGE
-	if (b.total >= HUGE_PAGE)
-		madvise(mem, b.total, MADV_HUGEPAGE); /* advice only */
-#endif
 	p->k = mem;
 	p->v = mem + kv;
 	p->codes = mem + 2 * kv;
@@ -76,12 +89,15 @@ static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 	return p;
 }
 
-static void page_free(struct shard_page *p)
+static void page_free(const struct shard_geom *g, struct shard_page *p)
 {
-	if (p) {
+	if (!p)
+		return;
+	if (g->page_free)
+		g->page_free(p->k, g->page_ctx);
+	else
 		free(p->k);
-		free(p);
-	}
+	free(p);
 }
 
 void shard_layer_init(struct shard_layer *l, const struct shard_geom *g)
@@ -93,7 +109,7 @@ void shard_layer_init(struct shard_layer *l, const struct shard_geom *g)
 void shard_layer_free(struct shard_layer *l)
 {
 	for (uint32_t i = 0; i < l->n_pages; i++)
-		page_free(l->pages[i]);
+		page_free(l->g, l->pages[i]);
 	free(l->pages);
 	l->pages = NULL;
 	l->n_pages = l->cap_pages = 0;
@@ -134,7 +150,7 @@ int shard_layer_reserve(struct shard_layer *l, uint64_t tokens)
 		l->pages[have + i] = page_new(l->g, have + i);
 		if (!l->pages[have + i]) {
 			while (i-- > 0)
-				page_free(l->pages[have + i]);
+				page_free(l->g, l->pages[have + i]);
 			return -1;
 		}
 	}

@@ -28,6 +28,13 @@ struct shard_geom {
 	/* placement: page p prefers NUMA node node[p % n_shards] (NULL: any) */
 	uint32_t n_shards;
 	const int *node;
+	/*
+	 * page memory: NULL for aligned_alloc/free; GPU shards give pinned,
+	 * mapped host memory (shard/gpu.h), placed by the allocator
+	 */
+	void *(*page_alloc)(size_t bytes, void *ctx);
+	void (*page_free)(void *mem, void *ctx);
+	void *page_ctx;
 };
 
 /* One page; its arrays are carved from one allocation. */

@@ -167,6 +167,28 @@ for poll in 0 3000; do
 	stop
 done
 
+# GPU shards: without the GPU module -t refuses them and says why; on the
+# emulated module (tests/gpu/gpu_emu.c: the CPU kernels behind the GPU
+# table) the daemon serves the embedded engine's bytes
+printf 'allow_users %s\nshards gpu:0\n' "$uid" >"$dir/gpu.conf"
+DASHKV_CUDA_MODULE=/nonexistent/dashkv-cuda.so "$dmn" -t -c "$dir/gpu.conf" 2>"$dir/err" &&
+	fail "-t accepted shards gpu:0 without a GPU module"
+grep -q "GPU module" "$dir/err" || fail "gpu:0 refusal: $(cat "$dir/err")"
+emu=$b/tests/gpu/.libs/dashkv-gpu-emu.so
+if [ -f "$emu" ]; then
+	printf 'allow_users %s\nshards gpu:0,1\n' "$uid" >"$dir/gpu.conf"
+	DASHKV_CUDA_MODULE=$emu
+	export DASHKV_CUDA_MODULE
+	start "$dir/gpu.conf"
+	unset DASHKV_CUDA_MODULE
+	grep -q "2 shard(s): emulated module, 2 GPU shards" "$dir/log" ||
+		fail "daemon with shards gpu:0,1"
+	"$cli" api "unix:$sock" || fail "api through a daemon of 2 emulated GPU shards"
+	stop
+else
+	echo "no emulated GPU module: the daemon's GPU shards are not tested"
+fi
+
 start "$dir/ok.conf"
 "$cli" api "unix:$sock" || fail "api through the daemon"
 

@@ -4,9 +4,11 @@
 # Builds DASH-KV with CUDA and NCCL out of tree, runs check_cuda (every
 # CUDA kernel against the scalar reference, the GPU shard search against
 # the CPU pipeline, a one-rank NCCL all-gather through the shard
-# collective) and gpu-bench (scan GB/s against the device-to-device copy
-# bandwidth, decode step latency at 128K and 1M tokens against exact
-# attention on the GPU).  Every step is logged and timed; a failing step
+# collective), gpu-shards (the engine with GPU shards, DASHKV_SHARDS=gpu:0,
+# against cpu:1: parity, then the decode step latency at 128K and 1M tokens
+# against exact mode on the GPU shard and against cpu:1) and gpu-bench
+# (scan GB/s against the device-to-device copy bandwidth, decode step
+# latency at 128K and 1M tokens against exact attention on the GPU).  Every step is logged and timed; a failing step
 # is recorded and the next one still runs.  The whole run stays under 8
 # minutes (each step has its own limit within a global one).
 #
@@ -107,7 +109,7 @@ configure_build() {
 	# shellcheck disable=SC2086
 	"$src/configure" -q --with-cuda --with-nccl ${DKV_CONFIGURE_FLAGS:-}
 	make -j"$jobs" >/dev/null
-	make -j"$jobs" tests/gpu/check_cuda tests/gpu/gpu-bench >/dev/null
+	make -j"$jobs" tests/gpu/check_cuda tests/gpu/gpu-bench tests/gpu/gpu-shards >/dev/null
 	grep -E '^#define HAVE_(CUDA|NVCC|NCCL)' config.h
 }
 
@@ -121,9 +123,15 @@ bench() {
 	./tests/gpu/gpu-bench
 }
 
+# The engine on a real GPU shard: the module of this build, not an installed one.
+engine() {
+	cd "$build"
+	DASHKV_CUDA_MODULE="$build/kernels/cuda/.libs/dashkv-cuda.so" ./tests/gpu/gpu-shards -n 9
+}
+
 export src build jobs
 export DKV_CONFIGURE_FLAGS=${DKV_CONFIGURE_FLAGS:-}
-export -f machine_info bootstrap configure_build parity bench
+export -f machine_info bootstrap configure_build parity bench engine
 
 log "DASH-KV device check: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 log "source $src"
@@ -134,12 +142,13 @@ step machine 30 machine_info
 step bootstrap 120 bootstrap
 step build 240 configure_build
 if [ -x "$build/tests/gpu/check_cuda" ]; then
-	step parity 120 parity
-	TAIL_LINES=80 step bench 200 bench
+	step parity 100 parity
+	TAIL_LINES=40 step engine 150 engine
+	TAIL_LINES=80 step bench 150 bench
 else
-	log "=== parity, bench: not run, the build has no check_cuda"
-	failed=$((failed + 2))
-	failures="$failures parity bench"
+	log "=== parity, bench, engine: not run, the build has no check_cuda"
+	failed=$((failed + 3))
+	failures="$failures parity bench engine"
 fi
 
 log ""
@@ -151,6 +160,9 @@ fi
 if [ -f "$build/bench.log" ]; then
 	grep -E '^(device|copy_d2d_bw|scan_nq8(_tail)?_(bw|share_of_copy)|decode_[0-9]+k(_hostkv)?_(search_ms|exact_ms|speedup))' \
 		"$build/bench.log" | sed 's/^/bench: /' | tee -a "$report" || true
+fi
+if [ -f "$build/engine.log" ]; then
+	grep -E '^engine' "$build/engine.log" | sed 's/^/engine: /' | tee -a "$report" || true
 fi
 log "elapsed $(($(date +%s) - t_start)) s, failed steps: $failed${failures:+ ($failures )}"
 [ "$failed" -eq 0 ]
