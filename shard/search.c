@@ -190,9 +190,6 @@ static uint64_t kept_blocks(const struct shard_layer *l, float *w, size_t ld_w, 
 	return kept;
 }
 
-/* Block value sums converted to f32 at a time (on the stack). */
-#define TAIL_ROWS 16u
-
 /*
  * The range lies inside one page.  In a whole stored page the blocks left
  * out take the mean value of the page's left-out blocks instead of
@@ -208,7 +205,7 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 	uint64_t b0 = t0 / SHARD_BLOCK;
 	uint32_t nb = (uint32_t)((t1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0);
 	int whole = t0 % SHARD_PAGE == 0 && t1 == t0 + SHARD_PAGE && l->len >= t1;
-	float rest[DKV_MAX_HEADS], rows[TAIL_ROWS * DKV_MAX_HEAD_DIM];
+	float rest[DKV_MAX_HEADS];
 	uint64_t kept = kept_blocks(l, w, ld_w, nq, b0, nb, cut, rest, &n_out);
 
 	if (whole && n_out) {
@@ -222,11 +219,8 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 		uint32_t b = (uint32_t)__builtin_ctzll(kept);
 		uint64_t gap = ~(kept >> b);
 		uint32_t e = gap ? b + (uint32_t)__builtin_ctzll(gap) : 64;
-		for (uint32_t x = b; x < e; x += TAIL_ROWS) {
-			uint32_t n = e - x < TAIL_ROWS ? e - x : TAIL_ROWS;
-			shard_vsum_rows(l, h, b0 + x, n, rows);
-			ops->wsum(w + x, ld_w, nq, rows, dim, n, dim, acc);
-		}
+		ops->wsum(w + b, ld_w, nq, shard_vsum(l, h, (b0 + b) * SHARD_BLOCK), dim, e - b,
+			  dim, acc);
 		kept &= e < 64 ? ~((UINT64_C(1) << e) - 1) : 0;
 	}
 }

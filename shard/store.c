@@ -27,9 +27,8 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 	b->full = 2 * align64(rows * g->head_dim * g->elt_size);
 	b->codes = align64(rows * g->words * sizeof(uint64_t)) +
 		   align64(rows * sizeof(float)) + align64(rows);
-	b->summaries = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS * g->head_dim *
-			       sizeof(uint16_t)) +
-		       2 * align64((size_t)g->n_kv_heads * g->head_dim * sizeof(float));
+	b->summaries = align64((size_t)g->n_kv_heads * (SHARD_PAGE_BLOCKS + 1) *
+			       g->head_dim * sizeof(float));
 	b->total = b->full + b->codes + b->summaries;
 	if (b->total >= HUGE_PAGE)
 		b->total = (b->total + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
@@ -61,9 +60,6 @@ static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 	size_t codes = align64(rows * g->words * sizeof(uint64_t));
 	size_t norms = align64(rows * sizeof(float));
 	size_t cls = align64(rows);
-	size_t vsum = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS * g->head_dim *
-			      sizeof(uint16_t));
-	size_t vrow = align64((size_t)g->n_kv_heads * g->head_dim * sizeof(float));
 	struct shard_page_bytes b;
 	struct shard_page *p;
 	uint8_t *mem;
@@ -82,9 +78,7 @@ static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 	p->codes = mem + 2 * kv;
 	p->norms = (float *)(mem + 2 * kv + codes);
 	p->cls = mem + 2 * kv + codes + norms;
-	p->vsum = (uint16_t *)(mem + 2 * kv + codes + norms + cls);
-	p->vopen = (float *)((uint8_t *)p->vsum + vsum);
-	p->vpage = (float *)((uint8_t *)p->vopen + vrow);
+	p->vsum = (float *)(mem + 2 * kv + codes + norms + cls);
 	memset(p->vsum, 0, b.summaries);
 	return p;
 }
@@ -170,35 +164,4 @@ void shard_code_put(const struct shard_layer *l, uint32_t h, uint64_t t, const u
 	uint8_t *c = (uint8_t *)krn_code_at(shard_codes(l, h, t), l->g->words, t % SHARD_PAGE);
 
 	krn_code_write(c, l->g->words, code);
-}
-
-void shard_vsum_add(const struct shard_layer *l, uint32_t h, uint64_t t, const float *v)
-{
-	uint32_t dim = l->g->head_dim;
-	struct shard_page *p = shard_page_of(l, t);
-	float *open = p->vopen + (size_t)h * dim, *page = shard_vpage(l, h, t);
-
-	if (t % SHARD_BLOCK == 0)
-		memset(open, 0, dim * sizeof(float));
-	if (t % SHARD_PAGE == 0)
-		memset(page, 0, dim * sizeof(float));
-	for (uint32_t d = 0; d < dim; d++) {
-		open[d] += v[d];
-		page[d] += v[d];
-	}
-	if ((t + 1) % SHARD_BLOCK == 0)
-		krn_get()->f32_to_bf16(open, shard_vsum(l, h, t), dim);
-}
-
-void shard_vsum_rows(const struct shard_layer *l, uint32_t h, uint64_t b, uint32_t n,
-		     float *dst)
-{
-	uint32_t dim = l->g->head_dim;
-	uint64_t done = l->len / SHARD_BLOCK; /* complete blocks */
-	uint32_t full = b + n <= done ? n : b < done ? (uint32_t)(done - b) : 0;
-
-	krn_get()->bf16_to_f32(shard_vsum(l, h, b * SHARD_BLOCK), dst, (size_t)full * dim);
-	if (full < n) /* the block being filled: the last stored */
-		memcpy(dst + (size_t)full * dim, shard_page_of(l, b * SHARD_BLOCK)->vopen +
-		       (size_t)h * dim, dim * sizeof(float));
 }

@@ -44,10 +44,8 @@ struct shard_page {
 	uint8_t *codes;   /* [head][SHARD_PAGE / 32][words * 8][32]: see below */
 	float *norms;     /* [head][SHARD_PAGE] */
 	uint8_t *cls;     /* [head][SHARD_PAGE]: norm class of each key (0..7) */
-	uint16_t *vsum;   /* [head][SHARD_PAGE_BLOCKS][dim]: value sums of the
-			   * complete blocks, bf16 (half the tail's reads) */
-	float *vopen;     /* [head][dim]: f32 value sum of the block being filled */
-	float *vpage;     /* [head][dim]: f32 value sum of the whole page */
+	float *vsum;      /* [head][SHARD_PAGE_BLOCKS + 1][dim]: sums of f32 values
+			   * of each block, then of the whole page */
 };
 
 struct shard_layer {
@@ -122,31 +120,18 @@ static inline uint8_t *shard_cls(const struct shard_layer *l, uint32_t h, uint64
 	return shard_page_of(l, t)->cls + (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
 }
 
-/* bf16 value sum of the complete block holding token t. */
-static inline uint16_t *shard_vsum(const struct shard_layer *l, uint32_t h, uint64_t t)
+/* Value sum of the block holding token t (blocks are SHARD_BLOCK aligned). */
+static inline float *shard_vsum(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
-	size_t blk = (size_t)h * SHARD_PAGE_BLOCKS + (t % SHARD_PAGE) / SHARD_BLOCK;
+	size_t blk = (size_t)h * (SHARD_PAGE_BLOCKS + 1) + (t % SHARD_PAGE) / SHARD_BLOCK;
 	return shard_page_of(l, t)->vsum + blk * l->g->head_dim;
 }
 
-/* f32 value sum of the whole page holding token t. */
+/* Value sum of the whole page holding token t (its row after the blocks'). */
 static inline float *shard_vpage(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
-	return shard_page_of(l, t)->vpage + (size_t)h * l->g->head_dim;
+	size_t row = (size_t)h * (SHARD_PAGE_BLOCKS + 1) + SHARD_PAGE_BLOCKS;
+	return shard_page_of(l, t)->vsum + row * l->g->head_dim;
 }
-
-/*
- * Add the f32 value row v of token t (the next token of head h, before
- * len counts it) to its block's and its page's sums.
- */
-void shard_vsum_add(const struct shard_layer *l, uint32_t h, uint64_t t, const float *v);
-
-/*
- * f32 value sums of the n blocks from block b of head h (inside one page)
- * into dst [n][head_dim]: complete blocks from their bf16 sums, a block
- * still being filled from its f32 sum.
- */
-void shard_vsum_rows(const struct shard_layer *l, uint32_t h, uint64_t b, uint32_t n,
-		     float *dst);
 
 #endif
