@@ -156,71 +156,43 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 }
 
 /*
- * Blocks of the range [0, nb) (nb <= 64) worth their value row for some
- * query, as a bit mask; w is turned from block sums into means on the
- * way.  The caller's cut (a share of the query's mean mass per token)
- * decides; concentrated attention leaves most blocks under it.  rest[j]
- * gets the mean mass per token of the blocks left out, n_out their count.
+ * Is block i worth its value row for any query?  The caller's cut (a share
+ * of the query's mean block mass) bounds the tail mass the skipped blocks
+ * hold to that share; concentrated attention leaves most blocks there.
  */
-static uint64_t kept_blocks(const struct shard_layer *l, float *w, size_t ld_w, uint32_t nq,
-			    uint64_t b0, uint32_t nb, const float *cut, float *rest,
-			    uint32_t *n_out)
+static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut, uint64_t i)
 {
-	uint64_t kept = 0;
-
-	/* every block is full except maybe the last stored */
-	uint64_t last = l->len - (b0 + nb - 1) * SHARD_BLOCK;
-	float inv_last = 1.0f / (float)(last < SHARD_BLOCK ? last : SHARD_BLOCK);
-
-	for (uint32_t j = 0; j < nq; j++) {
-		float *wj = w + j * ld_w;
-		for (uint32_t i = 0; i < nb; i++) {
-			wj[i] *= i + 1 < nb ? 1.0f / SHARD_BLOCK : inv_last;
-			kept |= (uint64_t)(wj[i] >= cut[j]) << i;
-		}
-	}
-	*n_out = nb - (uint32_t)__builtin_popcountll(kept);
-	for (uint32_t j = 0; j < nq; j++) {
-		double sum = 0.0;
-		for (uint32_t i = 0; i < nb; i++)
-			if (!(kept >> i & 1))
-				sum += w[j * ld_w + i];
-		rest[j] = *n_out ? (float)(sum / *n_out) : 0.0f;
-	}
-	return kept;
+	for (uint32_t j = 0; j < nq; j++)
+		if (w[j * ld_w + i] >= cut[j])
+			return 1;
+	return 0;
 }
 
-/*
- * The range lies inside one page.  In a whole stored page the blocks left
- * out take the mean value of the page's left-out blocks instead of
- * nothing: each left-out token weighs rest[j] on the page's value sum,
- * and the kept blocks' tokens get rest[j] taken off again, so that the
- * page row stands for the left-out blocks alone.
- */
 void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
 		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, float *acc)
 {
 	const struct krn_ops *ops = krn_get();
-	uint32_t dim = l->g->head_dim, n_out;
-	uint64_t b0 = t0 / SHARD_BLOCK;
-	uint32_t nb = (uint32_t)((t1 + SHARD_BLOCK - 1) / SHARD_BLOCK - b0);
-	int whole = t0 % SHARD_PAGE == 0 && t1 == t0 + SHARD_PAGE && l->len >= t1;
-	float rest[DKV_MAX_HEADS];
-	uint64_t kept = kept_blocks(l, w, ld_w, nq, b0, nb, cut, rest, &n_out);
+	uint32_t dim = l->g->head_dim;
+	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
 
-	if (whole && n_out) {
-		ops->wsum(rest, 1, nq, shard_vpage(l, h, t0), dim, 1, dim, acc);
-		for (uint32_t j = 0; j < nq; j++)
-			for (uint32_t i = 0; i < nb; i++)
-				w[j * ld_w + i] -= kept >> i & 1 ? rest[j] : 0.0f;
-	}
-	/* runs of kept blocks: their value rows are contiguous */
-	while (kept) {
-		uint32_t b = (uint32_t)__builtin_ctzll(kept);
-		uint64_t gap = ~(kept >> b);
-		uint32_t e = gap ? b + (uint32_t)__builtin_ctzll(gap) : 64;
-		ops->wsum(w + b, ld_w, nq, shard_vsum(l, h, (b0 + b) * SHARD_BLOCK), dim, e - b,
-			  dim, acc);
-		kept &= e < 64 ? ~((UINT64_C(1) << e) - 1) : 0;
+	/* block sums -> means: every block is full except maybe the last stored */
+	for (uint32_t j = 0; j < nq; j++)
+		for (uint64_t b = b0; b < b1; b++) {
+			uint64_t cnt = l->len - b * SHARD_BLOCK;
+			w[j * ld_w + (b - b0)] /= (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
+		}
+	/* runs of kept blocks inside one page: their value rows are contiguous */
+	for (uint64_t b = b0; b < b1;) {
+		if (!block_kept(w, ld_w, nq, cut, b - b0)) {
+			b++;
+			continue;
+		}
+		uint64_t page_end = (b / SHARD_PAGE_BLOCKS + 1) * SHARD_PAGE_BLOCKS;
+		uint64_t e = b + 1;
+		while (e < b1 && e < page_end && block_kept(w, ld_w, nq, cut, e - b0))
+			e++;
+		ops->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim,
+			  (uint32_t)(e - b), dim, acc);
+		b = e;
 	}
 }

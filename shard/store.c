@@ -27,7 +27,7 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 	b->full = 2 * align64(rows * g->head_dim * g->elt_size);
 	b->codes = align64(rows * g->words * sizeof(uint64_t)) +
 		   align64(rows * sizeof(float)) + align64(rows);
-	b->summaries = align64((size_t)g->n_kv_heads * (SHARD_PAGE_BLOCKS + 1) *
+	b->summaries = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS *
 			       g->head_dim * sizeof(float));
 	b->total = b->full + b->codes + b->summaries;
 	if (b->total >= HUGE_PAGE)

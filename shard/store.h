@@ -44,8 +44,7 @@ struct shard_page {
 	uint8_t *codes;   /* [head][SHARD_PAGE / 32][words * 8][32]: see below */
 	float *norms;     /* [head][SHARD_PAGE] */
 	uint8_t *cls;     /* [head][SHARD_PAGE]: norm class of each key (0..7) */
-	float *vsum;      /* [head][SHARD_PAGE_BLOCKS + 1][dim]: sums of f32 values
-			   * of each block, then of the whole page */
+	float *vsum;      /* [head][SHARD_PAGE_BLOCKS][dim]: sums of f32 values */
 };
 
 struct shard_layer {
@@ -123,15 +122,8 @@ static inline uint8_t *shard_cls(const struct shard_layer *l, uint32_t h, uint64
 /* Value sum of the block holding token t (blocks are SHARD_BLOCK aligned). */
 static inline float *shard_vsum(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
-	size_t blk = (size_t)h * (SHARD_PAGE_BLOCKS + 1) + (t % SHARD_PAGE) / SHARD_BLOCK;
+	size_t blk = (size_t)h * SHARD_PAGE_BLOCKS + (t % SHARD_PAGE) / SHARD_BLOCK;
 	return shard_page_of(l, t)->vsum + blk * l->g->head_dim;
-}
-
-/* Value sum of the whole page holding token t (its row after the blocks'). */
-static inline float *shard_vpage(const struct shard_layer *l, uint32_t h, uint64_t t)
-{
-	size_t row = (size_t)h * (SHARD_PAGE_BLOCKS + 1) + SHARD_PAGE_BLOCKS;
-	return shard_page_of(l, t)->vsum + row * l->g->head_dim;
 }
 
 #endif

@@ -15,8 +15,6 @@
 #include "engine.h"
 #include "gen/kvgen.h"
 #include "krn.h"
-#include "search.h"
-#include "store.h"
 
 #define TOKENS 21000u   /* 5 pages and a part */
 #define CHUNK 3000u     /* prefill chunk; one query per chunk */
@@ -236,107 +234,6 @@ START_TEST(bad_spec_refused)
 }
 END_TEST
 
-/*
- * The tail's page row: in a whole page, the blocks under the cut take the
- * mean value of the page's other blocks under it; in a part of a page
- * they add nothing.  Checked in double against the formula, on a store
- * filled by hand (values v(t, d) = sin(t + d), sums kept as the engine
- * keeps them).
- */
-#define TP_DIM 8
-#define TP_NQ 2
-
-static double tp_value(uint64_t t, uint32_t d)
-{
-	return sin(0.37 * (double)t + 1.3 * d) + 0.01 * (double)(t % 97);
-}
-
-static void tp_fill(struct shard_layer *l, uint64_t n)
-{
-	ck_assert_int_eq(shard_layer_reserve(l, n), 0);
-	for (uint64_t t = 0; t < n; t++) {
-		float *sum = shard_vsum(l, 0, t), *psum = shard_vpage(l, 0, t);
-		float *v = shard_value(l, 0, t);
-		if (t % SHARD_BLOCK == 0)
-			memset(sum, 0, TP_DIM * sizeof(float));
-		if (t % SHARD_PAGE == 0)
-			memset(psum, 0, TP_DIM * sizeof(float));
-		for (uint32_t d = 0; d < TP_DIM; d++) {
-			v[d] = (float)tp_value(t, d);
-			sum[d] += v[d];
-			psum[d] += v[d];
-		}
-	}
-	l->len = n;
-}
-
-/* Block b's mass for query j: a few heavy blocks, the rest light. */
-static float tp_mass(uint32_t j, uint64_t b)
-{
-	return (b * 7 + j * 3) % 11 == 0 ? 40.0f + (float)j : 0.5f + 0.1f * (float)((b + j) % 5);
-}
-
-/* Expected acc of query j over blocks [b0, b1) of the page at p0. */
-static double tp_expect(uint32_t j, uint32_t d, uint64_t b0, uint64_t b1, int whole,
-			float cut)
-{
-	double acc = 0.0, out_mass = 0.0, out_sum = 0.0;
-	uint32_t n_out = 0;
-
-	for (uint64_t b = b0; b < b1; b++) {
-		double mean = 0.0;
-		int kept = 0;
-		for (uint32_t i = 0; i < TP_NQ; i++)
-			kept |= tp_mass(i, b) / SHARD_BLOCK >= cut;
-		for (uint64_t t = b * SHARD_BLOCK; t < (b + 1) * SHARD_BLOCK; t++)
-			mean += tp_value(t, d) / SHARD_BLOCK;
-		if (kept) {
-			acc += tp_mass(j, b) * mean;
-		} else {
-			out_mass += tp_mass(j, b);
-			out_sum += mean;
-			n_out++;
-		}
-	}
-	return whole && n_out ? acc + out_mass * out_sum / n_out : acc;
-}
-
-static void tp_check(const struct shard_layer *l, uint64_t t0, uint64_t t1, int whole)
-{
-	uint64_t b0 = t0 / SHARD_BLOCK, b1 = t1 / SHARD_BLOCK, nb = b1 - b0;
-	float w[TP_NQ * SHARD_PAGE_BLOCKS], acc[TP_NQ * TP_DIM] = { 0 };
-	float cut[TP_NQ] = { 2.0f / SHARD_BLOCK, 2.0f / SHARD_BLOCK };
-
-	for (uint32_t j = 0; j < TP_NQ; j++)
-		for (uint64_t b = b0; b < b1; b++)
-			w[j * nb + (b - b0)] = tp_mass(j, b);
-	shard_tail_range(l, 0, w, nb, TP_NQ, t0, t1, cut, acc);
-	for (uint32_t j = 0; j < TP_NQ; j++)
-		for (uint32_t d = 0; d < TP_DIM; d++) {
-			double x = tp_expect(j, d, b0, b1, whole, cut[j]);
-			ck_assert_msg(fabs(acc[j * TP_DIM + d] - x) <= 1e-4 * (1.0 + fabs(x)),
-				      "[%llu, %llu) query %u dim %u: %g, expected %g",
-				      (unsigned long long)t0, (unsigned long long)t1, j, d,
-				      (double)acc[j * TP_DIM + d], x);
-		}
-}
-
-START_TEST(tail_page_row)
-{
-	struct shard_geom g = { .n_kv_heads = 1, .head_dim = TP_DIM, .dtype = DKV_F32,
-				.elt_size = 4, .words = 2 };
-	struct shard_layer l;
-
-	shard_layer_init(&l, &g);
-	tp_fill(&l, 2 * SHARD_PAGE + 5 * SHARD_BLOCK);
-	tp_check(&l, SHARD_PAGE, 2 * SHARD_PAGE, 1);                 /* whole page */
-	tp_check(&l, 0, SHARD_PAGE, 1);
-	tp_check(&l, SHARD_PAGE + 3 * SHARD_BLOCK, 2 * SHARD_PAGE, 0); /* part of one */
-	tp_check(&l, 2 * SHARD_PAGE, 2 * SHARD_PAGE + 5 * SHARD_BLOCK, 0);
-	shard_layer_free(&l);
-}
-END_TEST
-
 int main(void)
 {
 	Suite *su = suite_create("shards");
@@ -348,7 +245,6 @@ int main(void)
 	tcase_add_test(tc, sharded_dash_near_exact);
 	tcase_add_test(tc, sharded_append_all_or_nothing);
 	tcase_add_test(tc, bad_spec_refused);
-	tcase_add_test(tc, tail_page_row);
 	suite_add_tcase(su, tc);
 	sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
