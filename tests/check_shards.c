@@ -13,6 +13,7 @@
 
 #include "dashkv.h"
 #include "engine.h"
+#include "dtype.h"
 #include "gen/kvgen.h"
 #include "krn.h"
 
@@ -39,16 +40,6 @@ static const struct shape shapes[] = {
 
 static const char *specs[] = { "cpu:1", "cpu:2", "cpu:4" };
 #define N_SPECS 3
-
-/* Convert f32 rows to the shape's dtype in place (bf16 packs into the front). */
-static void to_dtype(int dtype, float *x, size_t n)
-{
-	uint16_t *h = (uint16_t *)x;
-
-	if (dtype == DKV_BF16)
-		for (size_t i = 0; i < n; i++)
-			h[i] = krn_f32_to_bf16_1(x[i]);
-}
 
 /*
  * Prefill in chunks and decode a few tokens with the engine of `spec`;
@@ -94,9 +85,9 @@ static size_t run(const struct shape *sh, const char *spec, uint8_t *out)
 		uint32_t n = pos < TOKENS ? (TOKENS - pos < CHUNK ? TOKENS - pos : CHUNK) : 1;
 		kvgen_kv(gen, pos, n, k, v);
 		kvgen_queries(gen, pos + n - 1, 0, q);
-		to_dtype(sh->dtype, k, n * kn);
-		to_dtype(sh->dtype, v, n * kn);
-		to_dtype(sh->dtype, q, qn);
+		test_to_dtype(sh->dtype, k, n * kn, k);
+		test_to_dtype(sh->dtype, v, n * kn, v);
+		test_to_dtype(sh->dtype, q, qn, q);
 		ck_assert_msg(rt_seq_step(s, 0, q, 1, k, v, n, out + at, err) == DKV_OK,
 			      "%s %s at %llu: %s", sh->name, spec, (unsigned long long)pos, err);
 		at += qn * elt;

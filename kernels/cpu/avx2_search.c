@@ -285,11 +285,13 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	uint64_t hits[QCHUNK];
 	uint8_t hd[64] __attribute__((aligned(32)));
 	/* 256-bit distances saturate: those take the general tail */
-	int fast = o->blk && (q->stride == 8 || q->stride == 16) && q->words < 4;
+	int fast = o->blk && q->words < 4;
+	int t8 = fast && q->stride == 8, t16 = fast && q->stride == 16;
 	const float *nr = k->norms + b;
-	__m256 nr8 = !fast ? _mm256_setzero_ps() :
-		     q->stride == 8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40],
-						     nr[48], nr[56]) : norms16(nr);
+	/* the sampled keys' norms, shared by the queries */
+	__m256 nrs = t8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40], nr[48],
+					 nr[56]) :
+		     t16 ? norms16(nr) : _mm256_setzero_ps();
 
 	/* blocks stream from memory: ask for the one after next now */
 	const char *next = (const char *)krn_code_at(k->codes, q->words, b) + 2 * 64 * q->words * 8;
@@ -305,18 +307,18 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	for (uint32_t j = 0; j < nj; j++) {
 		hits[j] = block_hits(q, k, o, dist[j], &t[j], j0 + j, b, hd);
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
-		if (fast && q->stride == 8)
-			*blk += block_tail8(q, j0 + j, dist[j], nr8, hits[j]);
-		else if (blk && !fast)
+		if (t8)
+			*blk += block_tail8(q, j0 + j, dist[j], nrs, hits[j]);
+		else if (blk && !t16)
 			*blk += block_tail(q, k, j0 + j, b, hd, hits[j]);
 	}
-	if (!fast || q->stride != 16)
+	if (!t16)
 		return;
 	KRN_UNROLL_GCC
 	for (uint32_t j = 0; j < nj; j += 2) {
 		uint32_t j1 = j + 1 < nj ? j + 1 : j;
 		float sum[2];
-		block_tail16(q, &pc[j / 2], dist[j], dist[j1], nr8, hits[j], hits[j1], sum);
+		block_tail16(q, &pc[j / 2], dist[j], dist[j1], nrs, hits[j], hits[j1], sum);
 		o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] += sum[0];
 		if (j1 != j)
 			o->blk[(j0 + j1) * o->ld_blk + b / 64 - k->first / 64] += sum[1];

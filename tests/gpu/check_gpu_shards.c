@@ -19,6 +19,7 @@
 
 #include "dashkv.h"
 #include "engine.h"
+#include "dtype.h"
 #include "gen/kvgen.h"
 #include "gpu.h"
 #include "krn.h"
@@ -71,15 +72,6 @@ static const struct dkv_gpu_emu_stats *emu_stats(void)
 	st = dlsym(h, "dkv_gpu_emu_stats");
 	ck_assert(st != NULL);
 	return st;
-}
-
-static void to_dtype(int dtype, float *x, size_t n)
-{
-	uint16_t *h = (uint16_t *)x;
-
-	if (dtype == DKV_BF16)
-		for (size_t i = 0; i < n; i++)
-			h[i] = krn_f32_to_bf16_1(x[i]);
 }
 
 static struct rt_seq *open_seq(struct rt_engine *e, const struct shape *sh, int hash)
@@ -141,13 +133,13 @@ static size_t run(const struct shape *sh, const char *spec, uint8_t *out, int ha
 			ck_assert(kc);
 			for (size_t i = 0; i < n * kn; i++)
 				kc[i] = layer ? -k[i] : k[i];
-			to_dtype(sh->dtype, kc, n * kn);
+			test_to_dtype(sh->dtype, kc, n * kn, kc);
 			float *vc = malloc(n * kn * sizeof(float)), *qc = malloc(qn * sizeof(float));
 			ck_assert(vc && qc);
 			memcpy(vc, v, n * kn * sizeof(float));
 			memcpy(qc, q, qn * sizeof(float));
-			to_dtype(sh->dtype, vc, n * kn);
-			to_dtype(sh->dtype, qc, qn);
+			test_to_dtype(sh->dtype, vc, n * kn, vc);
+			test_to_dtype(sh->dtype, qc, qn, qc);
 			ck_assert_msg(rt_seq_step(s, layer, qc, 1, kc, vc, n, out + at, err) == DKV_OK,
 				      "%s %s at %llu: %s", sh->name, spec, (unsigned long long)pos, err);
 			at += qn * elt;

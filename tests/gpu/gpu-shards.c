@@ -35,6 +35,7 @@
 
 #include "dashkv.h"
 #include "engine.h"
+#include "dtype.h"
 #include "gen/kvgen.h"
 #include "krn.h"
 
@@ -63,16 +64,6 @@ static double now_s(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void to_dtype(int dtype, const float *x, size_t n, void *out)
-{
-	uint16_t *h = out;
-
-	if (dtype == DKV_F32)
-		memcpy(out, x, n * sizeof(float));
-	for (size_t i = 0; dtype != DKV_F32 && i < n; i++)
-		h[i] = dtype == DKV_BF16 ? krn_f32_to_bf16_1(x[i]) : krn_f32_to_f16_1(x[i]);
 }
 
 static float from_dtype(int dtype, const void *x, size_t i)
@@ -140,9 +131,9 @@ static void gen_step(struct kvgen *gen, const struct shape *sh, uint64_t pos, ui
 
 	kvgen_kv(gen, pos, n, in->kf, in->vf);
 	kvgen_queries(gen, pos + n - 1, 0, in->qf);
-	to_dtype(sh->dtype, in->kf, kn, in->k);
-	to_dtype(sh->dtype, in->vf, kn, in->v);
-	to_dtype(sh->dtype, in->qf, qn, in->q);
+	test_to_dtype(sh->dtype, in->kf, kn, in->k);
+	test_to_dtype(sh->dtype, in->vf, kn, in->v);
+	test_to_dtype(sh->dtype, in->qf, qn, in->q);
 }
 
 static void step(struct rt_seq *s, const char *what, const void *q, uint32_t n_q,
