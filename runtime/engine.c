@@ -1040,13 +1040,18 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			const void *vsrc = (const uint8_t *)v + off * es;
 			float *restrict vf = s->sc.vrow;
 			float *restrict sum = shard_vsum(st, h, t);
+			float *restrict span = shard_vspan(st, h, t);
 			memcpy(shard_key(st, h, t), (const uint8_t *)k + off * es, (size_t)dim * es);
 			memcpy(shard_value(st, h, t), vsrc, (size_t)dim * es);
 			to_f32(c->dtype, vsrc, dim, vf);
 			if (t % SHARD_BLOCK == 0)
 				memset(sum, 0, dim * sizeof(float));
-			for (uint32_t d = 0; d < dim; d++)
+			if (t % SHARD_SPAN == 0)
+				memset(span, 0, dim * sizeof(float));
+			for (uint32_t d = 0; d < dim; d++) {
 				sum[d] += vf[d];
+				span[d] += vf[d];
+			}
 		}
 	st->len = len0 + n_new;
 	if (c->exact) /* dense attention reads no codes */
@@ -1802,6 +1807,17 @@ uint32_t rt_tail_stride(uint64_t n_mid)
 }
 
 /*
+ * The tail's value summaries: 64-token blocks, or 256-token spans once a
+ * block's mass rests on 4 sampled keys or fewer (stride 16 and up): the
+ * span's 16 samples give its mass, and the tail reads a quarter of the
+ * value sums.
+ */
+uint32_t rt_tail_span(uint64_t n_mid)
+{
+	return rt_tail_stride(n_mid) >= 16 ? SHARD_SPAN_BLOCKS : 1;
+}
+
+/*
  * Coarse filter for the group over the middle [m0, m1): thresholds from a
  * sample, then one pass; a pass whose hits overflow or fall short of
  * top_k is repeated with a moved threshold (rare).
@@ -2026,6 +2042,7 @@ static void attend_tail(struct rt_seq *s, uint64_t m0, uint64_t m1)
 		mass[j] = sum;
 		sc->cut[j] = (float)(RT_TAIL_NEGLIGIBLE * sum / (double)(m1 - m0));
 	}
+	sc->task.tail_span = rt_tail_span(m1 - m0);
 	run_job(s, shard_job_tail, m0, m1);
 	fold_pages(sc->tail_acc, sc->pacc, p0, np, stride);
 	for (uint32_t j = 0; j < g; j++) {

@@ -30,6 +30,8 @@ struct rt_seq;
 
 /* The tail's sampling stride (krn_scan_q.stride) for a middle of n tokens. */
 uint32_t rt_tail_stride(uint64_t n_mid);
+/* Blocks per value summary the tail reads for that middle: 1 or 4. */
+uint32_t rt_tail_span(uint64_t n_mid);
 
 /* An engine whose shards follow DASHKV_SHARDS ... */
 int rt_engine_new(struct rt_engine **out, char *err);

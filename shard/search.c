@@ -168,20 +168,23 @@ static int block_kept(const float *w, size_t ld_w, uint32_t nq, const float *cut
 	return 0;
 }
 
-void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
-		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, float *acc)
+/* Tokens stored in the summary of `tokens` tokens starting at t0. */
+static float stored(const struct shard_layer *l, uint64_t t0, uint32_t tokens)
 {
-	const struct krn_ops *ops = krn_get();
+	uint64_t cnt = l->len - t0;
+	return (float)(cnt < tokens ? cnt : tokens);
+}
+
+/* Runs of kept blocks inside one page: their value rows are contiguous. */
+static void tail_blocks(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
+			uint32_t nq, uint64_t b0, uint64_t b1, const float *cut, float *acc)
+{
 	uint32_t dim = l->g->head_dim;
-	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
 
 	/* block sums -> means: every block is full except maybe the last stored */
 	for (uint32_t j = 0; j < nq; j++)
-		for (uint64_t b = b0; b < b1; b++) {
-			uint64_t cnt = l->len - b * SHARD_BLOCK;
-			w[j * ld_w + (b - b0)] /= (float)(cnt < SHARD_BLOCK ? cnt : SHARD_BLOCK);
-		}
-	/* runs of kept blocks inside one page: their value rows are contiguous */
+		for (uint64_t b = b0; b < b1; b++)
+			w[j * ld_w + (b - b0)] /= stored(l, b * SHARD_BLOCK, SHARD_BLOCK);
 	for (uint64_t b = b0; b < b1;) {
 		if (!block_kept(w, ld_w, nq, cut, b - b0)) {
 			b++;
@@ -191,8 +194,61 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 		uint64_t e = b + 1;
 		while (e < b1 && e < page_end && block_kept(w, ld_w, nq, cut, e - b0))
 			e++;
-		ops->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim,
-			  (uint32_t)(e - b), dim, acc);
+		krn_get()->wsum(w + (b - b0), ld_w, nq, shard_vsum(l, h, b * SHARD_BLOCK), dim,
+				(uint32_t)(e - b), dim, acc);
+		b = e;
+	}
+}
+
+/*
+ * One page's blocks [b0, b1) by spans: each span's mean mass (its blocks'
+ * masses over its tokens) times its value sum.  sw holds the page's span
+ * means, [nq][SHARD_PAGE_SPANS].
+ */
+static void tail_page_spans(const struct shard_layer *l, uint32_t h, const float *w,
+			    size_t ld_w, uint32_t nq, uint64_t w0, uint64_t b0, uint64_t b1,
+			    const float *cut, float *sw, float *acc)
+{
+	uint64_t s0 = b0 / SHARD_SPAN_BLOCKS, s1 = (b1 + SHARD_SPAN_BLOCKS - 1) / SHARD_SPAN_BLOCKS;
+	uint32_t dim = l->g->head_dim;
+
+	for (uint32_t j = 0; j < nq; j++)
+		for (uint64_t s = s0; s < s1; s++) {
+			uint64_t a = s * SHARD_SPAN_BLOCKS, e = a + SHARD_SPAN_BLOCKS;
+			float m = 0.0f;
+			for (uint64_t b = a > b0 ? a : b0; b < e && b < b1; b++)
+				m += w[j * ld_w + (b - w0)];
+			sw[j * SHARD_PAGE_SPANS + (s - s0)] = m / stored(l, s * SHARD_SPAN, SHARD_SPAN);
+		}
+	for (uint64_t s = s0; s < s1;) {
+		if (!block_kept(sw, SHARD_PAGE_SPANS, nq, cut, s - s0)) {
+			s++;
+			continue;
+		}
+		uint64_t e = s + 1;
+		while (e < s1 && block_kept(sw, SHARD_PAGE_SPANS, nq, cut, e - s0))
+			e++;
+		krn_get()->wsum(sw + (s - s0), SHARD_PAGE_SPANS, nq, shard_vspan(l, h, s * SHARD_SPAN),
+				dim, (uint32_t)(e - s), dim, acc);
+		s = e;
+	}
+}
+
+void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
+		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, uint32_t span,
+		      float *acc)
+{
+	uint64_t b0 = t0 / SHARD_BLOCK, b1 = (t1 + SHARD_BLOCK - 1) / SHARD_BLOCK;
+	float sw[DKV_MAX_HEADS * SHARD_PAGE_SPANS];
+
+	if (span == 1) {
+		tail_blocks(l, h, w, ld_w, nq, b0, b1, cut, acc);
+		return;
+	}
+	for (uint64_t b = b0; b < b1;) {
+		uint64_t e = (b / SHARD_PAGE_BLOCKS + 1) * SHARD_PAGE_BLOCKS;
+		e = e < b1 ? e : b1;
+		tail_page_spans(l, h, w, ld_w, nq, b0, b, e, cut, sw, acc);
 		b = e;
 	}
 }

@@ -74,11 +74,14 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 /*
  * Tail values of nq queries over [t0, t1): w[j * ld_w + b] is query j's
  * estimated mass of block t0 / 64 + b; acc[j * dim ..] gains the sum of
- * each block's mass times its mean value.  w is divided in place by the
- * blocks' token counts.  Blocks whose mean mass is under cut[j] for every
- * query j are skipped.
+ * each summary's mass times its mean value.  span is 1 (64-token blocks)
+ * or SHARD_SPAN_BLOCKS (256-token spans: the blocks' masses summed, for
+ * masses that rest on few sampled keys each); w may be changed (divided
+ * by the blocks' token counts).  Summaries whose mean mass per token is
+ * under cut[j] for every query j are skipped.
  */
 void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
-		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, float *acc);
+		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, uint32_t span,
+		      float *acc);
 
 #endif

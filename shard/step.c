@@ -352,7 +352,7 @@ void shard_job_tail(void *arg, uint32_t r)
 		float *acc = t->pacc + p * stride;
 		memset(acc, 0, stride * sizeof(float));
 		shard_tail_range(t->l, t->h, t->blk + (a / SHARD_BLOCK - b0), t->blk_cap, t->g,
-				 a, b, t->cut, acc);
+				 a, b, t->cut, t->tail_span, acc);
 	}
 }
 

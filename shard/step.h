@@ -68,6 +68,7 @@ struct shard_task {
 	size_t blk_cap;
 	float *mref;               /* [g] tail reference, moved by the rank job */
 	const float *cut;          /* [g] blocks under it are skipped (tail job) */
+	uint32_t tail_span;        /* blocks per value summary of the tail: 1 or 4 */
 	double *pmass;             /* [page][g] tail mass of each page */
 	float *pacc;               /* [page][g][dim] tail value / exact acc */
 	float *pms;                /* [page][g][2] exact partial (m, s) */

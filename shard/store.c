@@ -20,6 +20,12 @@ static size_t align64(size_t n)
 	return (n + 63) & ~(size_t)63;
 }
 
+/* Bytes of one page's value sums with `rows` summaries per head. */
+static size_t vsum_bytes(const struct shard_geom *g, size_t rows)
+{
+	return (size_t)g->n_kv_heads * rows * g->head_dim * sizeof(float);
+}
+
 void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 {
 	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
@@ -27,8 +33,8 @@ void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 	b->full = 2 * align64(rows * g->head_dim * g->elt_size);
 	b->codes = align64(rows * g->words * sizeof(uint64_t)) +
 		   align64(rows * sizeof(float)) + align64(rows);
-	b->summaries = align64((size_t)g->n_kv_heads * SHARD_PAGE_BLOCKS *
-			       g->head_dim * sizeof(float));
+	b->summaries = align64(vsum_bytes(g, SHARD_PAGE_BLOCKS)) +
+		       align64(vsum_bytes(g, SHARD_PAGE_SPANS));
 	b->total = b->full + b->codes + b->summaries;
 	if (b->total >= HUGE_PAGE)
 		b->total = (b->total + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
@@ -79,6 +85,7 @@ static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 	p->norms = (float *)(mem + 2 * kv + codes);
 	p->cls = mem + 2 * kv + codes + norms;
 	p->vsum = (float *)(mem + 2 * kv + codes + norms + cls);
+	p->vspan = (float *)((uint8_t *)p->vsum + align64(vsum_bytes(g, SHARD_PAGE_BLOCKS)));
 	memset(p->vsum, 0, b.summaries);
 	return p;
 }

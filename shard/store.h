@@ -4,8 +4,8 @@
  *
  * Tokens live in fixed-size pages (SHARD_PAGE tokens); a page holds, for
  * every kv head, the keys and values at full precision (the sequence's
- * dtype), the binary key codes, the key norms and the per-block value sums
- * used for tail estimation.  Growth allocates new pages and grows only the
+ * dtype), the binary key codes, the key norms and the value sums of each
+ * 64-token block and 256-token span, used for tail estimation.  Growth allocates new pages and grows only the
  * page-pointer table, never copying stored tokens.
  */
 #ifndef DKV_SHARD_STORE_H
@@ -17,6 +17,9 @@
 #define SHARD_PAGE 4096u       /* tokens per page */
 #define SHARD_BLOCK 64u        /* tokens per value summary block */
 #define SHARD_PAGE_BLOCKS (SHARD_PAGE / SHARD_BLOCK)
+#define SHARD_SPAN 256u        /* tokens per coarse value summary (span) */
+#define SHARD_SPAN_BLOCKS (SHARD_SPAN / SHARD_BLOCK)
+#define SHARD_PAGE_SPANS (SHARD_PAGE / SHARD_SPAN)
 
 /* Geometry shared by all layers of a sequence. */
 struct shard_geom {
@@ -45,6 +48,7 @@ struct shard_page {
 	float *norms;     /* [head][SHARD_PAGE] */
 	uint8_t *cls;     /* [head][SHARD_PAGE]: norm class of each key (0..7) */
 	float *vsum;      /* [head][SHARD_PAGE_BLOCKS][dim]: sums of f32 values */
+	float *vspan;     /* [head][SHARD_PAGE_SPANS][dim]: the same per span */
 };
 
 struct shard_layer {
@@ -124,6 +128,13 @@ static inline float *shard_vsum(const struct shard_layer *l, uint32_t h, uint64_
 {
 	size_t blk = (size_t)h * SHARD_PAGE_BLOCKS + (t % SHARD_PAGE) / SHARD_BLOCK;
 	return shard_page_of(l, t)->vsum + blk * l->g->head_dim;
+}
+
+/* Value sum of the span holding token t (spans are SHARD_SPAN aligned). */
+static inline float *shard_vspan(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	size_t sp = (size_t)h * SHARD_PAGE_SPANS + (t % SHARD_PAGE) / SHARD_SPAN;
+	return shard_page_of(l, t)->vspan + sp * l->g->head_dim;
 }
 
 #endif
