@@ -1038,20 +1038,11 @@ static void append(struct rt_seq *s, struct rt_layer *L, const void *k,
 			uint64_t t = len0 + i;
 			size_t off = ((size_t)i * H + h) * dim;
 			const void *vsrc = (const uint8_t *)v + off * es;
-			float *restrict vf = s->sc.vrow;
-			float *restrict sum = shard_vsum(st, h, t);
-			float *restrict span = shard_vspan(st, h, t);
+			float *vf = s->sc.vrow;
 			memcpy(shard_key(st, h, t), (const uint8_t *)k + off * es, (size_t)dim * es);
 			memcpy(shard_value(st, h, t), vsrc, (size_t)dim * es);
 			to_f32(c->dtype, vsrc, dim, vf);
-			if (t % SHARD_BLOCK == 0)
-				memset(sum, 0, dim * sizeof(float));
-			if (t % SHARD_SPAN == 0)
-				memset(span, 0, dim * sizeof(float));
-			for (uint32_t d = 0; d < dim; d++) {
-				sum[d] += vf[d];
-				span[d] += vf[d];
-			}
+			shard_sums_add(st, h, t, vf);
 		}
 	st->len = len0 + n_new;
 	if (c->exact) /* dense attention reads no codes */

@@ -172,3 +172,19 @@ void shard_code_put(const struct shard_layer *l, uint32_t h, uint64_t t, const u
 
 	krn_code_write(c, l->g->words, code);
 }
+
+void shard_sums_add(const struct shard_layer *l, uint32_t h, uint64_t t, const float *v)
+{
+	float *restrict sum = shard_vsum(l, h, t);
+	float *restrict span = shard_vspan(l, h, t);
+	uint32_t dim = l->g->head_dim;
+
+	if (t % SHARD_BLOCK == 0)
+		memset(sum, 0, dim * sizeof(float));
+	if (t % SHARD_SPAN == 0)
+		memset(span, 0, dim * sizeof(float));
+	for (uint32_t d = 0; d < dim; d++) {
+		sum[d] += v[d];
+		span[d] += v[d];
+	}
+}

@@ -130,6 +130,13 @@ static inline float *shard_vsum(const struct shard_layer *l, uint32_t h, uint64_
 	return shard_page_of(l, t)->vsum + blk * l->g->head_dim;
 }
 
+/*
+ * Add value v (f32 [dim]) of token t to the sums of its block and span;
+ * the first token of a block or span starts its sum afresh.  Tokens come
+ * in order.
+ */
+void shard_sums_add(const struct shard_layer *l, uint32_t h, uint64_t t, const float *v);
+
 /* Value sum of the span holding token t (spans are SHARD_SPAN aligned). */
 static inline float *shard_vspan(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
