@@ -191,7 +191,10 @@ static const uint32_t shapes[][7] = {
 	{ 2, 3, 7, 3000, 16, 0, 4096 },   /* stride 16, an odd query out */
 	{ 1, 5, 64, 2000, 16, 0, 2048 },
 	{ 4, 2, 0, 1024, 16, 0, 1024 },   /* 256 bits: general tail */
-	{ 2, 4, 0, 2048, 32, 0, 2048 },
+	{ 2, 4, 0, 2048, 32, 0, 2048 },   /* stride 32: four queries a vector */
+	{ 2, 5, 3, 3000, 32, 0, 4096 },   /* stride 32, one query in the last chunk */
+	{ 1, 7, 64, 2000, 32, 0, 2048 },  /* stride 32, three in the last chunk */
+	{ 2, 2, 0, 1500, 32, 0, 2048 },
 	{ 2, 3, 30, 2000, 64, 0, 2048 },
 };
 

@@ -12,7 +12,8 @@
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
  * key's estimate through the vector exp: stride 8 one block and query
- * per vector, stride 16 one block and two queries.
+ * per vector, stride 16 one block and two queries, stride 32 one block and
+ * four queries.
  */
 #include "simd_common.h"
 #include "variants.h"
@@ -114,25 +115,25 @@ KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t
 
 /* Stage 1 and 2 for one 64-key block and query j, from its distances. */
 KRN_INLINE uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-			   struct krn_scan_out *o, const __m256i dist[2],
-			   const struct qtab *t, uint32_t j, uint32_t p, uint8_t *hd)
+			   struct krn_scan_out *o, const __m256i dist[2], const __m256i cls[2],
+			   const struct qtab *t, uint32_t j, uint32_t p)
 {
 	const float *tab = q->tab + (size_t)j * (64 * q->words + 1);
+	uint8_t hd[32] __attribute__((aligned(32)));
 	uint64_t hits = 0;
 
 	for (uint32_t g = 0; g < 2; g++) {
 		__m256i h = dist[g];
-		__m256i cls = _mm256_loadu_si256((const __m256i *)(k->cls + p + 32 * g));
-		__m256i lim = _mm256_shuffle_epi8(t->lim, cls);
+		__m256i lim = _mm256_shuffle_epi8(t->lim, cls[g]);
 		/* h >= limit + 1 fails: max(h, lim) == h */
 		__m256i fail = _mm256_cmpeq_epi8(_mm256_max_epu8(h, lim), h);
 		uint32_t probes = ~(uint32_t)_mm256_movemask_epi8(fail);
-		_mm256_store_si256((__m256i *)(hd + 32 * g), h);
 		if (!probes)
 			continue;
+		_mm256_store_si256((__m256i *)hd, h);
 		while (probes) {
 			uint32_t b = (uint32_t)__builtin_ctz(probes), u = 32 * g + b;
-			if (k->norms[p + u] * tab[hd[u]] >= q->thr[j]) {
+			if (k->norms[p + u] * tab[hd[b]] >= q->thr[j]) {
 				add_hit(o, j, k->base + p + u);
 				hits |= (uint64_t)1 << u;
 			}
@@ -236,6 +237,69 @@ KRN_INLINE void block_tail16(const struct krn_scan_q *q, const struct pair16 *c,
 	sum[1] = 16.0f * _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, 1));
 }
 
+/*
+ * Stride 32: keys 0 and 32 of a block for four queries j0 .. j0 + 3 (the
+ * last ones may repeat the last query: only the first nj sums count) in
+ * the eight lanes of one vector: lanes [0 32 0 32 0 32 0 32], queries
+ * [a a b b c c d d].
+ */
+struct quad32 {
+	__m256 a, b;
+	__m256i base;
+};
+
+static void quad32_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj, struct quad32 *c)
+{
+	int32_t tl = (int32_t)(64 * q->words + 1), x[8];
+	float a[8], b[8];
+
+	for (uint32_t i = 0; i < 8; i++) {
+		uint32_t j = j0 + (i / 2 < nj ? i / 2 : nj - 1);
+		a[i] = q->ca[j];
+		b[i] = q->cb[j];
+		x[i] = (int32_t)j * tl;
+	}
+	c->a = _mm256_loadu_ps(a);
+	c->b = _mm256_loadu_ps(b);
+	c->base = _mm256_loadu_si256((const __m256i *)x);
+}
+
+/* Bits 0 and 32 of each query's hits, in lane order. */
+static inline uint32_t hits32(const uint64_t *hits, uint32_t nj)
+{
+	uint32_t m = 0;
+
+	for (uint32_t i = 0; i < 4; i++) {
+		uint64_t h = hits[i < nj ? i : nj - 1];
+		m |= (uint32_t)(h & 1) << (2 * i) | (uint32_t)((h >> 32) & 1) << (2 * i + 1);
+	}
+	return m;
+}
+
+/* The nj queries' masses of one block into sum[0..nj). */
+KRN_INLINE void block_tail32(const struct quad32 *c, __m256i dist[][2], const uint32_t nj,
+			     const float *tab, __m256 nr32, const uint64_t *hits, float sum[4])
+{
+	__m256i u[4];
+
+	KRN_UNROLL
+	for (uint32_t i = 0; i < 4; i++) /* byte 0: key 0, byte 1: key 32 */
+		u[i] = _mm256_unpacklo_epi8(dist[i < nj ? i : nj - 1][0],
+					    dist[i < nj ? i : nj - 1][1]);
+	__m256i w = _mm256_unpacklo_epi32(_mm256_unpacklo_epi16(u[0], u[1]),
+					  _mm256_unpacklo_epi16(u[2], u[3]));
+	__m256i h = _mm256_cvtepu8_epi32(_mm256_castsi256_si128(w));
+	__m256 e = _mm256_mul_ps(nr32, _mm256_i32gather_ps(tab, _mm256_add_epi32(h, c->base), 4));
+	__m256 p = tail8(e, c->a, c->b, hits32(hits, nj));
+	p = _mm256_hadd_ps(p, p); /* [a b a b | c d c d] */
+	__m128 s4 = _mm_unpacklo_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+	s4 = _mm_mul_ps(s4, _mm_set1_ps(32.0f)); /* [a c b d] */
+	sum[0] = _mm_cvtss_f32(s4);
+	sum[1] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 2));
+	sum[2] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 1));
+	sum[3] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 3));
+}
+
 /* The tail mass of a block for query j, any stride: one key at a time. */
 static float block_tail(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			uint32_t j, uint32_t p, const uint8_t *hd, uint64_t hits)
@@ -279,7 +343,7 @@ static int vector_ok(const struct krn_scan_q *q)
 /* One 64-key block for nj (constant after inlining) queries from j0. */
 KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			   struct krn_scan_out *o, const struct qtab *t, const struct pair16 *pc,
-			   const uint32_t nj, uint32_t j0, uint32_t b)
+			   const struct quad32 *qc, const uint32_t nj, uint32_t j0, uint32_t b)
 {
 	__m256i dist[QCHUNK][2];
 	uint64_t hits[QCHUNK];
@@ -287,11 +351,14 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	/* 256-bit distances saturate: those take the general tail */
 	int fast = o->blk && q->words < 4;
 	int t8 = fast && q->stride == 8, t16 = fast && q->stride == 16;
+	int t32 = fast && q->stride == 32;
 	const float *nr = k->norms + b;
 	/* the sampled keys' norms, shared by the queries */
 	__m256 nrs = t8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40], nr[48],
 					 nr[56]) :
-		     t16 ? norms16(nr) : _mm256_setzero_ps();
+		     t16 ? norms16(nr) :
+		     t32 ? _mm256_setr_ps(nr[0], nr[32], nr[0], nr[32], nr[0], nr[32], nr[0], nr[32]) :
+			   _mm256_setzero_ps();
 
 	/* blocks stream from memory: ask for the one after next now */
 	const char *next = (const char *)krn_code_at(k->codes, q->words, b) + 2 * 64 * q->words * 8;
@@ -303,14 +370,26 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	_mm_prefetch((const char *)(nr + 176), _MM_HINT_T0);
 	_mm_prefetch((const char *)(k->cls + b + 128), _MM_HINT_T0);
 	ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
+	const __m256i cls[2] = { _mm256_loadu_si256((const __m256i *)(k->cls + b)),
+				 _mm256_loadu_si256((const __m256i *)(k->cls + b + 32)) };
 	KRN_UNROLL_GCC
 	for (uint32_t j = 0; j < nj; j++) {
-		hits[j] = block_hits(q, k, o, dist[j], &t[j], j0 + j, b, hd);
+		hits[j] = block_hits(q, k, o, dist[j], cls, &t[j], j0 + j, b);
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
 		if (t8)
 			*blk += block_tail8(q, j0 + j, dist[j], nrs, hits[j]);
-		else if (blk && !t16)
+		else if (blk && !t16 && !t32) {
+			_mm256_store_si256((__m256i *)hd, dist[j][0]);
+			_mm256_store_si256((__m256i *)(hd + 32), dist[j][1]);
 			*blk += block_tail(q, k, j0 + j, b, hd, hits[j]);
+		}
+	}
+	if (t32) {
+		float sum[4];
+		block_tail32(qc, dist, nj, q->tab, nrs, hits, sum);
+		KRN_UNROLL_GCC
+		for (uint32_t j = 0; j < nj; j++)
+			o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] += sum[j];
 	}
 	if (!t16)
 		return;
@@ -331,6 +410,7 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
 	struct qtab t[QCHUNK];
 	struct pair16 pc[QCHUNK / 2];
+	struct quad32 qc;
 
 	if (!vector_ok(q)) {
 		scan_keys(q, k, o, k->first, end);
@@ -346,19 +426,20 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			qtab_build(q, j0 + j, &t[j]);
 		for (uint32_t j = 0; j < nj; j += 2)
 			pair16_build(q, j0 + j, j0 + (j + 1 < nj ? j + 1 : j), &pc[j / 2]);
+		quad32_build(q, j0, nj, &qc);
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:
-				scan_block(q, k, o, t, pc, 1, j0, b);
+				scan_block(q, k, o, t, pc, &qc, 1, j0, b);
 				break;
 			case 2:
-				scan_block(q, k, o, t, pc, 2, j0, b);
+				scan_block(q, k, o, t, pc, &qc, 2, j0, b);
 				break;
 			case 3:
-				scan_block(q, k, o, t, pc, 3, j0, b);
+				scan_block(q, k, o, t, pc, &qc, 3, j0, b);
 				break;
 			default:
-				scan_block(q, k, o, t, pc, 4, j0, b);
+				scan_block(q, k, o, t, pc, &qc, 4, j0, b);
 			}
 		}
 	}
