@@ -108,6 +108,14 @@ struct krn_scan_out {
 	size_t ld_blk;
 };
 
+/* Element types of stored rows (the same values as dkv_dtype). */
+enum krn_elt { KRN_F32 = 0, KRN_F16 = 1, KRN_BF16 = 2 };
+
+/* Rows gdot asks for ahead of use, past the ones it scores. */
+#define KRN_GDOT_AHEAD 16u
+/* Largest dim gdot takes (the largest head_dim). */
+#define KRN_MAX_DIM 256u
+
 struct krn_ops {
 	const char *name;
 	enum krn_level level;
@@ -157,6 +165,19 @@ struct krn_ops {
 		    uint32_t n, uint32_t dim, float *out, size_t ld_out);
 
 	/*
+	 * gdot: out[j * ld_out + i] = scale * dot(q[j], row i) for the n rows
+	 * at rows[i], elements of type elt (enum krn_elt) converted exactly as
+	 * the conversions below.  Each output is dot's arithmetic on the
+	 * converted row, times scale, wherever the row sits: scattered rows
+	 * are scored in place, with no staging copy.  rows[n .. n_more) are
+	 * only asked for ahead of use (prefetch), KRN_GDOT_AHEAD at most.
+	 * dim <= KRN_MAX_DIM.
+	 */
+	void (*gdot)(const float *q, uint32_t nq, const void *const *rows, uint32_t n,
+		     uint32_t n_more, enum krn_elt elt, uint32_t dim, float scale,
+		     float *out, size_t ld_out);
+
+	/*
 	 * attend: fold n rows (k, v: rows ld apart, f32) into the online-softmax
 	 * states st[0..nq) of nq queries q [nq][dim] with logit = scale * q.k.
 	 * n <= KRN_BLOCK.  An empty state has m = -INFINITY, s = 0, acc = 0.
@@ -194,6 +215,14 @@ struct krn_ops {
 
 /* Largest n that attend / attend_logits take in one call. */
 #define KRN_BLOCK 256
+
+/*
+ * gdot for any table: the rows converted a few at a time into a buffer
+ * and scored with ops->dot (the tables without a gdot of their own).
+ */
+void krn_gdot_by_dot(const struct krn_ops *ops, const float *q, uint32_t nq,
+		     const void *const *rows, uint32_t n, enum krn_elt elt, uint32_t dim,
+		     float scale, float *out, size_t ld_out);
 
 /* The active kernel table (never NULL). */
 const struct krn_ops *krn_get(void);

@@ -541,7 +541,7 @@ static void rank_layout(struct rt_seq *s, struct shard_rank *rk, struct carver *
 	rk->recv = carve(cv, shard_recv_bytes((uint32_t)shards, s->group, c->top_k));
 	rk->bufs.kbuf = carve(cv, blk);
 	rk->bufs.vbuf = carve(cv, blk);
-	rk->bufs.rows = carve(cv, KRN_BLOCK * u);
+	rk->bufs.ptrs = carve(cv, (KRN_BLOCK + KRN_GDOT_AHEAD) * sizeof(void *));
 }
 
 static void scratch_layout(struct rt_seq *s, struct carver *cv)
@@ -591,7 +591,7 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 	sc->vrow = carve(cv, dim * f);
 	sc->bufs.kbuf = carve(cv, blk);
 	sc->bufs.vbuf = carve(cv, blk);
-	sc->bufs.rows = carve(cv, KRN_BLOCK * u);
+	sc->bufs.ptrs = carve(cv, (KRN_BLOCK + KRN_GDOT_AHEAD) * sizeof(void *));
 }
 
 /* The parts of the shards' task that stay the same from step to step. */

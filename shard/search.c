@@ -81,10 +81,10 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
 }
 
-/* Ask for the row of a key or value ahead of its use (random access). */
-static void prefetch_row(const struct shard_layer *l, uint32_t h, uint32_t pos, int values)
+/* Ask for the value row of a token ahead of its use (random access). */
+static void prefetch_value(const struct shard_layer *l, uint32_t h, uint32_t pos)
 {
-	const char *p = values ? shard_value(l, h, pos) : shard_key(l, h, pos);
+	const char *p = shard_value(l, h, pos);
 	size_t bytes = (size_t)l->g->head_dim * l->g->elt_size;
 
 	for (size_t o = 0; o < bytes; o += 64)
@@ -95,23 +95,22 @@ static void prefetch_row(const struct shard_layer *l, uint32_t h, uint32_t pos, 
 #define PREFETCH_AHEAD 24
 
 /*
- * Gather the rows at pos[0..n) (n <= KRN_BLOCK) of keys or values as f32;
- * the next rows after them (pos[n..n_all)) are prefetched.  Rows of 16-bit
- * types are copied raw into stage, then converted in one call.
+ * Gather the value rows at pos[0..n) (n <= KRN_BLOCK) as f32; the next
+ * rows after them (pos[n..n_all)) are prefetched.  Rows of 16-bit types
+ * are copied raw into stage, then converted in one call.
  */
-static void gather(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
-		   uint32_t n, uint32_t n_all, int values, float *dst, void *stage)
+static void gather_values(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
+			  uint32_t n, uint32_t n_all, float *dst, void *stage)
 {
 	size_t row = (size_t)l->g->head_dim * l->g->elt_size;
 	uint8_t *raw = l->g->dtype == DKV_F32 ? (uint8_t *)dst : stage;
 
 	for (uint32_t i = 0; i < PREFETCH_AHEAD && i < n_all; i++)
-		prefetch_row(l, h, pos[i], values);
+		prefetch_value(l, h, pos[i]);
 	for (uint32_t i = 0; i < n; i++) {
-		const void *src = values ? shard_value(l, h, pos[i]) : shard_key(l, h, pos[i]);
 		if (i + PREFETCH_AHEAD < n_all)
-			prefetch_row(l, h, pos[i + PREFETCH_AHEAD], values);
-		memcpy(raw + i * row, src, row);
+			prefetch_value(l, h, pos[i + PREFETCH_AHEAD]);
+		memcpy(raw + i * row, shard_value(l, h, pos[i]), row);
 	}
 	if (raw != (uint8_t *)dst)
 		shard_rows_f32(l->g, raw, n, dst);
@@ -121,16 +120,15 @@ void shard_fine_multi(const struct shard_layer *l, uint32_t h, const float *q,
 		      uint32_t nq, const uint32_t *pos, uint32_t n, float scale,
 		      float *logit, size_t ld, struct shard_bufs *b)
 {
-	const struct krn_ops *ops = krn_get();
-	uint32_t dim = l->g->head_dim;
+	enum krn_elt elt = (enum krn_elt)l->g->dtype;
 
 	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
 		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
-		gather(l, h, pos + i, m, n - i, 0, b->kbuf, b->vbuf);
-		ops->dot(q, nq, b->kbuf, dim, m, dim, logit + i, ld);
-		for (uint32_t j = 0; j < nq; j++)
-			for (uint32_t r = 0; r < m; r++)
-				logit[j * ld + i + r] *= scale;
+		uint32_t more = n - i < m + KRN_GDOT_AHEAD ? n - i : m + KRN_GDOT_AHEAD;
+		for (uint32_t r = 0; r < more; r++)
+			b->ptrs[r] = shard_key(l, h, pos[i + r]);
+		krn_get()->gdot(q, nq, b->ptrs, m, more, elt, l->g->head_dim, scale, logit + i,
+				ld);
 	}
 }
 
@@ -150,7 +148,7 @@ void shard_attend_list(const struct shard_layer *l, uint32_t h,
 
 	for (uint32_t i = 0; i < n; i += KRN_BLOCK) {
 		uint32_t m = n - i < KRN_BLOCK ? n - i : KRN_BLOCK;
-		gather(l, h, pos + i, m, n - i, 1, b->vbuf, b->kbuf);
+		gather_values(l, h, pos + i, m, n - i, b->vbuf, b->kbuf);
 		ops->attend_logits(logit + i, b->vbuf, dim, m, dim, st);
 	}
 }

@@ -18,7 +18,7 @@
 struct shard_bufs {
 	float *kbuf;
 	float *vbuf;
-	uint32_t *rows; /* KRN_BLOCK token positions */
+	const void **ptrs; /* KRN_BLOCK + KRN_GDOT_AHEAD row addresses */
 };
 
 /* Convert n stored rows (dtype of the store) starting at src to f32. */
@@ -57,7 +57,8 @@ void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
 
 /*
  * Fine ranking for nq queries (f32 [nq][dim]) over the same keys:
- * logit[j * ld + i] = scale * q_j . k(pos[i]).  Each key row is read once.
+ * logit[j * ld + i] = scale * q_j . k(pos[i]).  Each key row is read once,
+ * in place (krn gdot: no staging copy).
  */
 void shard_fine_multi(const struct shard_layer *l, uint32_t h, const float *q,
 		      uint32_t nq, const uint32_t *pos, uint32_t n, float scale,

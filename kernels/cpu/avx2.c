@@ -727,6 +727,118 @@ static void avx2_f32_to_bf16(const float *in, uint16_t *out, size_t n)
 		out[i] = krn_f32_to_bf16_1(in[i]);
 }
 
+/* ---- scattered rows -------------------------------------------------- */
+
+/* Eight elements of a stored row from d, as f32 (the conversions above). */
+KRN_INLINE __m256 row8(const void *row, const enum krn_elt elt, uint32_t d)
+{
+	const uint16_t *h = (const uint16_t *)row + d;
+
+	if (elt == KRN_BF16)
+		return _mm256_castsi256_ps(_mm256_slli_epi32(
+			_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)h)), 16));
+	if (elt == KRN_F16)
+		return f16x8(_mm_loadu_si128((const __m128i *)h));
+	return loadf((const float *)row + d);
+}
+
+/* Ask for every line of a row of dim elements. */
+static inline void prefetch_row(const void *row, uint32_t bytes)
+{
+	for (uint32_t o = 0; o < bytes; o += 64)
+		_mm_prefetch((const char *)row + o, _MM_HINT_T0);
+}
+
+/*
+ * Rows r0 and r1 against nj <= 4 queries (nj a constant after inlining):
+ * out lanes [q0.r0 .. q3.r0, q0.r1 .. q3.r1], times scale.  Each product
+ * is one FMA chain over d, summed by krn_hsum8x8: dot_2x4's arithmetic.
+ */
+KRN_INLINE __m256 gdot_pair(const float *q, const uint32_t nj, uint32_t dim, const void *r0,
+			    const void *r1, const enum krn_elt elt, __m256 scale)
+{
+	__m256 a[8];
+
+	KRN_UNROLL
+	for (int i = 0; i < 8; i++)
+		a[i] = _mm256_setzero_ps();
+	for (uint32_t d = 0; d < dim; d += 8) {
+		__m256 y0 = row8(r0, elt, d), y1 = row8(r1, elt, d);
+		KRN_UNROLL
+		for (uint32_t j = 0; j < nj; j++) {
+			__m256 x = loadf(q + (size_t)j * dim + d);
+			a[j] = _mm256_fmadd_ps(x, y0, a[j]);
+			a[4 + j] = _mm256_fmadd_ps(x, y1, a[4 + j]);
+		}
+	}
+	return _mm256_mul_ps(krn_hsum8x8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale);
+}
+
+/* nj <= 4 queries over all rows, two at a time; the rows ahead are asked for. */
+KRN_INLINE void gdot_rows(const float *q, const uint32_t nj, const void *const *rows,
+			  uint32_t n, uint32_t n_more, const enum krn_elt elt, uint32_t dim,
+			  float scale, float *out, size_t ld_out)
+{
+	uint32_t bytes = dim * (elt == KRN_F32 ? 4 : 2);
+	__m256 sc = _mm256_set1_ps(scale);
+	float r[8];
+
+	for (uint32_t i = 0; i < KRN_GDOT_AHEAD && i < n_more; i++)
+		prefetch_row(rows[i], bytes);
+	for (uint32_t i = 0; i < n; i += 2) {
+		const void *r1 = rows[i + 1 < n ? i + 1 : i];
+		for (uint32_t a = i + KRN_GDOT_AHEAD; a < i + 2 + KRN_GDOT_AHEAD && a < n_more; a++)
+			prefetch_row(rows[a], bytes);
+		_mm256_storeu_ps(r, gdot_pair(q, nj, dim, rows[i], r1, elt, sc));
+		for (uint32_t j = 0; j < nj; j++) {
+			out[j * ld_out + i] = r[j];
+			if (i + 1 < n)
+				out[j * ld_out + i + 1] = r[4 + j];
+		}
+	}
+}
+
+/* One chunk of nj <= 4 queries, elt a constant after inlining. */
+KRN_INLINE void gdot_chunk(const float *q, uint32_t nj, const void *const *rows, uint32_t n,
+			   uint32_t n_more, const enum krn_elt elt, uint32_t dim, float scale,
+			   float *out, size_t ld_out)
+{
+	switch (nj) {
+	case 4:
+		gdot_rows(q, 4, rows, n, n_more, elt, dim, scale, out, ld_out);
+		break;
+	case 3:
+		gdot_rows(q, 3, rows, n, n_more, elt, dim, scale, out, ld_out);
+		break;
+	case 2:
+		gdot_rows(q, 2, rows, n, n_more, elt, dim, scale, out, ld_out);
+		break;
+	default:
+		gdot_rows(q, 1, rows, n, n_more, elt, dim, scale, out, ld_out);
+	}
+}
+
+static void avx2_gdot(const float *q, uint32_t nq, const void *const *rows, uint32_t n,
+		      uint32_t n_more, enum krn_elt elt, uint32_t dim, float scale,
+		      float *out, size_t ld_out)
+{
+	if (dim % 8 || dim > DOT_MAX_DIM) {
+		krn_gdot_by_dot(&krn_ops_avx2, q, nq, rows, n, elt, dim, scale, out, ld_out);
+		return;
+	}
+	for (uint32_t j0 = 0; j0 < nq; j0 += 4) {
+		uint32_t nj = nq - j0 < 4 ? nq - j0 : 4;
+		const float *qj = q + (size_t)j0 * dim;
+		float *oj = out + j0 * ld_out;
+		if (elt == KRN_BF16)
+			gdot_chunk(qj, nj, rows, n, n_more, KRN_BF16, dim, scale, oj, ld_out);
+		else if (elt == KRN_F16)
+			gdot_chunk(qj, nj, rows, n, n_more, KRN_F16, dim, scale, oj, ld_out);
+		else
+			gdot_chunk(qj, nj, rows, n, n_more, KRN_F32, dim, scale, oj, ld_out);
+	}
+}
+
 const struct krn_ops krn_ops_avx2 = {
 	.name = "avx2",
 	.level = KRN_AVX2,
@@ -736,6 +848,7 @@ const struct krn_ops krn_ops_avx2 = {
 	.scan = krn_avx2_scan,   /* avx2_search.c */
 	.wsum = krn_avx2_wsum,   /* avx2_search.c */
 	.dot = avx2_dot,
+	.gdot = avx2_gdot,
 	.attend = avx2_attend,
 	.attend_logits = avx2_attend_logits,
 	.merge = avx2_merge,

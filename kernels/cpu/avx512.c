@@ -640,6 +640,15 @@ static void avx512_f32_to_bf16(const float *in, uint16_t *out, size_t n)
 		out[i] = krn_f32_to_bf16_1(in[i]);
 }
 
+/* Scattered rows: converted a few at a time and scored by avx512_dot. */
+static void avx512_gdot(const float *q, uint32_t nq, const void *const *rows, uint32_t n,
+			uint32_t n_more, enum krn_elt elt, uint32_t dim, float scale,
+			float *out, size_t ld_out)
+{
+	(void)n_more;
+	krn_gdot_by_dot(&krn_ops_avx512, q, nq, rows, n, elt, dim, scale, out, ld_out);
+}
+
 const struct krn_ops krn_ops_avx512 = {
 	.name = "avx512",
 	.level = KRN_AVX512,
@@ -652,6 +661,7 @@ const struct krn_ops krn_ops_avx512 = {
 	.wsum = krn_avx2_wsum,
 #endif
 	.dot = avx512_dot,
+	.gdot = avx512_gdot,
 	.attend = avx512_attend,
 	.attend_logits = avx512_attend_logits,
 	.merge = avx512_merge,

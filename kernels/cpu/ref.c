@@ -113,6 +113,45 @@ static void ref_dot(const float *q, uint32_t nq, const float *k, size_t ld_k,
 			out[j * ld_out + i] = dot1(q + (size_t)j * dim, k + i * ld_k, dim);
 }
 
+/* Stored row elements as f32, exactly (the conversions of ops). */
+static void elt_to_f32(const struct krn_ops *ops, const void *row, enum krn_elt elt,
+		       uint32_t dim, float *out)
+{
+	if (elt == KRN_BF16)
+		ops->bf16_to_f32(row, out, dim);
+	else if (elt == KRN_F16)
+		ops->f16_to_f32(row, out, dim);
+	else
+		memcpy(out, row, dim * sizeof(float));
+}
+
+#define GDOT_ROWS 8u /* rows converted per dot call */
+
+void krn_gdot_by_dot(const struct krn_ops *ops, const float *q, uint32_t nq,
+		     const void *const *rows, uint32_t n, enum krn_elt elt, uint32_t dim,
+		     float scale, float *out, size_t ld_out)
+{
+	float buf[GDOT_ROWS * KRN_MAX_DIM];
+
+	for (uint32_t i = 0; i < n; i += GDOT_ROWS) {
+		uint32_t m = n - i < GDOT_ROWS ? n - i : GDOT_ROWS;
+		for (uint32_t r = 0; r < m; r++)
+			elt_to_f32(ops, rows[i + r], elt, dim, buf + (size_t)r * dim);
+		ops->dot(q, nq, buf, dim, m, dim, out + i, ld_out);
+		for (uint32_t j = 0; j < nq; j++)
+			for (uint32_t r = 0; r < m; r++)
+				out[j * ld_out + i + r] *= scale;
+	}
+}
+
+static void ref_gdot(const float *q, uint32_t nq, const void *const *rows, uint32_t n,
+		     uint32_t n_more, enum krn_elt elt, uint32_t dim, float scale,
+		     float *out, size_t ld_out)
+{
+	(void)n_more;
+	krn_gdot_by_dot(&krn_ops_scalar, q, nq, rows, n, elt, dim, scale, out, ld_out);
+}
+
 static void ref_attend_logits(const float *logit, const float *v, size_t ld,
 			      uint32_t n, uint32_t dim, struct krn_part *st)
 {
@@ -218,6 +257,7 @@ const struct krn_ops krn_ops_scalar = {
 	.scan = ref_scan,
 	.wsum = ref_wsum,
 	.dot = ref_dot,
+	.gdot = ref_gdot,
 	.attend = ref_attend,
 	.attend_logits = ref_attend_logits,
 	.merge = ref_merge,
