@@ -14,6 +14,10 @@
  *  - encode: a bit may differ from the reference (or from the sign of the
  *    double-precision dot) only where |P_j . x| < 1e-4 |P_j| |x|.
  *  - dot: |got - exact| <= 1e-5 * sum_d |q_d k_d| (exact in double).
+ *  - gdot: bit for bit scale times the level's own dot on each row alone,
+ *    converted by the level's own f16/bf16 conversion, wherever the row
+ *    sits in the list; and |got - exact| <= 1e-5 * |scale| * sum_d
+ *    |q_d k_d| with the stored elements decoded here.
  *  - attend, attend_logits (and two halves merged): the output acc / s
  *    per element within 2e-5 * sum_i p_i |v_id| / sum_i p_i of the double
  *    softmax, and m + log(s) within 2e-5 * (1 + |lse|) of the double
@@ -272,6 +276,218 @@ START_TEST(test_dot)
 				ffree(k);
 				ffree(out);
 			}
+}
+END_TEST
+
+/* ---- gdot (each level's own dot, bit for bit; double oracle) ---------- */
+
+#define GDOT_POOL 24 /* stored rows per case: the longer lists repeat rows */
+#define GDOT_SCALE 0.0883883f /* 1 / sqrt(128) */
+#define GDOT_SENTINEL 0x7fc0deadu
+
+static const char *const elt_name[] = { "f32", "f16", "bf16" };
+
+static double f16_value(uint16_t h); /* with the reference's oracles below */
+
+static size_t elt_size(enum krn_elt elt)
+{
+	return elt == KRN_F32 ? sizeof(float) : sizeof(uint16_t);
+}
+
+/* Random stored elements: f32 in [-1, 1), f16 and bf16 in [-2, 2). */
+static void fill_stored(void *x, enum krn_elt elt, size_t n)
+{
+	for (size_t t = 0; t < n; t++) {
+		if (elt == KRN_F32)
+			((float *)x)[t] = frand(-1.0f, 1.0f);
+		else if (elt == KRN_F16)
+			((uint16_t *)x)[t] = krn_f32_to_f16_1(frand(-2.0f, 2.0f));
+		else
+			((uint16_t *)x)[t] = krn_f32_to_bf16_1(frand(-2.0f, 2.0f));
+	}
+}
+
+/* Element d of a stored row in double, decoded here (f16 from its fields). */
+static double stored_value(const void *row, enum krn_elt elt, uint32_t d)
+{
+	if (elt == KRN_F32)
+		return ((const float *)row)[d];
+	if (elt == KRN_F16)
+		return f16_value(((const uint16_t *)row)[d]);
+	return u2f((uint32_t)((const uint16_t *)row)[d] << 16);
+}
+
+/* A stored row as f32 by the level's own conversion. */
+static void row_to_f32(const struct krn_ops *o, const void *row, enum krn_elt elt,
+		       uint32_t dim, float *out)
+{
+	if (elt == KRN_F16)
+		o->f16_to_f32(row, out, dim);
+	else if (elt == KRN_BF16)
+		o->bf16_to_f32(row, out, dim);
+	else
+		memcpy(out, row, dim * sizeof(float));
+}
+
+/*
+ * m pointers to the rows of a pool (ld elements apart) in a shuffled
+ * order; every fifth repeats an earlier row, and past GDOT_POOL the
+ * order starts over.
+ */
+static void scatter_rows(const void **rows, uint32_t m, const unsigned char *pool,
+			 enum krn_elt elt, size_t ld)
+{
+	uint32_t perm[GDOT_POOL];
+
+	for (uint32_t p = 0; p < GDOT_POOL; p++)
+		perm[p] = p;
+	for (uint32_t p = GDOT_POOL - 1; p > 0; p--) {
+		uint32_t r = (uint32_t)(rnd() % (p + 1)), t = perm[p];
+		perm[p] = perm[r];
+		perm[r] = t;
+	}
+	for (uint32_t i = 0; i < m; i++)
+		rows[i] = i % 5 == 4 ? rows[i / 2] :
+			  pool + perm[i % GDOT_POOL] * ld * elt_size(elt);
+}
+
+struct gdot_case {
+	const struct krn_ops *o;
+	enum krn_elt elt;
+	uint32_t dim, nq, n, n_more;
+	const float *q;
+	const void **rows;
+	float *conv; /* [dim]: one row converted */
+	float *e;    /* [nq]: dot of that row alone */
+};
+
+static void gdot_fill_out(float *out, size_t tot)
+{
+	for (size_t t = 0; t < tot; t++)
+		out[t] = u2f(GDOT_SENTINEL);
+}
+
+/* Only out[j * ld_out + i] for i < n may be written, nothing past them. */
+static void gdot_check_pad(const struct gdot_case *c, const float *out, uint32_t n,
+			   size_t ld_out)
+{
+	for (size_t t = 0; t <= c->nq * ld_out; t++)
+		if (t % ld_out >= n || t == c->nq * ld_out)
+			expect(f2u(out[t]) == GDOT_SENTINEL,
+			       "%s gdot %s dim=%u nq=%u n=%u n_more=%u: wrote %08x at %zu (ld_out %zu)",
+			       c->o->name, elt_name[c->elt], c->dim, c->nq, n, c->n_more,
+			       f2u(out[t]), t, ld_out);
+}
+
+/*
+ * Row i of the full list: scale times the level's dot on that row alone,
+ * converted by the level, bit for bit; and within TOL_DOT * |scale| *
+ * sum |q_d k_d| of the dot of the stored values in double.
+ */
+static void gdot_check_row(const struct gdot_case *c, const float *out, size_t ld_out,
+			   uint32_t i)
+{
+	const void *row = c->rows[i];
+
+	row_to_f32(c->o, row, c->elt, c->dim, c->conv);
+	c->o->dot(c->q, c->nq, c->conv, c->dim, 1, c->dim, c->e, 1);
+	for (uint32_t j = 0; j < c->nq; j++) {
+		float got = out[j * ld_out + i], want = GDOT_SCALE * c->e[j];
+		double s = 0, sa = 0;
+
+		expect(f2u(got) == f2u(want),
+		       "%s gdot %s dim=%u nq=%u n=%u (%u,%u): %a (%08x), dot %a (%08x)",
+		       c->o->name, elt_name[c->elt], c->dim, c->nq, c->n, j, i,
+		       got, f2u(got), want, f2u(want));
+		for (uint32_t d = 0; d < c->dim; d++) {
+			double t = (double)c->q[j * c->dim + d] * stored_value(row, c->elt, d);
+			s += t;
+			sa += fabs(t);
+		}
+		s *= GDOT_SCALE;
+		sa *= GDOT_SCALE;
+		expect(fabs(got - s) <= TOL_DOT * sa + 1e-30,
+		       "%s gdot %s dim=%u nq=%u n=%u (%u,%u): %.9g vs %.9g",
+		       c->o->name, elt_name[c->elt], c->dim, c->nq, c->n, j, i, got, s);
+	}
+}
+
+/* The rows from off on alone: the same bits as in the full list. */
+static void gdot_check_sub(const struct gdot_case *c, const float *full, size_t ld_full,
+			   uint32_t off)
+{
+	uint32_t m = c->n - off;
+	size_t ld = (size_t)m + 6, tot = c->nq * ld + 1;
+	float *out = falloc(tot);
+
+	gdot_fill_out(out, tot);
+	c->o->gdot(c->q, c->nq, c->rows + off, m, c->n_more - off, c->elt, c->dim,
+		   GDOT_SCALE, out, ld);
+	gdot_check_pad(c, out, m, ld);
+	for (uint32_t j = 0; j < c->nq; j++)
+		for (uint32_t i = 0; i < m; i++)
+			expect(f2u(out[j * ld + i]) == f2u(full[j * ld_full + off + i]),
+			       "%s gdot %s dim=%u nq=%u n=%u (%u,%u): %08x from row %u on, %08x in the full list",
+			       c->o->name, elt_name[c->elt], c->dim, c->nq, c->n, j, off + i,
+			       f2u(out[j * ld + i]), off, f2u(full[j * ld_full + off + i]));
+	ffree(out);
+}
+
+static void gdot_run(const struct krn_ops *o, enum krn_elt elt, uint32_t dim,
+		     uint32_t nq, uint32_t n, uint32_t more)
+{
+	struct gdot_case c = { .o = o, .elt = elt, .dim = dim, .nq = nq, .n = n,
+			       .n_more = n + more };
+	size_t es = elt_size(elt), ld = dim + 2; /* every row an odd element off */
+	size_t ld_out = (size_t)n + 3, tot = nq * ld_out + 1;
+	void *pool = NULL;
+	float *q = falloc((size_t)nq * dim), *out = falloc(tot);
+	const void *rows[33 + KRN_GDOT_AHEAD];
+
+	ck_assert_uint_le(n + more, sizeof(rows) / sizeof(rows[0]));
+	ck_assert_int_eq(posix_memalign(&pool, 64, (GDOT_POOL * ld + 1) * es), 0);
+	fill_stored((unsigned char *)pool + es, elt, GDOT_POOL * ld);
+	scatter_rows(rows, n + more, (unsigned char *)pool + es, elt, ld);
+	frand_fill(q, (size_t)nq * dim, -1.0f, 1.0f);
+	c.q = q;
+	c.rows = rows;
+	c.conv = falloc(dim);
+	c.e = falloc(nq);
+
+	gdot_fill_out(out, tot);
+	o->gdot(q, nq, rows, n, c.n_more, elt, dim, GDOT_SCALE, out, ld_out);
+	gdot_check_pad(&c, out, n, ld_out);
+	for (uint32_t i = 0; i < n; i++)
+		gdot_check_row(&c, out, ld_out, i);
+	/* an odd and an even shift: rows change places in the kernel's pairs */
+	if (n > 1)
+		gdot_check_sub(&c, out, ld_out, 1);
+	if (n > 4)
+		gdot_check_sub(&c, out, ld_out, n / 2 & ~1u);
+	free(pool);
+	ffree(q);
+	ffree(out);
+	ffree(c.conv);
+	ffree(c.e);
+}
+
+START_TEST(test_gdot)
+{
+	static const uint32_t dims[] = { 8, 24, 64, 128, 256 };
+	static const uint32_t nqs[] = { 1, 2, 3, 4, 5, 8 };
+	static const uint32_t ns[] = { 1, 2, 7, 33 };
+	static const uint32_t mores[] = { 0, 5, KRN_GDOT_AHEAD };
+	const struct krn_ops *o = variant(_i, "gdot");
+	uint32_t k = 0;
+	if (!o)
+		return;
+	seed(17);
+	for (int elt = KRN_F32; elt <= KRN_BF16; elt++)
+		for (size_t a = 0; a < sizeof(dims) / sizeof(dims[0]); a++)
+			for (size_t b = 0; b < sizeof(nqs) / sizeof(nqs[0]); b++)
+				for (size_t c = 0; c < sizeof(ns) / sizeof(ns[0]); c++)
+					gdot_run(o, (enum krn_elt)elt, dims[a], nqs[b], ns[c],
+						 mores[k++ % 3]);
 }
 END_TEST
 
@@ -1236,6 +1452,7 @@ static Suite *kernels_suite(void)
 
 	/* against double-precision oracles: the reference too */
 	suite_add_tcase(s, variant_case("dot", test_dot, KRN_SCALAR, 120));
+	suite_add_tcase(s, variant_case("gdot", test_gdot, KRN_SCALAR, 60));
 	suite_add_tcase(s, variant_case("encode", test_encode, KRN_SCALAR, 120));
 	suite_add_tcase(s, variant_case("attend", test_attend, KRN_SCALAR, 300));
 	suite_add_tcase(s, variant_case("attend_logits", test_attend_logits, KRN_SCALAR, 120));
