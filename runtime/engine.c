@@ -1777,15 +1777,15 @@ static void keep_hits(struct rt_seq *s)
 /*
  * Tail sampling: middles up to RT_TAIL_FULL tokens estimate their tail
  * from every key, longer ones from one key in 8, and past 8 x that from
- * one key in 32 up to 1048576 tokens (about 16384 to 32768 keys), one in
- * 64 beyond: the exp per sampled key and query costs as much as the
- * Hamming distance of 8 keys.  At 1M tokens the output error was 0.120
- * with stride 8, 0.120 with 16 and 0.121 with 32 (64-token blocks,
- * dashkv-bench speed, one step), and 0.116 with both 16 and 32 once the
- * tail read 256-token spans (7 steps).
+ * one key in 32 (16384 to 24576 keys), one in 64 from RT_TAIL_LONG: the
+ * exp per sampled key and query costs as much as the Hamming distance of
+ * 8 keys.  At 1M tokens the output error was 0.120 with stride 8, 0.120
+ * with 16 and 0.121 with 32 (64-token blocks, dashkv-bench speed, one
+ * step); once the tail read 256-token spans, 0.116 with 16 and 32 (7
+ * steps), and 0.110 with 32 against 0.111 with 64 (9 steps).
  */
 #define RT_TAIL_FULL 65536u
-#define RT_TAIL_LONG 1048576u
+#define RT_TAIL_LONG 786432u
 
 uint32_t rt_tail_stride(uint64_t n_mid)
 {
@@ -1793,7 +1793,7 @@ uint32_t rt_tail_stride(uint64_t n_mid)
 		return 1;
 	if (n_mid <= 8 * (uint64_t)RT_TAIL_FULL)
 		return 8;
-	return n_mid <= RT_TAIL_LONG ? 32 : 64;
+	return n_mid < RT_TAIL_LONG ? 32 : 64;
 }
 
 /*

@@ -287,17 +287,21 @@ static void hits_to_tail(const struct shard_task *t, struct shard_rank *rk, uint
 			blk[hit[i] / SHARD_BLOCK - b0] += expf(logit[i] - *mref);
 }
 
-/* Each owned page's tail mass for query head j, summed in block order. */
+/*
+ * Each owned page's tail mass for query head j: four interleaved sums
+ * over its blocks (independent chains, the same order on any shard).
+ */
 static void page_mass(const struct shard_task *t, uint32_t j, uint32_t r)
 {
 	const float *blk = t->blk + (size_t)j * t->blk_cap;
 	uint64_t b0 = t->m0 / SHARD_BLOCK;
 
 	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
-		double sum = 0;
-		for (uint64_t x = a / SHARD_BLOCK; x < (b + SHARD_BLOCK - 1) / SHARD_BLOCK; x++)
-			sum += blk[x - b0];
-		t->pmass[p * t->g + j] = sum;
+		double s[4] = { 0, 0, 0, 0 };
+		uint64_t x0 = a / SHARD_BLOCK, x1 = (b + SHARD_BLOCK - 1) / SHARD_BLOCK;
+		for (uint64_t x = x0; x < x1; x++)
+			s[(x - x0) % 4] += blk[x - b0];
+		t->pmass[p * t->g + j] = (s[0] + s[1]) + (s[2] + s[3]);
 	}
 }
 

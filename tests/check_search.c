@@ -196,6 +196,10 @@ static const uint32_t shapes[][7] = {
 	{ 1, 7, 64, 2000, 32, 0, 2048 },  /* stride 32, three in the last chunk */
 	{ 2, 2, 0, 1500, 32, 0, 2048 },
 	{ 2, 3, 30, 2000, 64, 0, 2048 },
+	{ 2, 4, 0, 4096, 64, 0, 4096 },   /* stride 64: two blocks a vector */
+	{ 1, 6, 64, 1984, 64, 0, 2048 },  /* stride 64, an odd block out */
+	{ 2, 1, 0, 640, 64, 0, 1024 },
+	{ 2, 9, 5, 3000, 64, 0, 4096 },
 };
 
 START_TEST(scan_reference_matches_oracle)

@@ -13,7 +13,7 @@
  * multiply, so the hits are identical.  The tail takes every stride-th
  * key's estimate through the vector exp: stride 8 one block and query
  * per vector, stride 16 one block and two queries, stride 32 one block and
- * four queries.
+ * four queries, stride 64 two blocks and four queries.
  */
 #include "simd_common.h"
 #include "variants.h"
@@ -300,6 +300,62 @@ KRN_INLINE void block_tail32(const struct quad32 *c, __m256i dist[][2], const ui
 	sum[3] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 3));
 }
 
+/*
+ * Stride 64: key 0 of two blocks for four queries in one vector, lanes
+ * [A a, A b, A c, A d, B a, B b, B c, B d] (the last queries may repeat:
+ * their lanes are masked).  Block A waits in the pair until B comes, or
+ * goes alone (B's lanes masked) at the end of the range.
+ */
+struct pair64 {
+	int32_t h[8];      /* table index: query offset + distance */
+	float nr[8];
+	uint32_t mask;     /* lanes that add nothing */
+	uint32_t n;        /* blocks in the pair */
+	uint32_t blk[2];   /* their first keys */
+};
+
+/* Add one block's key-0 lanes to the pair. */
+static inline void pair64_add(struct pair64 *c, const struct krn_scan_q *q, __m256i dist[][2],
+			      const uint64_t *hits, uint32_t nj, uint32_t j0, float nr, uint32_t b)
+{
+	uint32_t tl = 64 * q->words + 1, l0 = 4 * c->n;
+
+	for (uint32_t j = 0; j < 4; j++) {
+		uint32_t jj = j < nj ? j : nj - 1;
+		c->h[l0 + j] = (int32_t)((j0 + jj) * tl +
+					 ((uint32_t)_mm256_cvtsi256_si32(dist[jj][0]) & 255));
+		c->nr[l0 + j] = nr;
+		if (j >= nj || (hits[jj] & 1))
+			c->mask |= 1u << (l0 + j);
+	}
+	c->blk[c->n++] = b;
+}
+
+/* The pair's masses into blk, then empty it. */
+static void pair64_flush(struct pair64 *c, const struct krn_scan_q *q,
+			 const struct krn_scan_keys *k, struct krn_scan_out *o, uint32_t j0,
+			 uint32_t nj)
+{
+	float a[8], bb[8], p[8];
+
+	if (c->n == 1)
+		c->mask |= 0xf0;
+	for (uint32_t i = 0; i < 8; i++) {
+		uint32_t j = j0 + (i % 4 < nj ? i % 4 : nj - 1);
+		a[i] = q->ca[j];
+		bb[i] = q->cb[j];
+	}
+	__m256 e = _mm256_mul_ps(_mm256_loadu_ps(c->nr),
+				 _mm256_i32gather_ps(q->tab, _mm256_loadu_si256((const __m256i *)c->h), 4));
+	_mm256_storeu_ps(p, tail8(e, _mm256_loadu_ps(a), _mm256_loadu_ps(bb), c->mask));
+	for (uint32_t x = 0; x < c->n; x++)
+		for (uint32_t j = 0; j < nj; j++)
+			o->blk[(j0 + j) * o->ld_blk + c->blk[x] / 64 - k->first / 64] +=
+				64.0f * p[4 * x + j];
+	c->n = 0;
+	c->mask = 0;
+}
+
 /* The tail mass of a block for query j, any stride: one key at a time. */
 static float block_tail(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			uint32_t j, uint32_t p, const uint8_t *hd, uint64_t hits)
@@ -343,7 +399,8 @@ static int vector_ok(const struct krn_scan_q *q)
 /* One 64-key block for nj (constant after inlining) queries from j0. */
 KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			   struct krn_scan_out *o, const struct qtab *t, const struct pair16 *pc,
-			   const struct quad32 *qc, const uint32_t nj, uint32_t j0, uint32_t b)
+			   const struct quad32 *qc, struct pair64 *c64, const uint32_t nj,
+			   uint32_t j0, uint32_t b, uint32_t b_end)
 {
 	__m256i dist[QCHUNK][2];
 	uint64_t hits[QCHUNK];
@@ -351,7 +408,7 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	/* 256-bit distances saturate: those take the general tail */
 	int fast = o->blk && q->words < 4;
 	int t8 = fast && q->stride == 8, t16 = fast && q->stride == 16;
-	int t32 = fast && q->stride == 32;
+	int t32 = fast && q->stride == 32, t64 = fast && q->stride == 64;
 	const float *nr = k->norms + b;
 	/* the sampled keys' norms, shared by the queries */
 	__m256 nrs = t8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40], nr[48],
@@ -378,11 +435,16 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
 		if (t8)
 			*blk += block_tail8(q, j0 + j, dist[j], nrs, hits[j]);
-		else if (blk && !t16 && !t32) {
+		else if (blk && !t16 && !t32 && !t64) {
 			_mm256_store_si256((__m256i *)hd, dist[j][0]);
 			_mm256_store_si256((__m256i *)(hd + 32), dist[j][1]);
 			*blk += block_tail(q, k, j0 + j, b, hd, hits[j]);
 		}
+	}
+	if (t64) {
+		pair64_add(c64, q, dist, hits, nj, j0, nr[0], b);
+		if (c64->n == 2 || b + 64 >= b_end)
+			pair64_flush(c64, q, k, o, j0, nj);
 	}
 	if (t32) {
 		float sum[4];
@@ -411,6 +473,7 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 	struct qtab t[QCHUNK];
 	struct pair16 pc[QCHUNK / 2];
 	struct quad32 qc;
+	struct pair64 c64 = { .n = 0 };
 
 	if (!vector_ok(q)) {
 		scan_keys(q, k, o, k->first, end);
@@ -430,16 +493,16 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:
-				scan_block(q, k, o, t, pc, &qc, 1, j0, b);
+				scan_block(q, k, o, t, pc, &qc, &c64, 1, j0, b, p_end);
 				break;
 			case 2:
-				scan_block(q, k, o, t, pc, &qc, 2, j0, b);
+				scan_block(q, k, o, t, pc, &qc, &c64, 2, j0, b, p_end);
 				break;
 			case 3:
-				scan_block(q, k, o, t, pc, &qc, 3, j0, b);
+				scan_block(q, k, o, t, pc, &qc, &c64, 3, j0, b, p_end);
 				break;
 			default:
-				scan_block(q, k, o, t, pc, &qc, 4, j0, b);
+				scan_block(q, k, o, t, pc, &qc, &c64, 4, j0, b, p_end);
 			}
 		}
 	}
