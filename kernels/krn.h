@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum krn_level { KRN_SCALAR = 0, KRN_AVX2 = 1, KRN_AVX512 = 2, KRN_NLEVELS };
 
@@ -91,6 +92,49 @@ static inline void krn_code_read(const uint8_t *c, uint32_t words, uint64_t *cod
 			x |= (uint64_t)c[(w * 8 + b) * KRN_CODE_GROUP] << (8 * b);
 		code[w] = x;
 	}
+}
+
+/* Transpose the 8x8 byte matrix m in place (byte c of m[r]: row r, column c). */
+static inline void krn_transpose8(uint64_t m[8])
+{
+	for (uint32_t r = 0; r < 4; r++) {
+		uint64_t t = ((m[r] >> 32) ^ m[r + 4]) & 0x00000000ffffffffull;
+		m[r] ^= t << 32;
+		m[r + 4] ^= t;
+	}
+	for (uint32_t i = 0; i < 4; i++) {
+		uint32_t r = i < 2 ? i : i + 2; /* rows 0 1 4 5 */
+		uint64_t t = ((m[r] >> 16) ^ m[r + 2]) & 0x0000ffff0000ffffull;
+		m[r] ^= t << 16;
+		m[r + 2] ^= t;
+	}
+	for (uint32_t r = 0; r < 8; r += 2) {
+		uint64_t t = ((m[r] >> 8) ^ m[r + 1]) & 0x00ff00ff00ff00ffull;
+		m[r] ^= t << 8;
+		m[r + 1] ^= t;
+	}
+}
+
+/*
+ * The codes of the 8 keys from c, a key whose place in its group is a
+ * multiple of 8, into code[i * words + w]: krn_code_read's words, with
+ * one 8x8 byte transpose per word instead of a byte load per byte.
+ */
+static inline void krn_code_read8(const uint8_t *c, uint32_t words, uint64_t *code)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	for (uint32_t w = 0; w < words; w++) {
+		uint64_t m[8];
+		for (uint32_t b = 0; b < 8; b++)
+			memcpy(&m[b], c + (w * 8 + b) * KRN_CODE_GROUP, 8);
+		krn_transpose8(m);
+		for (uint32_t i = 0; i < 8; i++)
+			code[i * words + w] = m[i];
+	}
+#else
+	for (uint32_t i = 0; i < 8; i++)
+		krn_code_read(c + i, words, code + i * words);
+#endif
 }
 
 static inline void krn_code_write(uint8_t *c, uint32_t words, const uint64_t *code)

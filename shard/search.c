@@ -74,9 +74,12 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 {
 	uint32_t words = l->g->words;
 
-	for (uint32_t i = 0; i < n; i++) {
-		shard_code_get(l, h, pos[i], codes_buf + (size_t)i * words);
-		norms_buf[i] = *shard_norm(l, h, pos[i]);
+	/* runs of consecutive keys inside a page: their codes eight at a time */
+	for (uint32_t i = 0, e; i < n; i = e) {
+		for (e = i + 1; e < n && pos[e] == pos[e - 1] + 1 && pos[e] % SHARD_PAGE; e++)
+			;
+		shard_codes_get(l, h, pos[i], e - i, codes_buf + (size_t)i * words);
+		memcpy(norms_buf + i, shard_norm(l, h, pos[i]), (e - i) * sizeof(float));
 	}
 	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
 }

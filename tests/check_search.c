@@ -299,6 +299,31 @@ START_TEST(code_layout_round_trip)
 }
 END_TEST
 
+/* krn_code_read8 gives each of 8 keys what krn_code_read gives it. */
+START_TEST(code_read8_matches)
+{
+	for (uint32_t words = 1; words <= 4; words *= 2) {
+		uint8_t buf[4 * 8 * 32 * 2] = { 0 };
+		uint64_t in[4], want[4], got[8 * 4];
+		for (uint32_t p = 0; p < 64; p++) {
+			for (uint32_t w = 0; w < words; w++)
+				in[w] = next64();
+			krn_code_write((uint8_t *)krn_code_at(buf, words, p), words, in);
+		}
+		for (uint32_t p = 0; p < 64; p += 8) {
+			krn_code_read8(krn_code_at(buf, words, p), words, got);
+			for (uint32_t i = 0; i < 8; i++) {
+				krn_code_read(krn_code_at(buf, words, p + i), words, want);
+				ck_assert_msg(!memcmp(want, got + i * words, words * 8),
+					      "words %u key %u: %016llx vs %016llx", words, p + i,
+					      (unsigned long long)got[i * words],
+					      (unsigned long long)want[0]);
+			}
+		}
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("search kernels");
@@ -310,6 +335,7 @@ int main(void)
 	tcase_add_loop_test(t, scan_variants_match_reference, 0, (int)nshapes);
 	tcase_add_loop_test(t, wsum_matches, 0, 12);
 	tcase_add_test(t, code_layout_round_trip);
+	tcase_add_test(t, code_read8_matches);
 	suite_add_tcase(s, t);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -515,6 +515,49 @@ START_TEST(tail_spans_not_blocks)
 }
 END_TEST
 
+/*
+ * shard_codes_get over runs of any start and length inside a page gives
+ * each key what shard_code_get gives it, for 64-, 128- and 256-bit codes.
+ */
+START_TEST(codes_get_matches_one_by_one)
+{
+	static const uint32_t runs[][2] = {
+		{ 0, 1 }, { 0, 8 }, { 3, 5 }, { 5, 30 }, { 31, 2 }, { 64, 97 },
+		{ 4090, 6 }, { 4000, 96 }, { 7, 1 }, { 100, 333 },
+	};
+	uint32_t words = 1u << _i;
+	struct shard_geom g = { .n_kv_heads = 2, .head_dim = 8, .dtype = DKV_F32,
+				.elt_size = 4, .words = words };
+	struct shard_layer l;
+	uint64_t seed = 99 + words, want[4], *got = malloc(SHARD_PAGE * 4 * sizeof(uint64_t));
+
+	ck_assert(got);
+	shard_layer_init(&l, &g);
+	ck_assert_int_eq(shard_layer_reserve(&l, 2 * SHARD_PAGE), 0);
+	for (uint64_t t = 0; t < 2 * SHARD_PAGE; t++)
+		for (uint32_t h = 0; h < 2; h++) {
+			uint64_t code[4];
+			for (uint32_t w = 0; w < words; w++)
+				code[w] = (uint64_t)(tail_rand(&seed) * 16777216.0f) << 40 ^
+					  (uint64_t)(tail_rand(&seed) * 16777216.0f) << 16 ^
+					  (uint64_t)(tail_rand(&seed) * 65536.0f);
+			shard_code_put(&l, h, t, code);
+		}
+	for (uint32_t r = 0; r < sizeof(runs) / sizeof(runs[0]); r++)
+		for (uint32_t h = 0; h < 2; h++) {
+			uint64_t t0 = SHARD_PAGE + runs[r][0];
+			shard_codes_get(&l, h, t0, runs[r][1], got);
+			for (uint32_t i = 0; i < runs[r][1]; i++) {
+				shard_code_get(&l, h, t0 + i, want);
+				ck_assert_msg(!memcmp(want, got + (size_t)i * words, words * 8),
+					      "words %u head %u run %u key %u", words, h, r, i);
+			}
+		}
+	shard_layer_free(&l);
+	free(got);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *su = suite_create("shards");
@@ -531,6 +574,7 @@ int main(void)
 	tcase_add_loop_test(tail, sums_add_matches_rows, 0, N_TAIL_DIMS);
 	tcase_add_loop_test(tail, tail_range_matches_rows, 0, N_TAIL_DIMS);
 	tcase_add_loop_test(tail, tail_spans_not_blocks, 0, N_TAIL_DIMS);
+	tcase_add_loop_test(tail, codes_get_matches_one_by_one, 0, 3);
 	suite_add_tcase(su, tail);
 	sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
