@@ -260,6 +260,10 @@ struct krn_ops {
 /* Largest n that attend / attend_logits take in one call. */
 #define KRN_BLOCK 256
 
+/* n stored elements of type elt as f32, by the conversions of ops (exact). */
+void krn_elt_to_f32(const struct krn_ops *ops, enum krn_elt elt, const void *in, float *out,
+		    size_t n);
+
 /*
  * gdot for any table: the rows converted a few at a time into a buffer
  * and scored with ops->dot (the tables without a gdot of their own).

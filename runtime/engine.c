@@ -861,16 +861,7 @@ const dkv_seq_config *rt_seq_config(const struct rt_seq *s)
 
 static void to_f32(int dtype, const void *in, size_t n, float *out)
 {
-	const struct krn_ops *ops = krn_get();
-
-	if (!n)
-		return;
-	if (dtype == DKV_F16)
-		ops->f16_to_f32(in, out, n);
-	else if (dtype == DKV_BF16)
-		ops->bf16_to_f32(in, out, n);
-	else
-		memcpy(out, in, n * sizeof(float));
+	krn_elt_to_f32(krn_get(), (enum krn_elt)dtype, in, out, n);
 }
 
 static void from_f32(int dtype, const float *in, size_t n, void *out)

@@ -7,19 +7,7 @@
 
 void shard_rows_f32(const struct shard_geom *g, const void *src, uint32_t n, float *dst)
 {
-	const struct krn_ops *ops = krn_get();
-	size_t cnt = (size_t)n * g->head_dim;
-
-	switch (g->dtype) {
-	case DKV_F16:
-		ops->f16_to_f32(src, dst, cnt);
-		break;
-	case DKV_BF16:
-		ops->bf16_to_f32(src, dst, cnt);
-		break;
-	default:
-		memcpy(dst, src, cnt * sizeof(float));
-	}
+	krn_elt_to_f32(krn_get(), (enum krn_elt)g->dtype, src, dst, (size_t)n * g->head_dim);
 }
 
 /* Tokens from t up to t1 that stay inside t's page, at most `most`. */

@@ -317,17 +317,6 @@ static double stored_value(const void *row, enum krn_elt elt, uint32_t d)
 	return u2f((uint32_t)((const uint16_t *)row)[d] << 16);
 }
 
-/* A stored row as f32 by the level's own conversion. */
-static void row_to_f32(const struct krn_ops *o, const void *row, enum krn_elt elt,
-		       uint32_t dim, float *out)
-{
-	if (elt == KRN_F16)
-		o->f16_to_f32(row, out, dim);
-	else if (elt == KRN_BF16)
-		o->bf16_to_f32(row, out, dim);
-	else
-		memcpy(out, row, dim * sizeof(float));
-}
 
 /*
  * m pointers to the rows of a pool (ld elements apart) in a shuffled
@@ -389,7 +378,7 @@ static void gdot_check_row(const struct gdot_case *c, const float *out, size_t l
 {
 	const void *row = c->rows[i];
 
-	row_to_f32(c->o, row, c->elt, c->dim, c->conv);
+	krn_elt_to_f32(c->o, c->elt, row, c->conv, c->dim);
 	c->o->dot(c->q, c->nq, c->conv, c->dim, 1, c->dim, c->e, 1);
 	for (uint32_t j = 0; j < c->nq; j++) {
 		float got = out[j * ld_out + i], want = GDOT_SCALE * c->e[j];

@@ -113,16 +113,15 @@ static void ref_dot(const float *q, uint32_t nq, const float *k, size_t ld_k,
 			out[j * ld_out + i] = dot1(q + (size_t)j * dim, k + i * ld_k, dim);
 }
 
-/* Stored row elements as f32, exactly (the conversions of ops). */
-static void elt_to_f32(const struct krn_ops *ops, const void *row, enum krn_elt elt,
-		       uint32_t dim, float *out)
+void krn_elt_to_f32(const struct krn_ops *ops, enum krn_elt elt, const void *in, float *out,
+		    size_t n)
 {
 	if (elt == KRN_BF16)
-		ops->bf16_to_f32(row, out, dim);
+		ops->bf16_to_f32(in, out, n);
 	else if (elt == KRN_F16)
-		ops->f16_to_f32(row, out, dim);
-	else
-		memcpy(out, row, dim * sizeof(float));
+		ops->f16_to_f32(in, out, n);
+	else if (n)
+		memcpy(out, in, n * sizeof(float));
 }
 
 #define GDOT_ROWS 8u /* rows converted per dot call */
@@ -136,7 +135,7 @@ void krn_gdot_by_dot(const struct krn_ops *ops, const float *q, uint32_t nq,
 	for (uint32_t i = 0; i < n; i += GDOT_ROWS) {
 		uint32_t m = n - i < GDOT_ROWS ? n - i : GDOT_ROWS;
 		for (uint32_t r = 0; r < m; r++)
-			elt_to_f32(ops, rows[i + r], elt, dim, buf + (size_t)r * dim);
+			krn_elt_to_f32(ops, elt, rows[i + r], buf + (size_t)r * dim, dim);
 		ops->dot(q, nq, buf, dim, m, dim, out + i, ld_out);
 		for (uint32_t j = 0; j < nq; j++)
 			for (uint32_t r = 0; r < m; r++)
