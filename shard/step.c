@@ -132,21 +132,34 @@ void shard_job_scan(void *arg, uint32_t r)
 
 /* ---- fine ranking and the global top-K ---- */
 
-/* Merge the group's sorted hit lists into u_pos; u_map maps them back. */
+/* Hit at[j] of query head j, or UINT32_MAX past its kept hits. */
+static uint32_t hit_head(const struct shard_task *t, const struct shard_rank *rk, uint32_t j,
+			 uint32_t at)
+{
+	return at < rk->n_keep[j] ? rk->hit[(size_t)j * t->hit_cap + at] : UINT32_MAX;
+}
+
+/*
+ * Merge the group's sorted hit lists into u_pos; u_map maps them back.
+ * head[j] is list j's next hit, so a step reads each hit once.
+ */
 static uint32_t hit_union(const struct shard_task *t, struct shard_rank *rk)
 {
-	uint32_t at[SHARD_UNION_MAX] = { 0 }, nu = 0, hc = t->hit_cap;
+	uint32_t at[SHARD_UNION_MAX] = { 0 }, head[SHARD_UNION_MAX], nu = 0, hc = t->hit_cap;
 
+	for (uint32_t j = 0; j < t->g; j++)
+		head[j] = hit_head(t, rk, j, 0);
 	for (;;) {
-		uint32_t next = UINT32_MAX;
-		for (uint32_t j = 0; j < t->g; j++)
-			if (at[j] < rk->n_keep[j] && rk->hit[(size_t)j * hc + at[j]] < next)
-				next = rk->hit[(size_t)j * hc + at[j]];
+		uint32_t next = head[0];
+		for (uint32_t j = 1; j < t->g; j++)
+			next = head[j] < next ? head[j] : next;
 		if (next == UINT32_MAX)
 			return nu;
 		for (uint32_t j = 0; j < t->g; j++)
-			if (at[j] < rk->n_keep[j] && rk->hit[(size_t)j * hc + at[j]] == next)
+			if (head[j] == next) {
 				rk->u_map[(size_t)j * hc + at[j]++] = nu;
+				head[j] = hit_head(t, rk, j, at[j]);
+			}
 		rk->u_pos[nu++] = next;
 	}
 }
