@@ -1789,13 +1789,13 @@ uint32_t rt_tail_stride(uint64_t n_mid)
 
 /*
  * The tail's value summaries: 64-token blocks, or 256-token spans once a
- * block's mass rests on 4 sampled keys or fewer (stride 16 and up): the
- * span's 16 samples give its mass, and the tail reads a quarter of the
- * value sums.
+ * block's mass rests on two sampled keys or fewer (stride 32 and up): the
+ * span's samples give its mass together, and the tail reads a quarter of
+ * the value sums.
  */
 uint32_t rt_tail_span(uint64_t n_mid)
 {
-	return rt_tail_stride(n_mid) >= 16 ? SHARD_SPAN_BLOCKS : 1;
+	return rt_tail_stride(n_mid) >= 32 ? SHARD_SPAN_BLOCKS : 1;
 }
 
 /*

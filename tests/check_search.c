@@ -187,8 +187,8 @@ static const uint32_t shapes[][7] = {
 	{ 4, 2, 0, 640, 8, 1, 1024 },     /* limits >= 255: fallback path */
 	{ 1, 5, 1, 33, 8, 0, 64 },        /* shorter than a block */
 	{ 2, 1, 0, 0, 8, 0, 64 },         /* nothing */
-	{ 2, 4, 0, 4096, 16, 0, 4096 },   /* stride 16: query pairs */
-	{ 2, 3, 7, 3000, 16, 0, 4096 },   /* stride 16, an odd query out */
+	{ 2, 4, 0, 4096, 16, 0, 4096 },   /* stride 16: the general tail */
+	{ 2, 3, 7, 3000, 16, 0, 4096 },
 	{ 1, 5, 64, 2000, 16, 0, 2048 },
 	{ 4, 2, 0, 1024, 16, 0, 1024 },   /* 256 bits: general tail */
 	{ 2, 4, 0, 2048, 32, 0, 2048 },   /* stride 32: four queries a vector */

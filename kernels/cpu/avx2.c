@@ -683,14 +683,19 @@ static void avx2_f32_to_f16(const float *in, uint16_t *out, size_t n)
 		out[i] = krn_f32_to_f16_1(in[i]);
 }
 
+/* Eight bf16 from p as f32 (exact: the top half of the f32 bits). */
+KRN_INLINE __m256 bf16x8_load(const uint16_t *p)
+{
+	__m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+	return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+
 static void avx2_bf16_to_f32(const uint16_t *in, float *out, size_t n)
 {
 	size_t i = 0;
 
-	for (; i + 8 <= n; i += 8) {
-		__m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(in + i)));
-		_mm256_storeu_si256((__m256i *)(out + i), _mm256_slli_epi32(h, 16));
-	}
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(out + i, bf16x8_load(in + i));
 	for (; i < n; i++)
 		out[i] = krn_bf16_to_f32_1(in[i]);
 }
@@ -735,8 +740,7 @@ KRN_INLINE __m256 row8(const void *row, const enum krn_elt elt, uint32_t d)
 	const uint16_t *h = (const uint16_t *)row + d;
 
 	if (elt == KRN_BF16)
-		return _mm256_castsi256_ps(_mm256_slli_epi32(
-			_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)h)), 16));
+		return bf16x8_load(h);
 	if (elt == KRN_F16)
 		return f16x8(_mm_loadu_si128((const __m128i *)h));
 	return loadf((const float *)row + d);

@@ -12,8 +12,8 @@
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
  * key's estimate through the vector exp: stride 8 one block and query
- * per vector, stride 16 one block and two queries, stride 32 one block and
- * four queries, stride 64 two blocks and four queries.
+ * per vector, stride 32 one block and four queries, stride 64 two blocks
+ * and four queries; other strides (and 256-bit codes) one key at a time.
  */
 #include "simd_common.h"
 #include "variants.h"
@@ -185,76 +185,23 @@ KRN_INLINE float block_tail8(const struct krn_scan_q *q, uint32_t j, const __m25
 }
 
 /*
- * Stride 16: keys 0, 16, 32, 48 of a block for two queries j and j1 (j1
- * may be j: then only j's sum counts) in the eight lanes of one vector:
- * lanes [0 32 0 32 16 48 16 48], queries [j j j1 j1 j j j1 j1].  The
- * pair's constants (tail coefficients, table offsets) come once per
- * chunk of queries.
+ * Per-lane constants of a tail vector for the queries j0 .. j0 + nj - 1:
+ * lane i serves query j0 + lane_q(i), clamped to the last query (lanes
+ * of absent queries are masked by the callers).  Built once per chunk.
  */
-struct pair16 {
-	__m256 a, b;
-	__m256i base;
+struct lanes {
+	__m256 a, b;     /* tail coefficients ca, cb */
+	__m256i base;    /* the query's table offset */
 };
 
-static void pair16_build(const struct krn_scan_q *q, uint32_t j, uint32_t j1, struct pair16 *c)
-{
-	int32_t tl = (int32_t)(64 * q->words + 1), x = (int32_t)j * tl, y = (int32_t)j1 * tl;
-
-	c->a = _mm256_setr_ps(q->ca[j], q->ca[j], q->ca[j1], q->ca[j1], q->ca[j], q->ca[j],
-			      q->ca[j1], q->ca[j1]);
-	c->b = _mm256_setr_ps(q->cb[j], q->cb[j], q->cb[j1], q->cb[j1], q->cb[j], q->cb[j],
-			      q->cb[j1], q->cb[j1]);
-	c->base = _mm256_setr_epi32(x, x, y, y, x, x, y, y);
-}
-
-/* Norms of keys 0, 32, 0, 32, 16, 48, 16, 48 of a block. */
-static inline __m256 norms16(const float *nr)
-{
-	__m128 n4 = _mm_setr_ps(nr[0], nr[32], nr[16], nr[48]);
-	return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(n4),
-					_mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3));
-}
-
-/* The two queries' masses of one block into sum[0], sum[1]. */
-KRN_INLINE void block_tail16(const struct krn_scan_q *q, const struct pair16 *c,
-			     const __m256i dj[2], const __m256i dj1[2], __m256 nr16,
-			     uint64_t hj, uint64_t hj1, float sum[2])
-{
-	__m256i u = _mm256_unpacklo_epi8(dj[0], dj[1]);   /* lane L: k16L, k16L+32 */
-	__m256i u1 = _mm256_unpacklo_epi8(dj1[0], dj1[1]);
-	__m256i w = _mm256_unpacklo_epi16(u, u1);
-	w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
-	__m256i h = _mm256_cvtepu8_epi32(_mm256_castsi256_si128(w));
-	__m256 e = _mm256_mul_ps(nr16, _mm256_i32gather_ps(q->tab, _mm256_add_epi32(h, c->base), 4));
-	uint32_t m = (uint32_t)(hj & 1) | (uint32_t)((hj >> 32) & 1) << 1 |
-		     (uint32_t)(hj1 & 1) << 2 | (uint32_t)((hj1 >> 32) & 1) << 3 |
-		     (uint32_t)((hj >> 16) & 1) << 4 | (uint32_t)((hj >> 48) & 1) << 5 |
-		     (uint32_t)((hj1 >> 16) & 1) << 6 | (uint32_t)((hj1 >> 48) & 1) << 7;
-	__m256 p = tail8(e, c->a, c->b, m);
-	p = _mm256_hadd_ps(p, p); /* [j j1 . . | j j1 . .] */
-	__m128 s2 = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-	sum[0] = 16.0f * _mm_cvtss_f32(s2);
-	sum[1] = 16.0f * _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, 1));
-}
-
-/*
- * Stride 32: keys 0 and 32 of a block for four queries j0 .. j0 + 3 (the
- * last ones may repeat the last query: only the first nj sums count) in
- * the eight lanes of one vector: lanes [0 32 0 32 0 32 0 32], queries
- * [a a b b c c d d].
- */
-struct quad32 {
-	__m256 a, b;
-	__m256i base;
-};
-
-static void quad32_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj, struct quad32 *c)
+static void lanes_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj,
+			const uint8_t lane_q[8], struct lanes *c)
 {
 	int32_t tl = (int32_t)(64 * q->words + 1), x[8];
 	float a[8], b[8];
 
 	for (uint32_t i = 0; i < 8; i++) {
-		uint32_t j = j0 + (i / 2 < nj ? i / 2 : nj - 1);
+		uint32_t j = j0 + (lane_q[i] < nj ? lane_q[i] : nj - 1);
 		a[i] = q->ca[j];
 		b[i] = q->cb[j];
 		x[i] = (int32_t)j * tl;
@@ -263,6 +210,12 @@ static void quad32_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj, s
 	c->b = _mm256_loadu_ps(b);
 	c->base = _mm256_loadu_si256((const __m256i *)x);
 }
+
+/*
+ * Stride 32: keys 0 and 32 of a block for four queries in the eight lanes
+ * of one vector: lanes [0 32 0 32 0 32 0 32], queries [a a b b c c d d].
+ */
+static const uint8_t lanes32[8] = { 0, 0, 1, 1, 2, 2, 3, 3 };
 
 /* Bits 0 and 32 of each query's hits, in lane order. */
 static inline uint32_t hits32(const uint64_t *hits, uint32_t nj)
@@ -277,7 +230,7 @@ static inline uint32_t hits32(const uint64_t *hits, uint32_t nj)
 }
 
 /* The nj queries' masses of one block into sum[0..nj). */
-KRN_INLINE void block_tail32(const struct quad32 *c, __m256i dist[][2], const uint32_t nj,
+KRN_INLINE void block_tail32(const struct lanes *c, __m256i dist[][2], const uint32_t nj,
 			     const float *tab, __m256 nr32, const uint64_t *hits, float sum[4])
 {
 	__m256i u[4];
@@ -302,12 +255,14 @@ KRN_INLINE void block_tail32(const struct quad32 *c, __m256i dist[][2], const ui
 
 /*
  * Stride 64: key 0 of two blocks for four queries in one vector, lanes
- * [A a, A b, A c, A d, B a, B b, B c, B d] (the last queries may repeat:
- * their lanes are masked).  Block A waits in the pair until B comes, or
- * goes alone (B's lanes masked) at the end of the range.
+ * [A a, A b, A c, A d, B a, B b, B c, B d] (absent queries' lanes are
+ * masked).  Block A waits in the pair until B comes, or goes alone (B's
+ * lanes masked) at the end of the range.
  */
+static const uint8_t lanes64[8] = { 0, 1, 2, 3, 0, 1, 2, 3 };
+
 struct pair64 {
-	int32_t h[8];      /* table index: query offset + distance */
+	int32_t h[8];      /* distances */
 	float nr[8];
 	uint32_t mask;     /* lanes that add nothing */
 	uint32_t n;        /* blocks in the pair */
@@ -315,15 +270,14 @@ struct pair64 {
 };
 
 /* Add one block's key-0 lanes to the pair. */
-static inline void pair64_add(struct pair64 *c, const struct krn_scan_q *q, __m256i dist[][2],
-			      const uint64_t *hits, uint32_t nj, uint32_t j0, float nr, uint32_t b)
+static inline void pair64_add(struct pair64 *c, __m256i dist[][2], const uint64_t *hits,
+			      uint32_t nj, float nr, uint32_t b)
 {
-	uint32_t tl = 64 * q->words + 1, l0 = 4 * c->n;
+	uint32_t l0 = 4 * c->n;
 
 	for (uint32_t j = 0; j < 4; j++) {
 		uint32_t jj = j < nj ? j : nj - 1;
-		c->h[l0 + j] = (int32_t)((j0 + jj) * tl +
-					 ((uint32_t)_mm256_cvtsi256_si32(dist[jj][0]) & 255));
+		c->h[l0 + j] = (int32_t)((uint32_t)_mm256_cvtsi256_si32(dist[jj][0]) & 255);
 		c->nr[l0 + j] = nr;
 		if (j >= nj || (hits[jj] & 1))
 			c->mask |= 1u << (l0 + j);
@@ -332,22 +286,17 @@ static inline void pair64_add(struct pair64 *c, const struct krn_scan_q *q, __m2
 }
 
 /* The pair's masses into blk, then empty it. */
-static void pair64_flush(struct pair64 *c, const struct krn_scan_q *q,
+static void pair64_flush(struct pair64 *c, const struct lanes *ln, const struct krn_scan_q *q,
 			 const struct krn_scan_keys *k, struct krn_scan_out *o, uint32_t j0,
 			 uint32_t nj)
 {
-	float a[8], bb[8], p[8];
+	float p[8];
 
 	if (c->n == 1)
 		c->mask |= 0xf0;
-	for (uint32_t i = 0; i < 8; i++) {
-		uint32_t j = j0 + (i % 4 < nj ? i % 4 : nj - 1);
-		a[i] = q->ca[j];
-		bb[i] = q->cb[j];
-	}
-	__m256 e = _mm256_mul_ps(_mm256_loadu_ps(c->nr),
-				 _mm256_i32gather_ps(q->tab, _mm256_loadu_si256((const __m256i *)c->h), 4));
-	_mm256_storeu_ps(p, tail8(e, _mm256_loadu_ps(a), _mm256_loadu_ps(bb), c->mask));
+	__m256i h = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)c->h), ln->base);
+	__m256 e = _mm256_mul_ps(_mm256_loadu_ps(c->nr), _mm256_i32gather_ps(q->tab, h, 4));
+	_mm256_storeu_ps(p, tail8(e, ln->a, ln->b, c->mask));
 	for (uint32_t x = 0; x < c->n; x++)
 		for (uint32_t j = 0; j < nj; j++)
 			o->blk[(j0 + j) * o->ld_blk + c->blk[x] / 64 - k->first / 64] +=
@@ -398,8 +347,8 @@ static int vector_ok(const struct krn_scan_q *q)
 
 /* One 64-key block for nj (constant after inlining) queries from j0. */
 KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-			   struct krn_scan_out *o, const struct qtab *t, const struct pair16 *pc,
-			   const struct quad32 *qc, struct pair64 *c64, const uint32_t nj,
+			   struct krn_scan_out *o, const struct qtab *t, const struct lanes *ln,
+			   struct pair64 *c64, const uint32_t nj,
 			   uint32_t j0, uint32_t b, uint32_t b_end)
 {
 	__m256i dist[QCHUNK][2];
@@ -407,13 +356,12 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	uint8_t hd[64] __attribute__((aligned(32)));
 	/* 256-bit distances saturate: those take the general tail */
 	int fast = o->blk && q->words < 4;
-	int t8 = fast && q->stride == 8, t16 = fast && q->stride == 16;
-	int t32 = fast && q->stride == 32, t64 = fast && q->stride == 64;
+	int t8 = fast && q->stride == 8, t32 = fast && q->stride == 32;
+	int t64 = fast && q->stride == 64;
 	const float *nr = k->norms + b;
 	/* the sampled keys' norms, shared by the queries */
 	__m256 nrs = t8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40], nr[48],
 					 nr[56]) :
-		     t16 ? norms16(nr) :
 		     t32 ? _mm256_setr_ps(nr[0], nr[32], nr[0], nr[32], nr[0], nr[32], nr[0], nr[32]) :
 			   _mm256_setzero_ps();
 
@@ -435,34 +383,23 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
 		if (t8)
 			*blk += block_tail8(q, j0 + j, dist[j], nrs, hits[j]);
-		else if (blk && !t16 && !t32 && !t64) {
+		else if (blk && !t32 && !t64) {
 			_mm256_store_si256((__m256i *)hd, dist[j][0]);
 			_mm256_store_si256((__m256i *)(hd + 32), dist[j][1]);
 			*blk += block_tail(q, k, j0 + j, b, hd, hits[j]);
 		}
 	}
 	if (t64) {
-		pair64_add(c64, q, dist, hits, nj, j0, nr[0], b);
+		pair64_add(c64, dist, hits, nj, nr[0], b);
 		if (c64->n == 2 || b + 64 >= b_end)
-			pair64_flush(c64, q, k, o, j0, nj);
+			pair64_flush(c64, ln, q, k, o, j0, nj);
 	}
 	if (t32) {
 		float sum[4];
-		block_tail32(qc, dist, nj, q->tab, nrs, hits, sum);
+		block_tail32(ln, dist, nj, q->tab, nrs, hits, sum);
 		KRN_UNROLL_GCC
 		for (uint32_t j = 0; j < nj; j++)
 			o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] += sum[j];
-	}
-	if (!t16)
-		return;
-	KRN_UNROLL_GCC
-	for (uint32_t j = 0; j < nj; j += 2) {
-		uint32_t j1 = j + 1 < nj ? j + 1 : j;
-		float sum[2];
-		block_tail16(q, &pc[j / 2], dist[j], dist[j1], nrs, hits[j], hits[j1], sum);
-		o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] += sum[0];
-		if (j1 != j)
-			o->blk[(j0 + j1) * o->ld_blk + b / 64 - k->first / 64] += sum[1];
 	}
 }
 
@@ -471,8 +408,7 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 {
 	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
 	struct qtab t[QCHUNK];
-	struct pair16 pc[QCHUNK / 2];
-	struct quad32 qc;
+	struct lanes ln;
 	struct pair64 c64 = { .n = 0 };
 
 	if (!vector_ok(q)) {
@@ -487,22 +423,20 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
 		for (uint32_t j = 0; j < nj; j++)
 			qtab_build(q, j0 + j, &t[j]);
-		for (uint32_t j = 0; j < nj; j += 2)
-			pair16_build(q, j0 + j, j0 + (j + 1 < nj ? j + 1 : j), &pc[j / 2]);
-		quad32_build(q, j0, nj, &qc);
+		lanes_build(q, j0, nj, q->stride == 64 ? lanes64 : lanes32, &ln);
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:
-				scan_block(q, k, o, t, pc, &qc, &c64, 1, j0, b, p_end);
+				scan_block(q, k, o, t, &ln, &c64, 1, j0, b, p_end);
 				break;
 			case 2:
-				scan_block(q, k, o, t, pc, &qc, &c64, 2, j0, b, p_end);
+				scan_block(q, k, o, t, &ln, &c64, 2, j0, b, p_end);
 				break;
 			case 3:
-				scan_block(q, k, o, t, pc, &qc, &c64, 3, j0, b, p_end);
+				scan_block(q, k, o, t, &ln, &c64, 3, j0, b, p_end);
 				break;
 			default:
-				scan_block(q, k, o, t, pc, &qc, &c64, 4, j0, b, p_end);
+				scan_block(q, k, o, t, &ln, &c64, 4, j0, b, p_end);
 			}
 		}
 	}
