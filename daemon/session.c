@@ -743,7 +743,9 @@ static void enlist(struct dmn_session *s)
 
 /*
  * Called once the sequences are closed and before the region is unmapped
- * (dmn_heartbeat writes to it under the lock).
+ * (dmn_heartbeat writes to it under the lock).  The session still counts
+ * in sessions and region_bytes until release(), after the unmap: a
+ * dashkvctl that sees it gone sees its memory gone too.
  */
 static void delist(struct dmn_session *s)
 {
@@ -756,10 +758,17 @@ static void delist(struct dmn_session *s)
 	if (*p)
 		*p = s->next;
 	atomic_fetch_add(&srv->steps, atomic_load(&s->steps));
-	atomic_fetch_sub(&srv->region_bytes, s->region_size);
-	atomic_fetch_sub(&srv->n_active, 1);
-	s->reserved = 0;
 	pthread_mutex_unlock(&srv->lock);
+}
+
+/* After the unmap: the region's bytes and the max_sessions slot go back. */
+static void release(struct dmn_session *s, int served)
+{
+	if (served)
+		atomic_fetch_sub(&s->srv->region_bytes, s->region_size);
+	if (s->reserved)
+		atomic_fetch_sub(&s->srv->n_active, 1);
+	s->reserved = 0;
 }
 
 static void *session_main(void *arg)
@@ -779,10 +788,9 @@ static void *session_main(void *arg)
 	close_all(s);
 	if (served)
 		delist(s);
-	else if (s->reserved)
-		atomic_fetch_sub(&s->srv->n_active, 1); /* accept not sent */
 	if (s->region)
 		munmap(s->region, s->region_size);
+	release(s, served);
 	free(s->scratch);
 	free(s->stats);
 	close(s->sock);

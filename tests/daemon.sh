@@ -38,7 +38,7 @@ start() { # config
 	# listening once it says so (the socket file exists a little earlier)
 	while [ "$(grep -c "listening on" "$dir/log")" = "${n0:-0}" ]; do
 		i=$((i + 1))
-		[ $i -gt 100 ] && fail "dashkvd did not start"
+		[ $i -gt 200 ] && fail "dashkvd did not start"
 		kill -0 "$pid" 2>/dev/null || fail "dashkvd exited"
 		sleep 0.05
 	done
@@ -63,12 +63,12 @@ wait_for() {
 
 stat_of() { "$ctl" -s "$sock" stats | sed -n "s/^$1 //p"; }
 
-# wait_sessions N: until the daemon serves N sessions (up to 5 s)
+# wait_sessions N: until the daemon serves N sessions (up to 10 s)
 wait_sessions() {
 	i=0
 	until [ "$(stat_of sessions)" = "$1" ]; do
 		i=$((i + 1))
-		[ $i -gt 100 ] && fail "sessions stay at $(stat_of sessions), not $1"
+		[ $i -gt 200 ] && fail "sessions stay at $(stat_of sessions), not $1"
 		sleep 0.05
 	done
 }
@@ -391,7 +391,7 @@ hold=
 i=0
 while kill -0 "$pid" 2>/dev/null; do
 	i=$((i + 1))
-	[ $i -gt 100 ] && fail "dashkvd did not exit after draining"
+	[ $i -gt 200 ] && fail "dashkvd did not exit after draining"
 	sleep 0.05
 done
 wait "$pid" || fail "exit status $? after draining"
@@ -425,7 +425,7 @@ grep -q "test knob DASHKVD_TEST_STALL: every step on layer 2" "$dir/log" ||
 	fail "the test knob is not logged"
 rm -f "$dir/witness.stop"
 : >"$dir/witness.out"
-DASHKV_IPC_TIMEOUT_MS=500 "$cli" witness "unix:$sock" "$dir/witness.stop" >>"$dir/witness.out" &
+DASHKV_IPC_TIMEOUT_MS=1500 "$cli" witness "unix:$sock" "$dir/witness.stop" >>"$dir/witness.out" &
 wit=$!
 wait_for "$dir/witness.out" ready
 wait_sessions 1
