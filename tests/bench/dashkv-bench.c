@@ -26,6 +26,7 @@
 #include "bench/ipc.h"
 #include "capture.h"
 #include "engine.h"
+#include "hash.h"
 
 #define MAX_NS 32
 #define CHUNK 4096
@@ -1185,7 +1186,9 @@ struct scan_result {
  * The engine's coarse filter as it runs at long contexts: krn scan over
  * pages of byte-sliced codes with norms and norm classes, a threshold that
  * lets about 0.25% of keys through, and the tail estimate from every
- * stride-th key, the engine's stride for a middle of n keys.
+ * stride-th key, the engine's stride for a middle of n keys.  Norms are
+ * spread over [8, 12]; classes and their stage-1 limits are the engine's
+ * (rt_hash_class, rt_hash_class_bounds: 8 classes per octave around 10).
  */
 struct scan_data {
 	uint32_t n, nq, words;
@@ -1194,6 +1197,7 @@ struct scan_data {
 	float *norms, *tab, *thr, *ca, *cb, *blk;
 	int32_t *lim;
 	uint32_t *hit, *n_hit;
+	struct rt_hash hm; /* its norm classes only */
 };
 
 static uint64_t splitmix(uint64_t *s)
@@ -1231,12 +1235,15 @@ static void scan_threshold(struct scan_data *d, uint32_t j, uint64_t *s)
 				e[k] = t;
 			}
 	d->thr[j] = e[9];
-	int32_t lim = -1;
-	for (uint32_t h = 0; h <= bits; h++)
-		if (12.0f * tab[h] >= d->thr[j])
-			lim = (int32_t)h;
-	for (uint32_t c = 0; c < KRN_CLASSES; c++)
+	for (uint32_t c = 0; c < KRN_CLASSES; c++) {
+		float lo, hi;
+		int32_t lim = -1;
+		rt_hash_class_bounds(&d->hm, c, &lo, &hi);
+		for (uint32_t h = 0; h <= bits; h++)
+			if ((tab[h] >= 0.0f ? hi : lo) * tab[h] >= d->thr[j])
+				lim = (int32_t)h;
 		d->lim[j * KRN_CLASSES + c] = lim;
+	}
 	d->ca[j] = 1.0f;
 	d->cb[j] = -d->thr[j] - 30.0f;
 }
@@ -1269,7 +1276,7 @@ static void scan_setup(struct scan_data *d)
 			code[w] = splitmix(&s);
 		krn_code_write((uint8_t *)krn_code_at(d->codes, d->words, p), d->words, code);
 		d->norms[p] = 8.0f + (float)(splitmix(&s) % 1000) / 250.0f;
-		d->cls[p] = 0;
+		d->cls[p] = rt_hash_class(&d->hm, d->norms[p]);
 	}
 	for (uint32_t j = 0; j < d->nq * d->words; j++)
 		d->qc[j] = splitmix(&s);
@@ -1318,7 +1325,8 @@ static double scan_pass(struct scan_data *d, uint32_t nq)
 
 static struct scan_result measure_scan(uint32_t n, uint32_t nq)
 {
-	struct scan_data d = { .n = n / CHUNK * CHUNK, .nq = nq, .words = 2 };
+	struct scan_data d = { .n = n / CHUNK * CHUNK, .nq = nq, .words = 2,
+			       .hm = { .mu_set = 1, .max_norm = 12.0f, .norm_ref = 10.0f } };
 	struct scan_result r = { .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1 };
 	double t[5];
 
