@@ -12,8 +12,9 @@
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
  * key's estimate through the vector exp: stride 8 one block and query
- * per vector, stride 32 one block and four queries, stride 64 two blocks
- * and four queries; other strides (and 256-bit codes) one key at a time.
+ * per vector; strides 32 and 64 buffer their samples' estimates (struct
+ * samples) and take eight of a query's at a time; other strides (and
+ * 256-bit codes) one key at a time.
  */
 #include "simd_common.h"
 #include "variants.h"
@@ -185,124 +186,90 @@ KRN_INLINE float block_tail8(const struct krn_scan_q *q, uint32_t j, const __m25
 }
 
 /*
- * Per-lane constants of a tail vector for the queries j0 .. j0 + nj - 1:
- * lane i serves query j0 + lane_q(i), clamped to the last query (lanes
- * of absent queries are masked by the callers).  Built once per chunk.
+ * Strides 32 and 64: a block has two samples or one per query, too few to
+ * fill a vector.  Each block leaves its samples' estimates (and whether
+ * each is a hit) in a buffer; the buffer goes through the vector exp a
+ * query at a time, eight samples per vector, once it is full and at the
+ * end of the range.
  */
-struct lanes {
-	__m256 a, b;     /* tail coefficients ca, cb */
-	__m256i base;    /* the query's table offset */
+#define SAMPLE_CAP 128 /* samples per query in the buffer */
+
+struct samples {
+	float e[QCHUNK][SAMPLE_CAP] __attribute__((aligned(32)));    /* estimates */
+	float keep[QCHUNK][SAMPLE_CAP] __attribute__((aligned(32))); /* 0: a hit */
+	uint32_t n;     /* samples per query so far */
+	uint32_t per;   /* samples per block: 1 or 2 */
+	uint32_t b0;    /* the first block's first key */
 };
 
-static void lanes_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj,
-			const uint8_t lane_q[8], struct lanes *c)
+/* Block b's samples (keys 0 and, at stride 32, 32) for nj queries. */
+KRN_INLINE void samples_add(struct samples *sm, const struct krn_scan_q *q,
+			    __m256i dist[][2], const uint64_t *hits, const uint32_t nj,
+			    uint32_t j0, const float *nr, uint32_t b)
 {
-	int32_t tl = (int32_t)(64 * q->words + 1), x[8];
-	float a[8], b[8];
+	uint32_t tl = 64 * q->words + 1;
 
-	for (uint32_t i = 0; i < 8; i++) {
-		uint32_t j = j0 + (lane_q[i] < nj ? lane_q[i] : nj - 1);
-		a[i] = q->ca[j];
-		b[i] = q->cb[j];
-		x[i] = (int32_t)j * tl;
-	}
-	c->a = _mm256_loadu_ps(a);
-	c->b = _mm256_loadu_ps(b);
-	c->base = _mm256_loadu_si256((const __m256i *)x);
-}
-
-/*
- * Stride 32: keys 0 and 32 of a block for four queries in the eight lanes
- * of one vector: lanes [0 32 0 32 0 32 0 32], queries [a a b b c c d d].
- */
-static const uint8_t lanes32[8] = { 0, 0, 1, 1, 2, 2, 3, 3 };
-
-/* Bits 0 and 32 of each query's hits, in lane order. */
-static inline uint32_t hits32(const uint64_t *hits, uint32_t nj)
-{
-	uint32_t m = 0;
-
-	for (uint32_t i = 0; i < 4; i++) {
-		uint64_t h = hits[i < nj ? i : nj - 1];
-		m |= (uint32_t)(h & 1) << (2 * i) | (uint32_t)((h >> 32) & 1) << (2 * i + 1);
-	}
-	return m;
-}
-
-/* The nj queries' masses of one block into sum[0..nj). */
-KRN_INLINE void block_tail32(const struct lanes *c, __m256i dist[][2], const uint32_t nj,
-			     const float *tab, __m256 nr32, const uint64_t *hits, float sum[4])
-{
-	__m256i u[4];
-
+	if (!sm->n)
+		sm->b0 = b;
 	KRN_UNROLL
-	for (uint32_t i = 0; i < 4; i++) /* byte 0: key 0, byte 1: key 32 */
-		u[i] = _mm256_unpacklo_epi8(dist[i < nj ? i : nj - 1][0],
-					    dist[i < nj ? i : nj - 1][1]);
-	__m256i w = _mm256_unpacklo_epi32(_mm256_unpacklo_epi16(u[0], u[1]),
-					  _mm256_unpacklo_epi16(u[2], u[3]));
-	__m256i h = _mm256_cvtepu8_epi32(_mm256_castsi256_si128(w));
-	__m256 e = _mm256_mul_ps(nr32, _mm256_i32gather_ps(tab, _mm256_add_epi32(h, c->base), 4));
-	__m256 p = tail8(e, c->a, c->b, hits32(hits, nj));
-	p = _mm256_hadd_ps(p, p); /* [a b a b | c d c d] */
-	__m128 s4 = _mm_unpacklo_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-	s4 = _mm_mul_ps(s4, _mm_set1_ps(32.0f)); /* [a c b d] */
-	sum[0] = _mm_cvtss_f32(s4);
-	sum[1] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 2));
-	sum[2] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 1));
-	sum[3] = _mm_cvtss_f32(_mm_shuffle_ps(s4, s4, 3));
-}
-
-/*
- * Stride 64: key 0 of two blocks for four queries in one vector, lanes
- * [A a, A b, A c, A d, B a, B b, B c, B d] (absent queries' lanes are
- * masked).  Block A waits in the pair until B comes, or goes alone (B's
- * lanes masked) at the end of the range.
- */
-static const uint8_t lanes64[8] = { 0, 1, 2, 3, 0, 1, 2, 3 };
-
-struct pair64 {
-	int32_t h[8];      /* distances */
-	float nr[8];
-	uint32_t mask;     /* lanes that add nothing */
-	uint32_t n;        /* blocks in the pair */
-	uint32_t blk[2];   /* their first keys */
-};
-
-/* Add one block's key-0 lanes to the pair. */
-static inline void pair64_add(struct pair64 *c, __m256i dist[][2], const uint64_t *hits,
-			      uint32_t nj, float nr, uint32_t b)
-{
-	uint32_t l0 = 4 * c->n;
-
-	for (uint32_t j = 0; j < 4; j++) {
-		uint32_t jj = j < nj ? j : nj - 1;
-		c->h[l0 + j] = (int32_t)((uint32_t)_mm256_cvtsi256_si32(dist[jj][0]) & 255);
-		c->nr[l0 + j] = nr;
-		if (j >= nj || (hits[jj] & 1))
-			c->mask |= 1u << (l0 + j);
+	for (uint32_t j = 0; j < nj; j++) {
+		const float *tab = q->tab + (size_t)(j0 + j) * tl;
+		for (uint32_t x = 0; x < sm->per; x++) {
+			uint32_t h = (uint32_t)_mm256_cvtsi256_si32(dist[j][x]) & 255;
+			sm->e[j][sm->n + x] = nr[32 * x] * tab[h];
+			sm->keep[j][sm->n + x] = (hits[j] >> (32 * x)) & 1 ? 0.0f : 1.0f;
+		}
 	}
-	c->blk[c->n++] = b;
+	sm->n += sm->per;
 }
 
-/* The pair's masses into blk, then empty it. */
-static void pair64_flush(struct pair64 *c, const struct lanes *ln, const struct krn_scan_q *q,
-			 const struct krn_scan_keys *k, struct krn_scan_out *o, uint32_t j0,
-			 uint32_t nj)
+/* Eight samples' masses (w exp(a e + c), hits zero) into blk: 8 or 4 blocks. */
+KRN_INLINE void samples_put8(const struct samples *sm, uint32_t j, uint32_t i, __m256 a,
+			     __m256 c, __m256 w, float *blk)
 {
-	float p[8];
+	__m256 x = _mm256_mul_ps(krn_exp8(_mm256_fmadd_ps(a, _mm256_load_ps(&sm->e[j][i]), c)),
+				 _mm256_mul_ps(w, _mm256_load_ps(&sm->keep[j][i])));
+	uint32_t nb = (sm->n - i) / sm->per; /* blocks from blk + i / per */
 
-	if (c->n == 1)
-		c->mask |= 0xf0;
-	__m256i h = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)c->h), ln->base);
-	__m256 e = _mm256_mul_ps(_mm256_loadu_ps(c->nr), _mm256_i32gather_ps(q->tab, h, 4));
-	_mm256_storeu_ps(p, tail8(e, ln->a, ln->b, c->mask));
-	for (uint32_t x = 0; x < c->n; x++)
-		for (uint32_t j = 0; j < nj; j++)
-			o->blk[(j0 + j) * o->ld_blk + c->blk[x] / 64 - k->first / 64] +=
-				64.0f * p[4 * x + j];
-	c->n = 0;
-	c->mask = 0;
+	if (sm->per == 2) { /* [s0 s1 s0 s1 | s2 s3 s2 s3] -> [s0 s1 s2 s3] */
+		__m256 h = _mm256_hadd_ps(x, x);
+		__m128 s4 = _mm_castpd_ps(_mm256_castpd256_pd128(
+			_mm256_permute4x64_pd(_mm256_castps_pd(h), 0x08)));
+		blk += i / 2;
+		if (nb >= 4) {
+			_mm_storeu_ps(blk, _mm_add_ps(_mm_loadu_ps(blk), s4));
+			return;
+		}
+		x = _mm256_castps128_ps256(s4);
+	} else if (nb >= 8) {
+		blk += i;
+		_mm256_storeu_ps(blk, _mm256_add_ps(_mm256_loadu_ps(blk), x));
+		return;
+	} else {
+		blk += i;
+	}
+	float v[8];
+	_mm256_storeu_ps(v, x);
+	for (uint32_t u = 0; u < nb; u++)
+		blk[u] += v[u];
+}
+
+/* The buffered samples' masses into blk (queries j0 .. j0 + nj - 1). */
+static void samples_flush(struct samples *sm, const struct krn_scan_q *q,
+			  const struct krn_scan_keys *k, struct krn_scan_out *o,
+			  uint32_t j0, uint32_t nj)
+{
+	__m256 w = _mm256_set1_ps((float)q->stride);
+
+	for (uint32_t j = 0; j < nj; j++) {
+		__m256 a = _mm256_set1_ps(q->ca[j0 + j]), c = _mm256_set1_ps(q->cb[j0 + j]);
+		float *blk = o->blk + (j0 + j) * o->ld_blk + sm->b0 / 64 - k->first / 64;
+		for (uint32_t i = sm->n; i % 8; i++) /* the last vector's unused lanes */
+			sm->e[j][i] = sm->keep[j][i] = 0.0f;
+		for (uint32_t i = 0; i < sm->n; i += 8)
+			samples_put8(sm, j, i, a, c, w, blk);
+	}
+	sm->n = 0;
 }
 
 /* The tail mass of a block for query j, any stride: one key at a time. */
@@ -347,23 +314,20 @@ static int vector_ok(const struct krn_scan_q *q)
 
 /* One 64-key block for nj (constant after inlining) queries from j0. */
 KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-			   struct krn_scan_out *o, const struct qtab *t, const struct lanes *ln,
-			   struct pair64 *c64, const uint32_t nj,
-			   uint32_t j0, uint32_t b, uint32_t b_end)
+			   struct krn_scan_out *o, const struct qtab *t, struct samples *sm,
+			   const uint32_t nj, uint32_t j0, uint32_t b)
 {
 	__m256i dist[QCHUNK][2];
 	uint64_t hits[QCHUNK];
 	uint8_t hd[64] __attribute__((aligned(32)));
 	/* 256-bit distances saturate: those take the general tail */
 	int fast = o->blk && q->words < 4;
-	int t8 = fast && q->stride == 8, t32 = fast && q->stride == 32;
-	int t64 = fast && q->stride == 64;
+	int t8 = fast && q->stride == 8, buffered = fast && q->stride >= 32;
 	const float *nr = k->norms + b;
 	/* the sampled keys' norms, shared by the queries */
-	__m256 nrs = t8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40], nr[48],
+	__m256 nr8 = t8 ? _mm256_setr_ps(nr[0], nr[8], nr[16], nr[24], nr[32], nr[40], nr[48],
 					 nr[56]) :
-		     t32 ? _mm256_setr_ps(nr[0], nr[32], nr[0], nr[32], nr[0], nr[32], nr[0], nr[32]) :
-			   _mm256_setzero_ps();
+			  _mm256_setzero_ps();
 
 	/* blocks stream from memory: ask for the one after next now */
 	const char *next = (const char *)krn_code_at(k->codes, q->words, b) + 2 * 64 * q->words * 8;
@@ -382,24 +346,17 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 		hits[j] = block_hits(q, k, o, dist[j], cls, &t[j], j0 + j, b);
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
 		if (t8)
-			*blk += block_tail8(q, j0 + j, dist[j], nrs, hits[j]);
-		else if (blk && !t32 && !t64) {
+			*blk += block_tail8(q, j0 + j, dist[j], nr8, hits[j]);
+		else if (blk && !buffered) {
 			_mm256_store_si256((__m256i *)hd, dist[j][0]);
 			_mm256_store_si256((__m256i *)(hd + 32), dist[j][1]);
 			*blk += block_tail(q, k, j0 + j, b, hd, hits[j]);
 		}
 	}
-	if (t64) {
-		pair64_add(c64, dist, hits, nj, nr[0], b);
-		if (c64->n == 2 || b + 64 >= b_end)
-			pair64_flush(c64, ln, q, k, o, j0, nj);
-	}
-	if (t32) {
-		float sum[4];
-		block_tail32(ln, dist, nj, q->tab, nrs, hits, sum);
-		KRN_UNROLL_GCC
-		for (uint32_t j = 0; j < nj; j++)
-			o->blk[(j0 + j) * o->ld_blk + b / 64 - k->first / 64] += sum[j];
+	if (buffered) {
+		samples_add(sm, q, dist, hits, nj, j0, nr, b);
+		if (sm->n + sm->per > SAMPLE_CAP)
+			samples_flush(sm, q, k, o, j0, nj);
 	}
 }
 
@@ -408,8 +365,7 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 {
 	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
 	struct qtab t[QCHUNK];
-	struct lanes ln;
-	struct pair64 c64 = { .n = 0 };
+	struct samples sm = { .n = 0, .per = 64 / (q->stride ? q->stride : 1) };
 
 	if (!vector_ok(q)) {
 		scan_keys(q, k, o, k->first, end);
@@ -423,22 +379,23 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
 		for (uint32_t j = 0; j < nj; j++)
 			qtab_build(q, j0 + j, &t[j]);
-		lanes_build(q, j0, nj, q->stride == 64 ? lanes64 : lanes32, &ln);
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:
-				scan_block(q, k, o, t, &ln, &c64, 1, j0, b, p_end);
+				scan_block(q, k, o, t, &sm, 1, j0, b);
 				break;
 			case 2:
-				scan_block(q, k, o, t, &ln, &c64, 2, j0, b, p_end);
+				scan_block(q, k, o, t, &sm, 2, j0, b);
 				break;
 			case 3:
-				scan_block(q, k, o, t, &ln, &c64, 3, j0, b, p_end);
+				scan_block(q, k, o, t, &sm, 3, j0, b);
 				break;
 			default:
-				scan_block(q, k, o, t, &ln, &c64, 4, j0, b, p_end);
+				scan_block(q, k, o, t, &sm, 4, j0, b);
 			}
 		}
+		if (sm.n)
+			samples_flush(&sm, q, k, o, j0, nj);
 	}
 	scan_keys(q, k, o, p_end, end);
 }
