@@ -77,6 +77,8 @@ json_check "$out" 'd["command"] == "speed" and len(d["rows"]) == 1 and
 	d["rows"][0]["dash_ms"] > 0 and d["rows"][0]["exact_ms"] > 0 and
 	d["rows"][0]["output_error"] < 0.5 and d["bandwidth"]["gbps"] > 0 and
 	d["scan"]["one_query"]["gbps"] > 0 and d["scan"]["group"]["gbps"] > 0 and
-	d["scan"]["bytes_per_key"] == 21'
+	d["scan"]["bytes_per_key"] == 21 and
+	d["scan"]["keys"] == d["scan"]["tokens"] * d["scan"]["kv_heads"] and
+	d["scan"]["stride"] in (1, 8, 32, 64)'
 echo "bench.sh: ok"
 exit 0

@@ -1180,18 +1180,22 @@ static struct bw_result measure_bw(uint32_t mib)
 struct scan_result {
 	double gbps[2], ns_key[2]; /* [0]: one query per pass, [1]: nq per pass */
 	uint32_t n, nq, words, bytes_key;
+	uint32_t tokens, kv_heads, stride; /* n = tokens * kv_heads */
 };
 
 /*
  * The engine's coarse filter as it runs at long contexts: krn scan over
  * pages of byte-sliced codes with norms and norm classes, a threshold that
  * lets about 0.25% of keys through, and the tail estimate from every
- * stride-th key, the engine's stride for a middle of n keys.  Norms are
- * spread over [8, 12]; classes and their stage-1 limits are the engine's
- * (rt_hash_class, rt_hash_class_bounds: 8 classes per octave around 10).
+ * stride-th key, the engine's stride for the context.  A step scans every
+ * kv head's keys, so the keys are tokens x kv heads (168 MiB at 1M tokens
+ * and 8 kv heads): more than a last-level cache holds, as in the engine.
+ * Norms are spread over [8, 12]; classes and their stage-1 limits are the
+ * engine's (rt_hash_class, rt_hash_class_bounds: 8 classes per octave
+ * around 10).
  */
 struct scan_data {
-	uint32_t n, nq, words;
+	uint32_t n, nq, words, stride;
 	uint8_t *codes, *cls;
 	uint64_t *qc;
 	float *norms, *tab, *thr, *ca, *cb, *blk;
@@ -1308,7 +1312,7 @@ static double scan_pass(struct scan_data *d, uint32_t nq)
 {
 	const struct krn_ops *k = krn_get();
 	struct krn_scan_q q = { nq, d->words, d->qc, d->tab, d->lim, d->thr, d->ca, d->cb,
-				rt_tail_stride(d->n) };
+				d->stride };
 	uint64_t t0 = now_ns();
 
 	memset(d->n_hit, 0, nq * sizeof(uint32_t));
@@ -1323,15 +1327,16 @@ static double scan_pass(struct scan_data *d, uint32_t nq)
 	return (now_ns() - t0) / 1e9;
 }
 
-static struct scan_result measure_scan(uint32_t n, uint32_t nq)
+static struct scan_result measure_scan(uint32_t tokens, uint32_t kv_heads, uint32_t nq)
 {
-	struct scan_data d = { .n = n / CHUNK * CHUNK, .nq = nq, .words = 2,
+	uint32_t tok = tokens < CHUNK ? CHUNK : tokens / CHUNK * CHUNK;
+	struct scan_data d = { .n = tok * kv_heads, .nq = nq, .words = 2,
+			       .stride = rt_tail_stride(tok),
 			       .hm = { .mu_set = 1, .max_norm = 12.0f, .norm_ref = 10.0f } };
-	struct scan_result r = { .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1 };
+	struct scan_result r = { .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1,
+				 .tokens = tok, .kv_heads = kv_heads, .stride = d.stride };
 	double t[5];
 
-	if (d.n < CHUNK)
-		d.n = r.n = CHUNK;
 	scan_setup(&d);
 	for (int v = 0; v < 2; v++) {
 		uint32_t m = v ? nq : 1;
@@ -1515,10 +1520,11 @@ static void speed_print_text(const struct speed *b, const struct speed_row *rows
 			       rows[i].phase_ms[0], rows[i].phase_ms[1], rows[i].phase_ms[2]);
 	printf("\nmemory read bandwidth: %.2f GB/s (one thread, streaming read of %u MiB, median of %u)\n",
 	       bw->gbps, bw->mib, bw->runs);
-	printf("coarse scan (krn %s scan as the engine runs it: %u keys in pages of %u, %u-bit\n"
-	       "  codes + f32 norm + norm class = %u B/key, about 0.25%% of keys passing, tail from\n"
-	       "  every %uth key):\n", krn_get()->name, sc->n, CHUNK, 64 * sc->words, sc->bytes_key,
-	       rt_tail_stride(sc->n));
+	printf("coarse scan (krn %s scan as the engine runs it: %u tokens x %u kv heads = %u keys\n"
+	       "  in pages of %u, %u-bit codes + f32 norm + norm class = %u B/key, %.0f MiB,\n"
+	       "  about 0.25%% of keys passing, tail from every %uth key):\n", krn_get()->name,
+	       sc->tokens, sc->kv_heads, sc->n, CHUNK, 64 * sc->words, sc->bytes_key,
+	       (double)sc->n * sc->bytes_key / 1048576.0, sc->stride);
 	for (int v = 0; v < 2; v++)
 		printf("  %u quer%s per pass: %.2f GB/s of key data, %.3f ns/key, %.0f%% of the bandwidth\n",
 		       v ? sc->nq : 1, (v ? sc->nq : 1) == 1 ? "y" : "ies", sc->gbps[v],
@@ -1557,10 +1563,12 @@ static void speed_print_json(const struct speed *b, const struct speed_row *rows
 	}
 	printf("  ],\n  \"bandwidth\": {\"gbps\": %.6g, \"mib\": %u, \"runs\": %u},\n",
 	       bw->gbps, bw->mib, bw->runs);
-	printf("  \"scan\": {\"kernel\": \"%s\", \"keys\": %u, \"bytes_per_key\": %u, "
+	printf("  \"scan\": {\"kernel\": \"%s\", \"keys\": %u, \"tokens\": %u, \"kv_heads\": %u, "
+	       "\"stride\": %u, \"bytes_per_key\": %u, "
 	       "\"one_query\": {\"gbps\": %.6g, \"ns_per_key\": %.6g, \"share_of_bandwidth\": %.6g}, "
 	       "\"group\": {\"queries\": %u, \"gbps\": %.6g, \"ns_per_key\": %.6g, "
-	       "\"share_of_bandwidth\": %.6g}}\n}\n", krn_get()->name, sc->n, sc->bytes_key,
+	       "\"share_of_bandwidth\": %.6g}}\n}\n", krn_get()->name, sc->n, sc->tokens,
+	       sc->kv_heads, sc->stride, sc->bytes_key,
 	       sc->gbps[0], sc->ns_key[0], sc->gbps[0] / bw->gbps, sc->nq, sc->gbps[1],
 	       sc->ns_key[1], sc->gbps[1] / bw->gbps);
 }
@@ -1585,7 +1593,7 @@ static int cmd_speed(const struct opts *o)
 	}
 	seq_config(o, 1, 0, &b.cfg[0]); /* for printing the knobs */
 	bw = measure_bw(o->bw_mib);
-	sc = measure_scan(o->scan_tokens, o->heads / o->kv_heads);
+	sc = measure_scan(o->scan_tokens, o->kv_heads, o->heads / o->kv_heads);
 	if (o->json)
 		speed_print_json(&b, rows, o->n_tokens, &bw, &sc);
 	else
