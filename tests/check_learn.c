@@ -401,11 +401,14 @@ START_TEST(reencode_equals_fresh)
 	ck_assert_int_eq(na, nb);
 	ck_assert_mem_eq(ta, tb, na * sizeof(uint32_t));
 	ck_assert_mem_eq(oa, ob, sizeof(oa));
-	/* the learned model changes what is taken: SimHash's exact set differs */
+	/*
+	 * the learned model changes what is taken or how the rest is
+	 * estimated from the codes: SimHash's exact set or output differs
+	 */
 	seq_open(c, &x, UINT32_MAX);
 	seq_fill(x, g, 0, E_N);
 	seq_decode(x, g, ox, tx, &nx);
-	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)));
+	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)) || memcmp(ox, oa, sizeof(oa)));
 	dkv_seq_close(a);
 	dkv_seq_close(b);
 	dkv_seq_close(x);
@@ -464,11 +467,12 @@ START_TEST(hash_model_at_open)
 	ck_assert_int_eq(na, nb);
 	ck_assert_mem_eq(ta, tb, na * sizeof(uint32_t));
 	ck_assert_mem_eq(oa, ob, sizeof(oa));
-	/* x: the same without the file: SimHash takes another exact set */
+	/* x: the same without the file: SimHash takes another exact set or
+	 * estimates the rest otherwise */
 	seq_open(c, &x, UINT32_MAX);
 	seq_fill(x, g, 0, E_N);
 	seq_decode(x, g, ox, tx, &nx);
-	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)));
+	ck_assert(nx != na || memcmp(tx, ta, na * sizeof(uint32_t)) || memcmp(ox, oa, sizeof(oa)));
 	/* corrupt, truncated, missing, not a file: refused, nothing opened */
 	damaged_copy(path, bad, RT_MODEL_HEADER + 4 + 333, 0x08);
 	open_refused(c, bad, DKV_E_INVAL, "crc mismatch");
