@@ -56,16 +56,24 @@ void shard_prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
 	__builtin_prefetch(shard_cls(l, h, t));
 }
 
+/* Sampled keys whose codes are asked for ahead of their estimates. */
+#define SAMPLE_AHEAD 256u
+
 void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
 		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
 		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld)
 {
-	uint32_t words = l->g->words;
+	uint32_t words = l->g->words, ahead = 0;
 
 	/* runs of consecutive keys inside a page: their codes eight at a time */
 	for (uint32_t i = 0, e; i < n; i = e) {
 		for (e = i + 1; e < n && pos[e] == pos[e - 1] + 1 && pos[e] % SHARD_PAGE; e++)
 			;
+		/* the code groups and norms of the keys SAMPLE_AHEAD on, asked for now */
+		for (ahead = ahead > i ? ahead : i; ahead < n && ahead < e + SAMPLE_AHEAD; ahead++)
+			if (ahead == 0 || pos[ahead] % KRN_CODE_GROUP == 0 ||
+			    pos[ahead] != pos[ahead - 1] + 1)
+				shard_prefetch_codes(l, h, pos[ahead]);
 		shard_codes_get(l, h, pos[i], e - i, codes_buf + (size_t)i * words);
 		memcpy(norms_buf + i, shard_norm(l, h, pos[i]), (e - i) * sizeof(float));
 	}

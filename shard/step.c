@@ -77,15 +77,7 @@ void shard_job_sample(void *arg, uint32_t r)
 	struct shard_task *t = arg;
 	uint32_t words = t->l->g->words;
 
-	/*
-	 * The sample is a few hundred runs at random places: ask for all of
-	 * their cache lines first (they fit in L2), so that the misses
-	 * overlap instead of each run waiting for its own.
-	 */
-	for (uint32_t i = 0; i < t->sn; i++)
-		if (owner(t, t->spos[i]) == r &&
-		    (i == 0 || t->spos[i] % KRN_CODE_GROUP == 0 || t->spos[i] != t->spos[i - 1] + 1))
-			shard_prefetch_codes(t->l, t->h, t->spos[i]);
+	/* the runs' cache lines are asked for a few runs ahead (shard_estimate) */
 	for (uint32_t i = 0; i < t->sn;) {
 		uint32_t e = i + 1, o = owner(t, t->spos[i]);
 		while (e < t->sn && owner(t, t->spos[e]) == o)
