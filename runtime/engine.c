@@ -1683,26 +1683,6 @@ static float tail_ref(const struct rt_hash *hm, const float *tab, float thr,
 	return fabsf(ca) * emax + cb;
 }
 
-/*
- * Stage-1 limits of one query: for norm class c, the largest distance
- * with which a key of a norm inside the class can still reach thr.  Keys
- * beyond it cannot be hits, so stage 1 loses nothing.
- */
-static void probe_limits(const struct rt_hash *hm, const float *tab, float thr,
-			 int32_t *lim)
-{
-	for (uint32_t c = 0; c < RT_CLASSES; c++) {
-		float lo, hi;
-		rt_hash_class_bounds(hm, c, &lo, &hi);
-		lim[c] = -1;
-		for (uint32_t h = 0; h <= hm->bits; h++) {
-			float best = tab[h] >= 0.0f ? hi * tab[h] : lo * tab[h];
-			if (best >= thr)
-				lim[c] = (int32_t)h;
-		}
-	}
-}
-
 /* Samples and hits of one coarse pass, as pass_ok judges them. */
 enum { PASS_OK, PASS_TOO_MANY, PASS_TOO_FEW };
 
@@ -1832,7 +1812,7 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		for (uint32_t j = 0; j < g; j++) {
 			const float *tab = sc->tab + (size_t)j * tl;
 			sc->thr[j] = threshold(sc, j, ns, (uint32_t)(rank ? rank : 1));
-			probe_limits(&L->hash[h], tab, sc->thr[j], sc->lim + j * RT_CLASSES);
+			rt_hash_probe_limits(&L->hash[h], tab, sc->thr[j], sc->lim + j * RT_CLASSES);
 			sc->mref[j] = tail_ref(&L->hash[h], tab, sc->thr[j], sc->ca[j], sc->cb[j],
 					       sc->samp_e + (size_t)j * sc->samp_max, ns);
 			/* the kernel adds exp(ca * e + cb - mref) */

@@ -123,3 +123,22 @@ void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float
 	*lo *= 0.999f;
 	*hi *= 1.001f;
 }
+
+/*
+ * Stage-1 limits of one query: for norm class c, the largest distance
+ * with which a key of a norm inside the class can still reach thr.  Keys
+ * beyond it cannot be hits, so stage 1 loses nothing.
+ */
+void rt_hash_probe_limits(const struct rt_hash *hm, const float *tab, float thr, int32_t *lim)
+{
+	for (uint32_t c = 0; c < RT_CLASSES; c++) {
+		float lo, hi;
+		rt_hash_class_bounds(hm, c, &lo, &hi);
+		lim[c] = -1;
+		for (uint32_t h = 0; h <= hm->bits; h++) {
+			float best = tab[h] >= 0.0f ? hi * tab[h] : lo * tab[h];
+			if (best >= thr)
+				lim[c] = (int32_t)h;
+		}
+	}
+}

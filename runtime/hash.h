@@ -52,6 +52,12 @@ struct rt_hash {
 uint8_t rt_hash_class(const struct rt_hash *hm, float norm);
 /* Bounds of class c: [*lo, *hi]. */
 void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float *hi);
+/*
+ * Stage-1 limits of a query whose estimate table is tab (bits + 1
+ * entries) and threshold thr: lim[c], the largest distance at which a key
+ * of class c can still reach thr (-1: none can).
+ */
+void rt_hash_probe_limits(const struct rt_hash *hm, const float *tab, float thr, int32_t *lim);
 
 /* The seed of a sequence's SimHash projection (the learned models' start). */
 #define RT_HASH_SEED(dim) (0x44415348ull * 1000003u + (dim))

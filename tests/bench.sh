@@ -35,6 +35,8 @@ grep -q "quality" "$out" && grep -q "speed" "$out" || fail "--help lists no comm
 test $? -eq 2 || fail "an unknown command should exit 2"
 "$bench" quality --top-k x >"$out" 2>&1
 test $? -eq 2 || fail "a bad --top-k should exit 2"
+"$bench" speed --tokens 4096 --scan-tokens 1073741824 >/dev/null 2>&1
+test $? -eq 2 || fail "a scan past 2^30 keys should exit 2"
 
 # ---- quality ----
 "$bench" quality --tokens 4096 --queries 8 >"$out" 2>&1 || fail "quality exited $?"

@@ -223,35 +223,34 @@ KRN_INLINE void samples_add(struct samples *sm, const struct krn_scan_q *q,
 	sm->n += sm->per;
 }
 
-/* Eight samples' masses (w exp(a e + c), hits zero) into blk: 8 or 4 blocks. */
+/*
+ * Samples i .. i + 7 of query j: their masses w exp(a e + c) (hits zero),
+ * summed per block, added to the blocks' entries from blk + i / per: eight
+ * blocks (one sample each) or four (two each).
+ */
 KRN_INLINE void samples_put8(const struct samples *sm, uint32_t j, uint32_t i, __m256 a,
 			     __m256 c, __m256 w, float *blk)
 {
 	__m256 x = _mm256_mul_ps(krn_exp8(_mm256_fmadd_ps(a, _mm256_load_ps(&sm->e[j][i]), c)),
 				 _mm256_mul_ps(w, _mm256_load_ps(&sm->keep[j][i])));
-	uint32_t nb = (sm->n - i) / sm->per; /* blocks from blk + i / per */
-
-	if (sm->per == 2) { /* [s0 s1 s0 s1 | s2 s3 s2 s3] -> [s0 s1 s2 s3] */
-		__m256 h = _mm256_hadd_ps(x, x);
-		__m128 s4 = _mm_castpd_ps(_mm256_castpd256_pd128(
-			_mm256_permute4x64_pd(_mm256_castps_pd(h), 0x08)));
-		blk += i / 2;
-		if (nb >= 4) {
-			_mm_storeu_ps(blk, _mm_add_ps(_mm_loadu_ps(blk), s4));
-			return;
-		}
-		x = _mm256_castps128_ps256(s4);
-	} else if (nb >= 8) {
-		blk += i;
-		_mm256_storeu_ps(blk, _mm256_add_ps(_mm256_loadu_ps(blk), x));
-		return;
-	} else {
-		blk += i;
-	}
+	uint32_t nb = (sm->n - i) / sm->per, lanes = 8 / sm->per;
 	float v[8];
-	_mm256_storeu_ps(v, x);
-	for (uint32_t u = 0; u < nb; u++)
-		blk[u] += v[u];
+
+	blk += i / sm->per;
+	if (sm->per == 2) { /* [s0 s1 s0 s1 | s2 s3 s2 s3] -> [s0 s1 s2 s3 ..] */
+		__m256 h = _mm256_hadd_ps(x, x);
+		x = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0x08));
+	}
+	if (nb >= lanes && lanes == 8) {
+		_mm256_storeu_ps(blk, _mm256_add_ps(_mm256_loadu_ps(blk), x));
+	} else if (nb >= lanes) {
+		__m128 s4 = _mm256_castps256_ps128(x);
+		_mm_storeu_ps(blk, _mm_add_ps(_mm_loadu_ps(blk), s4));
+	} else {
+		_mm256_storeu_ps(v, x);
+		for (uint32_t u = 0; u < nb; u++)
+			blk[u] += v[u];
+	}
 }
 
 /* The buffered samples' masses into blk (queries j0 .. j0 + nj - 1). */

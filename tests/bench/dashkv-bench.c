@@ -1191,7 +1191,7 @@ struct scan_result {
  * kv head's keys, so the keys are tokens x kv heads (168 MiB at 1M tokens
  * and 8 kv heads): more than a last-level cache holds, as in the engine.
  * Norms are spread over [8, 12]; classes and their stage-1 limits are the
- * engine's (rt_hash_class, rt_hash_class_bounds: 8 classes per octave
+ * engine's (rt_hash_class, rt_hash_probe_limits: 8 classes per octave
  * around 10).
  */
 struct scan_data {
@@ -1239,15 +1239,7 @@ static void scan_threshold(struct scan_data *d, uint32_t j, uint64_t *s)
 				e[k] = t;
 			}
 	d->thr[j] = e[9];
-	for (uint32_t c = 0; c < KRN_CLASSES; c++) {
-		float lo, hi;
-		int32_t lim = -1;
-		rt_hash_class_bounds(&d->hm, c, &lo, &hi);
-		for (uint32_t h = 0; h <= bits; h++)
-			if ((tab[h] >= 0.0f ? hi : lo) * tab[h] >= d->thr[j])
-				lim = (int32_t)h;
-		d->lim[j * KRN_CLASSES + c] = lim;
-	}
+	rt_hash_probe_limits(&d->hm, tab, d->thr[j], d->lim + j * KRN_CLASSES);
 	d->ca[j] = 1.0f;
 	d->cb[j] = -d->thr[j] - 30.0f;
 }
@@ -1332,7 +1324,8 @@ static struct scan_result measure_scan(uint32_t tokens, uint32_t kv_heads, uint3
 	uint32_t tok = tokens < CHUNK ? CHUNK : tokens / CHUNK * CHUNK;
 	struct scan_data d = { .n = tok * kv_heads, .nq = nq, .words = 2,
 			       .stride = rt_tail_stride(tok),
-			       .hm = { .mu_set = 1, .max_norm = 12.0f, .norm_ref = 10.0f } };
+			       .hm = { .bits = 128, .mu_set = 1, .max_norm = 12.0f,
+				       .norm_ref = 10.0f } };
 	struct scan_result r = { .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1,
 				 .tokens = tok, .kv_heads = kv_heads, .stride = d.stride };
 	double t[5];
@@ -1856,6 +1849,10 @@ static int check_opts(struct opts *o)
 	}
 	if (!o->both && (o->n_bits > 1 || o->n_cand > 1)) {
 		fprintf(stderr, "dashkv-bench: lists of --bits / --candidates need --hash both\n");
+		return -1;
+	}
+	if ((uint64_t)o->scan_tokens * o->kv_heads > (1u << 30)) {
+		fprintf(stderr, "dashkv-bench: --scan-tokens times the kv heads must be at most 2^30\n");
 		return -1;
 	}
 	if (o->model && o->hash != DKV_HASH_LEARNED && !o->both) {
