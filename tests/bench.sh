@@ -81,6 +81,8 @@ json_check "$out" 'd["command"] == "speed" and len(d["rows"]) == 1 and
 	d["scan"]["one_query"]["gbps"] > 0 and d["scan"]["group"]["gbps"] > 0 and
 	d["scan"]["bytes_per_key"] == 21 and
 	d["scan"]["keys"] == d["scan"]["tokens"] * d["scan"]["kv_heads"] and
-	d["scan"]["stride"] in (1, 8, 32, 64)'
+	d["scan"]["stride"] in (1, 8, 32, 64) and d["bandwidth"]["runs"] == 9 and
+	d["scan"]["one_query"]["share_of_bandwidth"] > 0 and
+	d["scan"]["group"]["share_of_bandwidth"] > 0'
 echo "bench.sh: ok"
 exit 0

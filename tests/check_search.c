@@ -224,6 +224,44 @@ START_TEST(scan_reference_matches_oracle)
 }
 END_TEST
 
+/*
+ * Distances at both ends (0 and every bit) of codes up to 128 bits, which
+ * the vector scans keep in bytes: every third key is a copy of a query's
+ * code, every third the complement, the limits let every key through
+ * stage 1.  A distance that wrapped around would turn complements into
+ * hits.
+ */
+START_TEST(scan_extreme_distances)
+{
+	uint32_t words = 1 + _i % 2, nq = 2 + _i / 2 % 3;
+
+	for (int lv = KRN_AVX2; lv < KRN_NLEVELS; lv++) {
+		const struct krn_ops *ops = krn_get_level((enum krn_level)lv);
+		struct problem p;
+		struct result a, b;
+		if (!ops)
+			continue;
+		rng = 300 + _i;
+		problem_make(&p, words, nq, 0, 2048, 8, 1);
+		for (uint32_t i = 0; i < 2048 - 2048 % 3; i++) {
+			const uint64_t *q = p.qc + (size_t)(i / 3 % nq) * words;
+			uint64_t *c = p.plain + (size_t)i * words;
+			for (uint32_t w = 0; w < words; w++)
+				c[w] = i % 3 == 0 ? q[w] : i % 3 == 1 ? ~q[w] : c[w];
+			krn_code_write((uint8_t *)krn_code_at(p.codes, words, i), words, c);
+		}
+		run(ops, &p, 2048, &a);
+		run(&krn_ops_scalar, &p, 2048, &b);
+		compare(&a, &b, &p, 2048, ops->name);
+		for (uint32_t j = 0; j < nq; j++) /* the copies at least */
+			ck_assert_uint_ge(b.n_hit[j], 2048 / 3 / nq);
+		result_free(&a);
+		result_free(&b);
+		problem_free(&p);
+	}
+}
+END_TEST
+
 START_TEST(scan_variants_match_reference)
 {
 	const uint32_t *s = shapes[_i];
@@ -335,6 +373,7 @@ int main(void)
 	tcase_set_timeout(t, 120);
 	tcase_add_loop_test(t, scan_reference_matches_oracle, 0, (int)nshapes);
 	tcase_add_loop_test(t, scan_variants_match_reference, 0, (int)nshapes);
+	tcase_add_loop_test(t, scan_extreme_distances, 0, 6);
 	tcase_add_loop_test(t, wsum_matches, 0, 12);
 	tcase_add_test(t, code_layout_round_trip);
 	tcase_add_test(t, code_read8_matches);

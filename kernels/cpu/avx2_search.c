@@ -7,8 +7,10 @@
  * tables "popcount of this nibble xor the query's nibble", so a key's
  * Hamming distance is a sum of table lookups (pshufb) over its bytes: no
  * xor, no per-key horizontal sums.  Up to four queries go through a block
- * together, so each code byte is loaded and split once for them.  Stage 1 compares the 8-bit distances with
- * the limit of each key's norm class (another lookup); the few probes get
+ * together, so each code byte is loaded and split once for them; up to
+ * 128 bits, two queries share each table (ham_pairs), which halves the
+ * lookups.  Stage 1 compares the 8-bit distances with the limit of each
+ * key's norm class (another lookup); the few probes get
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
  * key's estimate through the vector exp: stride 8 one block and query
@@ -24,7 +26,16 @@
 struct qtab {
 	__m256i lo[32], hi[32]; /* per code byte: nibble popcount tables */
 	__m256i lim;            /* per class: limit + 1, clamped to [0, 255] */
+	__m256i plo[16], phi[16]; /* pair tables: this query + 16 x the next */
 };
+
+static void ptab_build(struct qtab *a, const struct qtab *b, uint32_t bytes)
+{
+	for (uint32_t i = 0; i < bytes; i++) {
+		a->plo[i] = _mm256_add_epi8(a->lo[i], _mm256_slli_epi16(b->lo[i], 4));
+		a->phi[i] = _mm256_add_epi8(a->hi[i], _mm256_slli_epi16(b->hi[i], 4));
+	}
+}
 
 static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 {
@@ -111,6 +122,52 @@ KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t
 		KRN_UNROLL
 		for (uint32_t j = 0; j < nj; j++)
 			acc[j][g] = a[j];
+	}
+}
+
+/*
+ * The same distances for codes of up to 128 bits (no sum passes 128), two
+ * queries per table: a pair's tables hold the first query's nibble
+ * popcount plus 16 times the second's, so one byte's two lookups give
+ * a + 16 b with a, b <= 8.  b is taken out of every byte's sum; a is the
+ * sum of all minus 16 times b's sum, modulo 256.
+ */
+KRN_INLINE void ham_pairs(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
+			  uint32_t bytes, __m256i acc[QCHUNK][2])
+{
+	const __m256i low = _mm256_set1_epi8(0x0f), high = _mm256_set1_epi8((char)0xf0);
+	const uint32_t np = nj / 2;
+
+	for (uint32_t g = 0; g < 2; g++) {
+		__m256i s[2], hb[2], a1 = _mm256_setzero_si256();
+		KRN_UNROLL
+		for (uint32_t p = 0; p < np; p++)
+			s[p] = hb[p] = _mm256_setzero_si256();
+		for (uint32_t b = 0; b < bytes; b++) {
+			__m256i v = _mm256_load_si256((const __m256i *)(codes + (g * bytes + b) * 32));
+			__m256i lo = _mm256_and_si256(v, low);
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+			KRN_UNROLL
+			for (uint32_t p = 0; p < np; p++) {
+				__m256i x = _mm256_add_epi8(_mm256_shuffle_epi8(t[2 * p].plo[b], lo),
+							    _mm256_shuffle_epi8(t[2 * p].phi[b], hi));
+				s[p] = _mm256_add_epi8(s[p], x);
+				x = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+				hb[p] = _mm256_add_epi8(hb[p], x);
+			}
+			if (nj & 1)
+				a1 = _mm256_add_epi8(a1, _mm256_add_epi8(
+					_mm256_shuffle_epi8(t[nj - 1].lo[b], lo),
+					_mm256_shuffle_epi8(t[nj - 1].hi[b], hi)));
+		}
+		KRN_UNROLL
+		for (uint32_t p = 0; p < np; p++) {
+			__m256i b16 = _mm256_and_si256(_mm256_slli_epi16(hb[p], 4), high);
+			acc[2 * p][g] = _mm256_sub_epi8(s[p], b16);
+			acc[2 * p + 1][g] = hb[p];
+		}
+		if (nj & 1)
+			acc[nj - 1][g] = a1;
 	}
 }
 
@@ -337,7 +394,10 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	_mm_prefetch((const char *)(nr + 160), _MM_HINT_T0);
 	_mm_prefetch((const char *)(nr + 176), _MM_HINT_T0);
 	_mm_prefetch((const char *)(k->cls + b + 128), _MM_HINT_T0);
-	ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
+	if (q->words <= 2 && nj >= 2)
+		ham_pairs(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
+	else
+		ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
 	const __m256i cls[2] = { _mm256_loadu_si256((const __m256i *)(k->cls + b)),
 				 _mm256_loadu_si256((const __m256i *)(k->cls + b + 32)) };
 	KRN_UNROLL_GCC
@@ -378,6 +438,8 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
 		for (uint32_t j = 0; j < nj; j++)
 			qtab_build(q, j0 + j, &t[j]);
+		for (uint32_t j = 0; j + 1 < nj && q->words <= 2; j += 2)
+			ptab_build(&t[j], &t[j + 1], q->words * 8);
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:

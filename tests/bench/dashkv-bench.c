@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "dashkv.h"
@@ -1150,35 +1151,48 @@ static uint64_t read_pass(const v2u64 *x, size_t n)
 	return a[0] + a[1];
 }
 
+#define SCAN_ROUNDS 9 /* bandwidth and scan passes, side by side */
+
 struct bw_result {
 	double gbps;
 	uint32_t mib, runs;
 };
 
-/* single-thread streaming read of a buffer much larger than the caches */
-static struct bw_result measure_bw(uint32_t mib)
-{
-	struct bw_result r = { 0, mib, 5 };
-	size_t bytes = (size_t)mib << 20, n = bytes / sizeof(v2u64);
-	v2u64 *x = xmalloc(bytes);
-	double t[5];
-	volatile uint64_t sink = 0;
+#define HUGE_2M ((size_t)2 << 20)
 
-	memset(x, 1, bytes);
-	sink += read_pass(x, n); /* warm the page tables */
-	for (int i = 0; i < 5; i++) {
-		uint64_t t0 = now_ns();
-		sink += read_pass(x, n);
-		t[i] = (now_ns() - t0) / 1e9;
+/*
+ * Memory as the engine's store pages get it: 2 MiB aligned, with the
+ * advice to back it with huge pages, so the bandwidth and the scan read
+ * through the same kind of page mapping as a step does.
+ */
+static void *big_alloc(size_t bytes)
+{
+	size_t sz = (bytes + HUGE_2M - 1) & ~(HUGE_2M - 1);
+	void *p = aligned_alloc(HUGE_2M, sz);
+
+	if (!p) {
+		fprintf(stderr, "dashkv-bench: out of memory (%zu bytes)\n", sz);
+		exit(1);
 	}
-	r.gbps = bytes / median_of(t, 5) / 1e9;
-	free(x);
-	(void)sink;
-	return r;
+#ifdef MADV_HUGEPAGE
+	madvise(p, sz, MADV_HUGEPAGE); /* advice only */
+#endif
+	return p;
+}
+
+/* One single-thread streaming read of a buffer much larger than the caches. */
+static double bw_pass(const v2u64 *x, size_t bytes)
+{
+	static volatile uint64_t sink;
+	uint64_t t0 = now_ns();
+
+	sink += read_pass(x, bytes / sizeof(v2u64));
+	return (now_ns() - t0) / 1e9;
 }
 
 struct scan_result {
 	double gbps[2], ns_key[2]; /* [0]: one query per pass, [1]: nq per pass */
+	double share[2];           /* median over rounds of gbps / bandwidth */
 	uint32_t n, nq, words, bytes_key;
 	uint32_t tokens, kv_heads, stride; /* n = tokens * kv_heads */
 };
@@ -1250,13 +1264,9 @@ static void scan_setup(struct scan_data *d)
 	uint32_t bits = 64 * d->words;
 
 	/* the scan reads whole 32-key groups with aligned loads */
-	d->codes = aligned_alloc(64, (size_t)d->n * d->words * 8);
-	if (!d->codes) {
-		fprintf(stderr, "dashkv-bench: out of memory for the scan\n");
-		exit(1);
-	}
-	d->cls = xmalloc(d->n);
-	d->norms = xmalloc((size_t)d->n * sizeof(float));
+	d->codes = big_alloc((size_t)d->n * d->words * 8);
+	d->cls = big_alloc(d->n);
+	d->norms = big_alloc((size_t)d->n * sizeof(float));
 	d->qc = xmalloc((size_t)d->nq * d->words * sizeof(uint64_t));
 	d->tab = xmalloc((size_t)d->nq * (bits + 1) * sizeof(float));
 	d->thr = xmalloc(d->nq * sizeof(float));
@@ -1319,28 +1329,50 @@ static double scan_pass(struct scan_data *d, uint32_t nq)
 	return (now_ns() - t0) / 1e9;
 }
 
-static struct scan_result measure_scan(uint32_t tokens, uint32_t kv_heads, uint32_t nq)
+/*
+ * The bandwidth and the scan, side by side: each round reads the
+ * bandwidth buffer once, then makes one scan pass with one query and one
+ * with the group.  A scan's share of the bandwidth is taken per round,
+ * against the read made just before it, and the median of the rounds'
+ * shares is reported, so that a noisy neighbour slowing the memory for a
+ * while moves both sides of a ratio alike.
+ */
+static void measure_io(uint32_t mib, uint32_t tokens, uint32_t kv_heads, uint32_t nq,
+		       struct bw_result *bw, struct scan_result *r)
 {
 	uint32_t tok = tokens < CHUNK ? CHUNK : tokens / CHUNK * CHUNK;
 	struct scan_data d = { .n = tok * kv_heads, .nq = nq, .words = 2,
 			       .stride = rt_tail_stride(tok),
 			       .hm = { .bits = 128, .mu_set = 1, .max_norm = 12.0f,
 				       .norm_ref = 10.0f } };
-	struct scan_result r = { .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1,
-				 .tokens = tok, .kv_heads = kv_heads, .stride = d.stride };
-	double t[5];
+	size_t bytes = (size_t)mib << 20;
+	v2u64 *x = big_alloc(bytes);
+	double tb[SCAN_ROUNDS], ts[2][SCAN_ROUNDS], sh[2][SCAN_ROUNDS];
 
+	*bw = (struct bw_result){ 0, mib, SCAN_ROUNDS };
+	*r = (struct scan_result){ .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1,
+				   .tokens = tok, .kv_heads = kv_heads, .stride = d.stride };
+	memset(x, 1, bytes);
 	scan_setup(&d);
+	bw_pass(x, bytes); /* warm up: page tables, the first touch */
+	scan_pass(&d, 1);
+	scan_pass(&d, nq);
+	for (int i = 0; i < SCAN_ROUNDS; i++) {
+		tb[i] = bw_pass(x, bytes);
+		for (int v = 0; v < 2; v++) {
+			ts[v][i] = scan_pass(&d, v ? nq : 1);
+			sh[v][i] = (double)d.n * r->bytes_key / ts[v][i] / (bytes / tb[i]);
+		}
+	}
+	bw->gbps = bytes / median_of(tb, SCAN_ROUNDS) / 1e9;
 	for (int v = 0; v < 2; v++) {
-		uint32_t m = v ? nq : 1;
-		scan_pass(&d, m); /* warm up */
-		for (int i = 0; i < 5; i++)
-			t[i] = scan_pass(&d, m);
-		r.gbps[v] = (double)d.n * r.bytes_key / median_of(t, 5) / 1e9;
-		r.ns_key[v] = median_of(t, 5) * 1e9 / d.n;
+		double t = median_of(ts[v], SCAN_ROUNDS);
+		r->gbps[v] = (double)d.n * r->bytes_key / t / 1e9;
+		r->ns_key[v] = t * 1e9 / d.n;
+		r->share[v] = median_of(sh[v], SCAN_ROUNDS);
 	}
 	scan_free(&d);
-	return r;
+	free(x);
 }
 
 /* ================= shards ================= */
@@ -1511,8 +1543,9 @@ static void speed_print_text(const struct speed *b, const struct speed_row *rows
 		if (!rows[i].rc)
 			printf("%9llu  %9.3f %9.3f %9.3f\n", (unsigned long long)rows[i].n,
 			       rows[i].phase_ms[0], rows[i].phase_ms[1], rows[i].phase_ms[2]);
-	printf("\nmemory read bandwidth: %.2f GB/s (one thread, streaming read of %u MiB, median of %u)\n",
-	       bw->gbps, bw->mib, bw->runs);
+	printf("\nmemory read bandwidth: %.2f GB/s (one thread, streaming read of %u MiB, median of %u,\n"
+	       "  each read followed by the two scan passes below; a share is the median of\n"
+	       "  the rounds' scan GB/s over the read just before)\n", bw->gbps, bw->mib, bw->runs);
 	printf("coarse scan (krn %s scan as the engine runs it: %u tokens x %u kv heads = %u keys\n"
 	       "  in pages of %u, %u-bit codes + f32 norm + norm class = %u B/key, %.0f MiB,\n"
 	       "  about 0.25%% of keys passing, tail from every %uth key):\n", krn_get()->name,
@@ -1521,7 +1554,7 @@ static void speed_print_text(const struct speed *b, const struct speed_row *rows
 	for (int v = 0; v < 2; v++)
 		printf("  %u quer%s per pass: %.2f GB/s of key data, %.3f ns/key, %.0f%% of the bandwidth\n",
 		       v ? sc->nq : 1, (v ? sc->nq : 1) == 1 ? "y" : "ies", sc->gbps[v],
-		       sc->ns_key[v], 100 * sc->gbps[v] / bw->gbps);
+		       sc->ns_key[v], 100 * sc->share[v]);
 }
 
 static void speed_print_json(const struct speed *b, const struct speed_row *rows,
@@ -1562,8 +1595,8 @@ static void speed_print_json(const struct speed *b, const struct speed_row *rows
 	       "\"group\": {\"queries\": %u, \"gbps\": %.6g, \"ns_per_key\": %.6g, "
 	       "\"share_of_bandwidth\": %.6g}}\n}\n", krn_get()->name, sc->n, sc->tokens,
 	       sc->kv_heads, sc->stride, sc->bytes_key,
-	       sc->gbps[0], sc->ns_key[0], sc->gbps[0] / bw->gbps, sc->nq, sc->gbps[1],
-	       sc->ns_key[1], sc->gbps[1] / bw->gbps);
+	       sc->gbps[0], sc->ns_key[0], sc->share[0], sc->nq, sc->gbps[1],
+	       sc->ns_key[1], sc->share[1]);
 }
 
 static int cmd_speed(const struct opts *o)
@@ -1585,8 +1618,7 @@ static int cmd_speed(const struct opts *o)
 		speed_one(&b, &rows[i]);
 	}
 	seq_config(o, 1, 0, &b.cfg[0]); /* for printing the knobs */
-	bw = measure_bw(o->bw_mib);
-	sc = measure_scan(o->scan_tokens, o->kv_heads, o->heads / o->kv_heads);
+	measure_io(o->bw_mib, o->scan_tokens, o->kv_heads, o->heads / o->kv_heads, &bw, &sc);
 	if (o->json)
 		speed_print_json(&b, rows, o->n_tokens, &bw, &sc);
 	else
