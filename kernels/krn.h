@@ -94,49 +94,6 @@ static inline void krn_code_read(const uint8_t *c, uint32_t words, uint64_t *cod
 	}
 }
 
-/* Transpose the 8x8 byte matrix m in place (byte c of m[r]: row r, column c). */
-static inline void krn_transpose8(uint64_t m[8])
-{
-	for (uint32_t r = 0; r < 4; r++) {
-		uint64_t t = ((m[r] >> 32) ^ m[r + 4]) & 0x00000000ffffffffull;
-		m[r] ^= t << 32;
-		m[r + 4] ^= t;
-	}
-	for (uint32_t i = 0; i < 4; i++) {
-		uint32_t r = i < 2 ? i : i + 2; /* rows 0 1 4 5 */
-		uint64_t t = ((m[r] >> 16) ^ m[r + 2]) & 0x0000ffff0000ffffull;
-		m[r] ^= t << 16;
-		m[r + 2] ^= t;
-	}
-	for (uint32_t r = 0; r < 8; r += 2) {
-		uint64_t t = ((m[r] >> 8) ^ m[r + 1]) & 0x00ff00ff00ff00ffull;
-		m[r] ^= t << 8;
-		m[r + 1] ^= t;
-	}
-}
-
-/*
- * The codes of the 8 keys from c, a key whose place in its group is a
- * multiple of 8, into code[i * words + w]: krn_code_read's words, with
- * one 8x8 byte transpose per word instead of a byte load per byte.
- */
-static inline void krn_code_read8(const uint8_t *c, uint32_t words, uint64_t *code)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	for (uint32_t w = 0; w < words; w++) {
-		uint64_t m[8];
-		for (uint32_t b = 0; b < 8; b++)
-			memcpy(&m[b], c + (w * 8 + b) * KRN_CODE_GROUP, 8);
-		krn_transpose8(m);
-		for (uint32_t i = 0; i < 8; i++)
-			code[i * words + w] = m[i];
-	}
-#else
-	for (uint32_t i = 0; i < 8; i++)
-		krn_code_read(c + i, words, code + i * words);
-#endif
-}
-
 static inline void krn_code_write(uint8_t *c, uint32_t words, const uint64_t *code)
 {
 	for (uint32_t w = 0; w < words; w++)
@@ -190,6 +147,20 @@ struct krn_ops {
 	/* scan: the coarse filter's pass; see struct krn_scan_q below. */
 	void (*scan)(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		     struct krn_scan_out *o);
+
+	/*
+	 * estimate: coarse's estimates straight from byte-sliced codes, for
+	 * the nk runs of keys k[0..nk) (the threshold sample's runs): for
+	 * query j < q->nq and key p in [k[r].first, k[r].first + k[r].n),
+	 * out[j * ld_out + o_r + p - k[r].first] = k[r].norms[p] *
+	 * q->tab[j * (64 * words + 1) + h], h the distance of scan's stage
+	 * 1 and o_r the keys of the runs before r.  Only nq, words, qc and
+	 * tab of q and codes, norms, first and n of the runs are read; codes
+	 * are read in whole groups of KRN_CODE_GROUP keys.  Bit-identical to
+	 * the reference.
+	 */
+	void (*estimate)(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			 uint32_t nk, float *out, size_t ld_out);
 
 	/*
 	 * wsum: acc[j * dim + d] += sum over i of w[j * ld_w + i] *

@@ -143,8 +143,6 @@ struct rt_scratch {
 	uint32_t *sel;     /* select scratch: samp_max */
 	uint32_t samp_max; /* keys sampled per group for thresholds */
 	uint32_t *samp_pos;    /* [samp_max] */
-	uint64_t *samp_codes;  /* [samp_max][words] */
-	float *samp_norms;     /* [samp_max] */
 	float *samp_e;         /* [group][samp_max] estimates */
 	uint32_t *samp_idx;    /* [samp_max] */
 	uint32_t *cal_pos;     /* [RT_TAIL_SAMPLES] */
@@ -556,8 +554,6 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 		rank_layout(s, &sc->rank[r], cv);
 	sc->sel = carve(cv, sc->samp_max * u);
 	sc->samp_pos = carve(cv, sc->samp_max * u);
-	sc->samp_codes = carve(cv, sc->samp_max * words * sizeof(uint64_t));
-	sc->samp_norms = carve(cv, sc->samp_max * f);
 	sc->samp_e = carve(cv, g * sc->samp_max * f);
 	sc->samp_idx = carve(cv, sc->samp_max * u);
 	sc->cal_pos = carve(cv, RT_TAIL_SAMPLES * u);
@@ -616,8 +612,6 @@ static void task_init(struct rt_seq *s)
 	t->coll = shard_pool_coll(s->eng->pool);
 	t->qc = sc->qc;
 	t->tab = sc->tab;
-	t->scodes = sc->samp_codes;
-	t->snorms = sc->samp_norms;
 	t->se = sc->samp_e;
 	t->sld = sc->samp_max;
 }

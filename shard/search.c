@@ -44,7 +44,8 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-void shard_prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
+/* Ask for the code group (KRN_CODE_GROUP keys) and norm of key t ahead of use. */
+static void prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
 	uint32_t words = l->g->words;
 	const char *c = (const char *)krn_code_at(shard_codes(l, h, t), words, t % SHARD_PAGE);
@@ -53,31 +54,56 @@ void shard_prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
 	for (uint32_t o = 0; o < words * 8 * KRN_CODE_GROUP; o += 64)
 		__builtin_prefetch(c + o);
 	__builtin_prefetch(shard_norm(l, h, t));
-	__builtin_prefetch(shard_cls(l, h, t));
 }
 
-/* Sampled keys whose codes are asked for ahead of their estimates. */
-#define SAMPLE_AHEAD 256u
+/* Runs of sampled keys per estimate call: their tables are built once. */
+#define EST_RUNS 64u
 
-void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
-		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
-		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld)
+/*
+ * The next runs of consecutive keys inside a page from pos[*i], at most
+ * EST_RUNS of them, into k; their code groups and norms are asked for
+ * now, a batch ahead of their estimates.  Returns the runs taken.
+ */
+static uint32_t take_runs(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
+			  uint32_t n, uint32_t *i, struct krn_scan_keys *k)
 {
-	uint32_t words = l->g->words, ahead = 0;
+	uint32_t nk = 0;
 
-	/* runs of consecutive keys inside a page: their codes eight at a time */
-	for (uint32_t i = 0, e; i < n; i = e) {
-		for (e = i + 1; e < n && pos[e] == pos[e - 1] + 1 && pos[e] % SHARD_PAGE; e++)
+	while (*i < n && nk < EST_RUNS) {
+		uint32_t s = *i, e = s + 1;
+		for (; e < n && pos[e] == pos[e - 1] + 1 && pos[e] % SHARD_PAGE; e++)
 			;
-		/* the code groups and norms of the keys SAMPLE_AHEAD on, asked for now */
-		for (ahead = ahead > i ? ahead : i; ahead < n && ahead < e + SAMPLE_AHEAD; ahead++)
-			if (ahead == 0 || pos[ahead] % KRN_CODE_GROUP == 0 ||
-			    pos[ahead] != pos[ahead - 1] + 1)
-				shard_prefetch_codes(l, h, pos[ahead]);
-		shard_codes_get(l, h, pos[i], e - i, codes_buf + (size_t)i * words);
-		memcpy(norms_buf + i, shard_norm(l, h, pos[i]), (e - i) * sizeof(float));
+		uint64_t page0 = pos[s] - pos[s] % SHARD_PAGE;
+		for (uint32_t x = s; x < e; x++)
+			if (x == s || pos[x] % KRN_CODE_GROUP == 0)
+				prefetch_codes(l, h, pos[x]);
+		k[nk++] = (struct krn_scan_keys){
+			.codes = shard_codes(l, h, page0),
+			.norms = shard_norm(l, h, page0),
+			.first = (uint32_t)(pos[s] - page0),
+			.n = e - s,
+		};
+		*i = e;
 	}
-	krn_get()->coarse(qc, nq, tab, codes_buf, norms_buf, words, n, est, ld);
+	return nk;
+}
+
+void shard_estimate(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
+		    const uint32_t *pos, uint32_t n, float *est, size_t ld)
+{
+	const struct krn_ops *ops = krn_get();
+	struct krn_scan_keys k[2][EST_RUNS];
+	uint32_t i = 0, at = 0, b = 0;
+	uint32_t nk = take_runs(l, h, pos, n, &i, k[0]);
+
+	while (nk) {
+		uint32_t start = at, next;
+		at = i;
+		next = take_runs(l, h, pos, n, &i, k[b ^ 1]); /* the batch after, asked for */
+		ops->estimate(q, k[b], nk, est + start, ld);
+		nk = next;
+		b ^= 1;
+	}
 }
 
 /* Ask for the value row of a token ahead of its use (random access). */

@@ -33,19 +33,14 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 			float scale, struct krn_part *st, struct shard_bufs *b);
 
 /*
- * Ask for the code group (KRN_CODE_GROUP keys), norm and class of key t
- * ahead of a random read.
+ * Estimated (unshifted) logits of the q->nq queries of q (its nq, words,
+ * qc and tab) for the keys at pos[0..n), from the stored codes and norms
+ * (krn_ops.estimate over batches of runs of consecutive keys inside a
+ * page, each batch's code groups asked for while the batch before is
+ * estimated): est[j * ld + i].
  */
-void shard_prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t);
-
-/*
- * Estimated (unshifted) logits of nq queries for the keys at pos[0..n):
- * gathers their codes and norms into codes_buf [n][words] / norms_buf [n]
- * and writes est[j * ld + i].
- */
-void shard_estimate(const struct shard_layer *l, uint32_t h, const uint64_t *qc,
-		    uint32_t nq, const float *tab, const uint32_t *pos, uint32_t n,
-		    uint64_t *codes_buf, float *norms_buf, float *est, size_t ld);
+void shard_estimate(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
+		    const uint32_t *pos, uint32_t n, float *est, size_t ld);
 
 /*
  * Fine ranking: exact logits scale * q.k of the keys at positions pos[0..n)

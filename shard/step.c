@@ -75,7 +75,7 @@ static uint32_t owner(const struct shard_task *t, uint32_t pos)
 void shard_job_sample(void *arg, uint32_t r)
 {
 	struct shard_task *t = arg;
-	uint32_t words = t->l->g->words;
+	struct krn_scan_q q = { .nq = t->g, .words = t->l->g->words, .qc = t->qc, .tab = t->tab };
 
 	/* the runs' cache lines are asked for a few runs ahead (shard_estimate) */
 	for (uint32_t i = 0; i < t->sn;) {
@@ -83,9 +83,7 @@ void shard_job_sample(void *arg, uint32_t r)
 		while (e < t->sn && owner(t, t->spos[e]) == o)
 			e++;
 		if (o == r)
-			shard_estimate(t->l, t->h, t->qc, t->g, t->tab, t->spos + i, e - i,
-				       t->scodes + (size_t)i * words, t->snorms + i, t->se + i,
-				       t->sld);
+			shard_estimate(t->l, t->h, &q, t->spos + i, e - i, t->se + i, t->sld);
 		i = e;
 	}
 }

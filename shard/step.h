@@ -82,8 +82,6 @@ struct shard_task {
 	uint32_t sn;
 	const uint64_t *qc;        /* [g][words] query codes */
 	const float *tab;          /* [g][bits + 1] */
-	uint64_t *scodes;          /* [sn][words] */
-	float *snorms;             /* [sn] */
 	float *se;                 /* [g][sld] estimates */
 	size_t sld;
 	/* GPU shards (gpu.h): the layer's device mirror, and the job's (NULL:

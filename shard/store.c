@@ -166,25 +166,6 @@ void shard_code_get(const struct shard_layer *l, uint32_t h, uint64_t t, uint64_
 	krn_code_read(c, l->g->words, code);
 }
 
-void shard_codes_get(const struct shard_layer *l, uint32_t h, uint64_t t, uint32_t n,
-		     uint64_t *code)
-{
-	uint32_t words = l->g->words, p = (uint32_t)(t % SHARD_PAGE);
-	const uint8_t *base = shard_codes(l, h, t);
-	uint64_t part[8 * 4];
-
-	for (uint32_t i = 0; i < n;) {
-		uint32_t at = p + i, s = at % 8, m = 8 - s < n - i ? 8 - s : n - i;
-		if (m == 8) {
-			krn_code_read8(krn_code_at(base, words, at), words, code + (size_t)i * words);
-		} else {
-			krn_code_read8(krn_code_at(base, words, at - s), words, part);
-			memcpy(code + (size_t)i * words, part + s * words, m * words * sizeof(uint64_t));
-		}
-		i += m;
-	}
-}
-
 void shard_code_put(const struct shard_layer *l, uint32_t h, uint64_t t, const uint64_t *code)
 {
 	uint8_t *c = (uint8_t *)krn_code_at(shard_codes(l, h, t), l->g->words, t % SHARD_PAGE);

@@ -112,12 +112,6 @@ static inline uint8_t *shard_codes(const struct shard_layer *l, uint32_t h, uint
 /* Read or write the code (words uint64, little-endian) of key t. */
 void shard_code_get(const struct shard_layer *l, uint32_t h, uint64_t t, uint64_t *code);
 void shard_code_put(const struct shard_layer *l, uint32_t h, uint64_t t, const uint64_t *code);
-/*
- * The codes of the n keys [t, t + n) of one page into code[i * words ..]:
- * shard_code_get's words, eight keys at a time.
- */
-void shard_codes_get(const struct shard_layer *l, uint32_t h, uint64_t t, uint32_t n,
-		     uint64_t *code);
 
 static inline float *shard_norm(const struct shard_layer *l, uint32_t h, uint64_t t)
 {

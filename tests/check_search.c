@@ -262,6 +262,58 @@ START_TEST(scan_extreme_distances)
 }
 END_TEST
 
+/*
+ * estimate on the scan shapes' keys, given as runs of growing length:
+ * the reference equals norm times the table entry of the plain codes'
+ * distance, and every variant equals the reference bit for bit.
+ */
+START_TEST(estimate_matches)
+{
+	const uint32_t *s = shapes[_i];
+	struct problem p;
+	uint32_t tl;
+
+	rng = 100 + _i;
+	problem_make(&p, s[0], s[1], s[2], s[3], s[4], (int)s[5]);
+	tl = 64 * p.words + 1;
+	struct krn_scan_q q = { .nq = p.nq, .words = p.words, .qc = p.qc, .tab = p.tab };
+	/* the range as runs of 1, 2, 3, .. keys, the last one what is left */
+	struct krn_scan_keys k[128];
+	uint32_t nk = 0;
+	for (uint32_t at = 0, len = 1; at < p.n; at += len, len++) {
+		len = nk == 127 || len > p.n - at ? p.n - at : len;
+		k[nk++] = (struct krn_scan_keys){ .codes = p.codes, .norms = p.norms,
+						   .first = p.first + at, .n = len };
+	}
+	size_t ld = p.n + 1;
+	float *want = calloc((size_t)p.nq * ld, sizeof(float));
+	float *got = calloc((size_t)p.nq * ld, sizeof(float));
+
+	krn_ops_scalar.estimate(&q, k, nk, want, ld);
+	for (uint32_t j = 0; j < p.nq; j++)
+		for (uint32_t i = 0; i < p.n; i++) {
+			uint32_t h = 0, at = p.first + i;
+			for (uint32_t w = 0; w < p.words; w++)
+				h += (uint32_t)__builtin_popcountll(p.qc[(size_t)j * p.words + w] ^
+								    p.plain[(size_t)at * p.words + w]);
+			ck_assert_msg(want[j * ld + i] == p.norms[at] * p.tab[j * tl + h],
+				      "reference: query %u key %u", j, at);
+		}
+	for (int lv = KRN_AVX2; lv < KRN_NLEVELS; lv++) {
+		const struct krn_ops *ops = krn_get_level((enum krn_level)lv);
+		if (!ops)
+			continue;
+		memset(got, 0, (size_t)p.nq * ld * sizeof(float));
+		ops->estimate(&q, k, nk, got, ld);
+		ck_assert_msg(!memcmp(got, want, (size_t)p.nq * ld * sizeof(float)),
+			      "%s: estimates differ from the reference", ops->name);
+	}
+	free(want);
+	free(got);
+	problem_free(&p);
+}
+END_TEST
+
 START_TEST(scan_variants_match_reference)
 {
 	const uint32_t *s = shapes[_i];
@@ -339,31 +391,6 @@ START_TEST(code_layout_round_trip)
 }
 END_TEST
 
-/* krn_code_read8 gives each of 8 keys what krn_code_read gives it. */
-START_TEST(code_read8_matches)
-{
-	for (uint32_t words = 1; words <= 4; words *= 2) {
-		uint8_t buf[4 * 8 * 32 * 2] = { 0 };
-		uint64_t in[4], want[4], got[8 * 4];
-		for (uint32_t p = 0; p < 64; p++) {
-			for (uint32_t w = 0; w < words; w++)
-				in[w] = next64();
-			krn_code_write((uint8_t *)krn_code_at(buf, words, p), words, in);
-		}
-		for (uint32_t p = 0; p < 64; p += 8) {
-			krn_code_read8(krn_code_at(buf, words, p), words, got);
-			for (uint32_t i = 0; i < 8; i++) {
-				krn_code_read(krn_code_at(buf, words, p + i), words, want);
-				ck_assert_msg(!memcmp(want, got + i * words, words * 8),
-					      "words %u key %u: %016llx vs %016llx", words, p + i,
-					      (unsigned long long)got[i * words],
-					      (unsigned long long)want[0]);
-			}
-		}
-	}
-}
-END_TEST
-
 int main(void)
 {
 	Suite *s = suite_create("search kernels");
@@ -374,9 +401,9 @@ int main(void)
 	tcase_add_loop_test(t, scan_reference_matches_oracle, 0, (int)nshapes);
 	tcase_add_loop_test(t, scan_variants_match_reference, 0, (int)nshapes);
 	tcase_add_loop_test(t, scan_extreme_distances, 0, 6);
+	tcase_add_loop_test(t, estimate_matches, 0, (int)nshapes);
 	tcase_add_loop_test(t, wsum_matches, 0, 12);
 	tcase_add_test(t, code_layout_round_trip);
-	tcase_add_test(t, code_read8_matches);
 	suite_add_tcase(s, t);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -516,45 +516,59 @@ START_TEST(tail_spans_not_blocks)
 END_TEST
 
 /*
- * shard_codes_get over runs of any start and length inside a page gives
- * each key what shard_code_get gives it, for 64-, 128- and 256-bit codes.
+ * shard_estimate over runs of keys of any start and length (inside a
+ * page, across pages, run after run) gives what the reference coarse
+ * gives on each key's code and norm read one by one, for 64-, 128- and
+ * 256-bit codes and 1 to 5 queries.
  */
-START_TEST(codes_get_matches_one_by_one)
+START_TEST(estimate_matches_coarse)
 {
 	static const uint32_t runs[][2] = {
 		{ 0, 1 }, { 0, 8 }, { 3, 5 }, { 5, 30 }, { 31, 2 }, { 64, 97 },
-		{ 4090, 6 }, { 4000, 96 }, { 7, 1 }, { 100, 333 },
+		{ 4090, 6 }, { 4000, 96 }, { 4090, 12 }, { 7, 1 }, { 100, 333 },
 	};
-	uint32_t words = 1u << _i;
+	uint32_t words = 1u << _i % 3, nq = 1 + _i % 5, tl = 64 * words + 1, n = 0;
 	struct shard_geom g = { .n_kv_heads = 2, .head_dim = 8, .dtype = DKV_F32,
 				.elt_size = 4, .words = words };
 	struct shard_layer l;
-	uint64_t seed = 99 + words, want[4], *got = malloc(SHARD_PAGE * 4 * sizeof(uint64_t));
+	uint64_t seed = 99 + _i, qc[5 * 4], code[4];
+	uint32_t pos[1024];
+	float tab[5 * 257], norm, got[5 * 1024], want[5];
 
-	ck_assert(got);
 	shard_layer_init(&l, &g);
-	ck_assert_int_eq(shard_layer_reserve(&l, 2 * SHARD_PAGE), 0);
-	for (uint64_t t = 0; t < 2 * SHARD_PAGE; t++)
+	ck_assert_int_eq(shard_layer_reserve(&l, 3 * SHARD_PAGE), 0);
+	for (uint64_t t = 0; t < 3 * SHARD_PAGE; t++)
 		for (uint32_t h = 0; h < 2; h++) {
-			uint64_t code[4];
 			for (uint32_t w = 0; w < words; w++)
 				code[w] = (uint64_t)(tail_rand(&seed) * 16777216.0f) << 40 ^
 					  (uint64_t)(tail_rand(&seed) * 16777216.0f) << 16 ^
 					  (uint64_t)(tail_rand(&seed) * 65536.0f);
 			shard_code_put(&l, h, t, code);
+			*shard_norm(&l, h, t) = 0.5f + tail_rand(&seed);
 		}
+	for (uint32_t i = 0; i < nq * words; i++)
+		qc[i] = (uint64_t)(tail_rand(&seed) * 16777216.0f) << 40 ^
+			(uint64_t)(tail_rand(&seed) * 65536.0f);
+	for (uint32_t i = 0; i < nq * tl; i++)
+		tab[i] = tail_rand(&seed) - 0.5f;
 	for (uint32_t r = 0; r < sizeof(runs) / sizeof(runs[0]); r++)
-		for (uint32_t h = 0; h < 2; h++) {
-			uint64_t t0 = SHARD_PAGE + runs[r][0];
-			shard_codes_get(&l, h, t0, runs[r][1], got);
-			for (uint32_t i = 0; i < runs[r][1]; i++) {
-				shard_code_get(&l, h, t0 + i, want);
-				ck_assert_msg(!memcmp(want, got + (size_t)i * words, words * 8),
-					      "words %u head %u run %u key %u", words, h, r, i);
-			}
+		for (uint32_t i = 0; i < runs[r][1]; i++)
+			pos[n++] = SHARD_PAGE + runs[r][0] + i;
+	ck_assert_uint_le(n, 1024);
+	struct krn_scan_q q = { .nq = nq, .words = words, .qc = qc, .tab = tab };
+	for (uint32_t h = 0; h < 2; h++) {
+		shard_estimate(&l, h, &q, pos, n, got, 1024);
+		for (uint32_t i = 0; i < n; i++) {
+			shard_code_get(&l, h, pos[i], code);
+			norm = *shard_norm(&l, h, pos[i]);
+			krn_ops_scalar.coarse(qc, nq, tab, code, &norm, words, 1, want, 1);
+			for (uint32_t j = 0; j < nq; j++)
+				ck_assert_msg(got[j * 1024 + i] == want[j],
+					      "words %u head %u query %u key %u: %g vs %g", words, h,
+					      j, pos[i], got[j * 1024 + i], want[j]);
 		}
+	}
 	shard_layer_free(&l);
-	free(got);
 }
 END_TEST
 
@@ -574,7 +588,7 @@ int main(void)
 	tcase_add_loop_test(tail, sums_add_matches_rows, 0, N_TAIL_DIMS);
 	tcase_add_loop_test(tail, tail_range_matches_rows, 0, N_TAIL_DIMS);
 	tcase_add_loop_test(tail, tail_spans_not_blocks, 0, N_TAIL_DIMS);
-	tcase_add_loop_test(tail, codes_get_matches_one_by_one, 0, 3);
+	tcase_add_loop_test(tail, estimate_matches_coarse, 0, 15);
 	suite_add_tcase(su, tail);
 	sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);

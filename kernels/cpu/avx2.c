@@ -850,6 +850,7 @@ const struct krn_ops krn_ops_avx2 = {
 	.hamming = avx2_hamming,
 	.coarse = avx2_coarse,
 	.scan = krn_avx2_scan,   /* avx2_search.c */
+	.estimate = krn_avx2_estimate,
 	.wsum = krn_avx2_wsum,   /* avx2_search.c */
 	.dot = avx2_dot,
 	.gdot = avx2_gdot,

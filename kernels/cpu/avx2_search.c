@@ -1,6 +1,7 @@
 /*
  * avx2_search.c - the search-path kernels with AVX2: the coarse filter's pass
- * (krn_ops.scan) and the weighted row sums of the tail (krn_ops.wsum).
+ * (krn_ops.scan), the estimates of a few keys from the same codes
+ * (krn_ops.estimate) and the weighted row sums of the tail (krn_ops.wsum).
  *
  * scan works on byte-sliced codes (krn.h): one 32-byte load holds the same
  * code byte of 32 keys.  Each query gets, per code byte, two 16-entry
@@ -42,13 +43,28 @@ static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 	const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
 					      0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 	const uint64_t *qc = q->qc + (size_t)j * q->words;
-	uint8_t lim[32] = { 0 };
 
 	for (uint32_t b = 0; b < q->words * 8; b++) {
 		uint8_t qb = (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
 		t->lo[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb & 15))));
 		t->hi[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb >> 4))));
 	}
+}
+
+/* The tables of queries j0 .. j0 + nj - 1, pairs included up to 128 bits. */
+static void qtabs_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj, struct qtab *t)
+{
+	for (uint32_t j = 0; j < nj; j++)
+		qtab_build(q, j0 + j, &t[j]);
+	for (uint32_t j = 0; j + 1 < nj && q->words <= 2; j += 2)
+		ptab_build(&t[j], &t[j + 1], q->words * 8);
+}
+
+/* Query j's stage-1 limits per norm class, as bytes for a lookup. */
+static void lim_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
+{
+	uint8_t lim[32] = { 0 };
+
 	for (uint32_t c = 0; c < KRN_CLASSES; c++) {
 		int32_t v = q->lim[j * KRN_CLASSES + c] + 1;
 		lim[c] = lim[16 + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
@@ -100,11 +116,11 @@ static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
  * 256 bits saturate at 255.
  */
 KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
-			  uint32_t bytes, __m256i acc[QCHUNK][2])
+			  uint32_t bytes, const uint32_t ng, __m256i acc[QCHUNK][2])
 {
 	const __m256i low = _mm256_set1_epi8(0x0f);
 
-	for (uint32_t g = 0; g < 2; g++) {
+	for (uint32_t g = 0; g < ng; g++) {
 		__m256i a[QCHUNK];
 		KRN_UNROLL
 		for (uint32_t j = 0; j < nj; j++)
@@ -133,12 +149,12 @@ KRN_INLINE void ham_block(const struct qtab *t, const uint32_t nj, const uint8_t
  * sum of all minus 16 times b's sum, modulo 256.
  */
 KRN_INLINE void ham_pairs(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
-			  uint32_t bytes, __m256i acc[QCHUNK][2])
+			  uint32_t bytes, const uint32_t ng, __m256i acc[QCHUNK][2])
 {
 	const __m256i low = _mm256_set1_epi8(0x0f), high = _mm256_set1_epi8((char)0xf0);
 	const uint32_t np = nj / 2;
 
-	for (uint32_t g = 0; g < 2; g++) {
+	for (uint32_t g = 0; g < ng; g++) {
 		__m256i s[2], hb[2], a1 = _mm256_setzero_si256();
 		KRN_UNROLL
 		for (uint32_t p = 0; p < np; p++)
@@ -169,6 +185,16 @@ KRN_INLINE void ham_pairs(const struct qtab *t, const uint32_t nj, const uint8_t
 		if (nj & 1)
 			acc[nj - 1][g] = a1;
 	}
+}
+
+/* Distances of ng (1 or 2) groups of 32 keys to nj queries. */
+KRN_INLINE void ham_groups(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
+			   uint32_t words, const uint32_t ng, __m256i acc[QCHUNK][2])
+{
+	if (words <= 2 && nj >= 2)
+		ham_pairs(t, nj, codes, words * 8, ng, acc);
+	else
+		ham_block(t, nj, codes, words * 8, ng, acc);
 }
 
 /* Stage 1 and 2 for one 64-key block and query j, from its distances. */
@@ -394,10 +420,7 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	_mm_prefetch((const char *)(nr + 160), _MM_HINT_T0);
 	_mm_prefetch((const char *)(nr + 176), _MM_HINT_T0);
 	_mm_prefetch((const char *)(k->cls + b + 128), _MM_HINT_T0);
-	if (q->words <= 2 && nj >= 2)
-		ham_pairs(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
-	else
-		ham_block(t, nj, krn_code_at(k->codes, q->words, b), q->words * 8, dist);
+	ham_groups(t, nj, krn_code_at(k->codes, q->words, b), q->words, 2, dist);
 	const __m256i cls[2] = { _mm256_loadu_si256((const __m256i *)(k->cls + b)),
 				 _mm256_loadu_si256((const __m256i *)(k->cls + b + 32)) };
 	KRN_UNROLL_GCC
@@ -436,10 +459,9 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 	uint32_t p_end = p + (end - p) / 64 * 64;
 	for (uint32_t j0 = 0; j0 < q->nq; j0 += QCHUNK) {
 		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
+		qtabs_build(q, j0, nj, t);
 		for (uint32_t j = 0; j < nj; j++)
-			qtab_build(q, j0 + j, &t[j]);
-		for (uint32_t j = 0; j + 1 < nj && q->words <= 2; j += 2)
-			ptab_build(&t[j], &t[j + 1], q->words * 8);
+			lim_build(q, j0 + j, &t[j]);
 		for (uint32_t b = p; b < p_end; b += 64) {
 			switch (nj) {
 			case 1:
@@ -459,6 +481,72 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			samples_flush(&sm, q, k, o, j0, nj);
 	}
 	scan_keys(q, k, o, p_end, end);
+}
+
+/*
+ * estimate: the tables of a chunk of queries are built once for all the
+ * runs; group by group of 32 keys, the distances as scan computes them,
+ * then the keys in range take the reference's multiply norms[i] * tab[h].
+ */
+KRN_INLINE void estimate_group(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			       const struct qtab *t, const uint32_t nj, uint32_t j0, uint32_t g0,
+			       float *out, size_t ld)
+{
+	uint32_t tl = 64 * q->words + 1, end = k->first + k->n;
+	uint32_t a = g0 > k->first ? g0 : k->first, b = g0 + 32 < end ? g0 + 32 : end;
+	uint8_t hd[QCHUNK][32] __attribute__((aligned(32)));
+	__m256i dist[QCHUNK][2];
+
+	ham_groups(t, nj, krn_code_at(k->codes, q->words, g0), q->words, 1, dist);
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nj; j++)
+		_mm256_store_si256((__m256i *)hd[j], dist[j][0]);
+	for (uint32_t j = 0; j < nj; j++) {
+		const float *tab = q->tab + (size_t)(j0 + j) * tl;
+		float *o = out + (size_t)(j0 + j) * ld - k->first;
+		for (uint32_t i = a; i < b; i++)
+			o[i] = k->norms[i] * tab[hd[j][i - g0]];
+	}
+}
+
+/* One run's keys for nj queries from j0. */
+static void estimate_run(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			 const struct qtab *t, uint32_t nj, uint32_t j0, float *out, size_t ld)
+{
+	for (uint32_t g0 = k->first / 32 * 32; g0 < k->first + k->n; g0 += 32) {
+		switch (nj) {
+		case 1:
+			estimate_group(q, k, t, 1, j0, g0, out, ld);
+			break;
+		case 2:
+			estimate_group(q, k, t, 2, j0, g0, out, ld);
+			break;
+		case 3:
+			estimate_group(q, k, t, 3, j0, g0, out, ld);
+			break;
+		default:
+			estimate_group(q, k, t, 4, j0, g0, out, ld);
+		}
+	}
+}
+
+void krn_avx2_estimate(const struct krn_scan_q *q, const struct krn_scan_keys *k, uint32_t nk,
+		       float *out, size_t ld)
+{
+	struct qtab t[QCHUNK];
+
+	/* 256-bit distances do not fit a byte */
+	if (q->words != 1 && q->words != 2) {
+		krn_ops_scalar.estimate(q, k, nk, out, ld);
+		return;
+	}
+	for (uint32_t j0 = 0; j0 < q->nq; j0 += QCHUNK) {
+		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
+		float *o = out;
+		qtabs_build(q, j0, nj, t);
+		for (uint32_t r = 0; r < nk; o += k[r].n, r++)
+			estimate_run(q, &k[r], t, nj, j0, o, ld);
+	}
 }
 
 /* Columns [d, d + 8 * V) of up to four weight vectors over rows [i0, i1). */

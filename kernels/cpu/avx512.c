@@ -658,6 +658,7 @@ const struct krn_ops krn_ops_avx512 = {
 #ifdef DKV_HAVE_AVX2
 	/* no AVX-512 versions yet: the AVX2 ones beat the reference here too */
 	.scan = krn_avx2_scan,
+	.estimate = krn_avx2_estimate,
 	.wsum = krn_avx2_wsum,
 #endif
 	.dot = avx512_dot,

@@ -92,6 +92,7 @@ static void merge_tables(void)
 		FILL(t, hamming);
 		FILL(t, coarse);
 		FILL(t, scan);
+		FILL(t, estimate);
 		FILL(t, wsum);
 		FILL(t, dot);
 		FILL(t, gdot);

@@ -94,6 +94,19 @@ static void ref_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		}
 }
 
+static void ref_estimate(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+			 uint32_t nk, float *out, size_t ld)
+{
+	uint32_t tl = 64 * q->words + 1;
+
+	for (uint32_t r = 0; r < nk; out += k[r].n, r++)
+		for (uint32_t j = 0; j < q->nq; j++)
+			for (uint32_t i = 0; i < k[r].n; i++) {
+				uint32_t p = k[r].first + i, h = scan_ham(q, &k[r], j, p);
+				out[j * ld + i] = k[r].norms[p] * q->tab[j * tl + h];
+			}
+}
+
 static void ref_wsum(const float *w, size_t ld_w, uint32_t nq, const float *rows,
 		     size_t ld, uint32_t n, uint32_t dim, float *acc)
 {
@@ -254,6 +267,7 @@ const struct krn_ops krn_ops_scalar = {
 	.hamming = ref_hamming,
 	.coarse = ref_coarse,
 	.scan = ref_scan,
+	.estimate = ref_estimate,
 	.wsum = ref_wsum,
 	.dot = ref_dot,
 	.gdot = ref_gdot,
