@@ -156,8 +156,9 @@ struct krn_ops {
 	 * q->tab[j * (64 * words + 1) + h], h the distance of scan's stage
 	 * 1 and o_r the keys of the runs before r.  Only nq, words, qc and
 	 * tab of q and codes, norms, first and n of the runs are read; codes
-	 * are read in whole groups of KRN_CODE_GROUP keys.  Bit-identical to
-	 * the reference.
+	 * are read in whole groups of KRN_CODE_GROUP keys.  Runs may lie
+	 * anywhere: variants ask for a run's memory ahead of its use.
+	 * Bit-identical to the reference.
 	 */
 	void (*estimate)(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			 uint32_t nk, float *out, size_t ld_out);

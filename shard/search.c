@@ -44,26 +44,10 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
 	}
 }
 
-/* Ask for the code group (KRN_CODE_GROUP keys) and norm of key t ahead of use. */
-static void prefetch_codes(const struct shard_layer *l, uint32_t h, uint64_t t)
-{
-	uint32_t words = l->g->words;
-	const char *c = (const char *)krn_code_at(shard_codes(l, h, t), words, t % SHARD_PAGE);
-
-	c -= t % KRN_CODE_GROUP; /* the group's first byte */
-	for (uint32_t o = 0; o < words * 8 * KRN_CODE_GROUP; o += 64)
-		__builtin_prefetch(c + o);
-	__builtin_prefetch(shard_norm(l, h, t));
-}
-
 /* Runs of sampled keys per estimate call: their tables are built once. */
-#define EST_RUNS 64u
+#define EST_RUNS 128u
 
-/*
- * The next runs of consecutive keys inside a page from pos[*i], at most
- * EST_RUNS of them, into k; their code groups and norms are asked for
- * now, a batch ahead of their estimates.  Returns the runs taken.
- */
+/* The next runs of consecutive keys inside a page from pos[*i], at most EST_RUNS. */
 static uint32_t take_runs(const struct shard_layer *l, uint32_t h, const uint32_t *pos,
 			  uint32_t n, uint32_t *i, struct krn_scan_keys *k)
 {
@@ -74,9 +58,6 @@ static uint32_t take_runs(const struct shard_layer *l, uint32_t h, const uint32_
 		for (; e < n && pos[e] == pos[e - 1] + 1 && pos[e] % SHARD_PAGE; e++)
 			;
 		uint64_t page0 = pos[s] - pos[s] % SHARD_PAGE;
-		for (uint32_t x = s; x < e; x++)
-			if (x == s || pos[x] % KRN_CODE_GROUP == 0)
-				prefetch_codes(l, h, pos[x]);
 		k[nk++] = (struct krn_scan_keys){
 			.codes = shard_codes(l, h, page0),
 			.norms = shard_norm(l, h, page0),
@@ -92,17 +73,11 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const struct krn_sc
 		    const uint32_t *pos, uint32_t n, float *est, size_t ld)
 {
 	const struct krn_ops *ops = krn_get();
-	struct krn_scan_keys k[2][EST_RUNS];
-	uint32_t i = 0, at = 0, b = 0;
-	uint32_t nk = take_runs(l, h, pos, n, &i, k[0]);
+	struct krn_scan_keys k[EST_RUNS];
 
-	while (nk) {
-		uint32_t start = at, next;
-		at = i;
-		next = take_runs(l, h, pos, n, &i, k[b ^ 1]); /* the batch after, asked for */
-		ops->estimate(q, k[b], nk, est + start, ld);
-		nk = next;
-		b ^= 1;
+	for (uint32_t i = 0; i < n;) {
+		uint32_t start = i, nk = take_runs(l, h, pos, n, &i, k);
+		ops->estimate(q, k, nk, est + start, ld);
 	}
 }
 
@@ -257,6 +232,20 @@ static void tail_page_spans(const struct shard_layer *l, uint32_t h, const float
 	}
 }
 
+/*
+ * Ask for the span sums of head h in the page of token t: a page's are a
+ * few KiB apart from the last page's, too short a stream for the hardware
+ * to pick up before the tail has read them.
+ */
+static void prefetch_spans(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	const char *p = (const char *)shard_vspan(l, h, t - t % SHARD_PAGE);
+	size_t bytes = (size_t)SHARD_PAGE_SPANS * l->g->head_dim * sizeof(float);
+
+	for (size_t o = 0; o < bytes; o += 64)
+		__builtin_prefetch(p + o);
+}
+
 void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t ld_w,
 		      uint32_t nq, uint64_t t0, uint64_t t1, const float *cut, uint32_t span,
 		      float *acc)
@@ -271,6 +260,8 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 	for (uint64_t b = b0; b < b1;) {
 		uint64_t e = (b / SHARD_PAGE_BLOCKS + 1) * SHARD_PAGE_BLOCKS;
 		e = e < b1 ? e : b1;
+		if (e < b1) /* the next page's span sums stream in meanwhile */
+			prefetch_spans(l, h, e * SHARD_BLOCK);
 		tail_page_spans(l, h, w, ld_w, nq, b0, b, e, cut, sw, acc);
 		b = e;
 	}

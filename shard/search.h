@@ -36,8 +36,7 @@ void shard_attend_range(const struct shard_layer *l, uint32_t h,
  * Estimated (unshifted) logits of the q->nq queries of q (its nq, words,
  * qc and tab) for the keys at pos[0..n), from the stored codes and norms
  * (krn_ops.estimate over batches of runs of consecutive keys inside a
- * page, each batch's code groups asked for while the batch before is
- * estimated): est[j * ld + i].
+ * page): est[j * ld + i].
  */
 void shard_estimate(const struct shard_layer *l, uint32_t h, const struct krn_scan_q *q,
 		    const uint32_t *pos, uint32_t n, float *est, size_t ld);

@@ -77,7 +77,7 @@ void shard_job_sample(void *arg, uint32_t r)
 	struct shard_task *t = arg;
 	struct krn_scan_q q = { .nq = t->g, .words = t->l->g->words, .qc = t->qc, .tab = t->tab };
 
-	/* the runs' cache lines are asked for a few runs ahead (shard_estimate) */
+	/* the runs' cache lines are asked for a few runs ahead (krn estimate) */
 	for (uint32_t i = 0; i < t->sn;) {
 		uint32_t e = i + 1, o = owner(t, t->spos[i]);
 		while (e < t->sn && owner(t, t->spos[e]) == o)

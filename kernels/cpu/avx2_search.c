@@ -485,8 +485,9 @@ void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 
 /*
  * estimate: the tables of a chunk of queries are built once for all the
- * runs; group by group of 32 keys, the distances as scan computes them,
- * then the keys in range take the reference's multiply norms[i] * tab[h].
+ * runs, whose codes and norms are asked for a few runs ahead; group by
+ * group of 32 keys, the distances as scan computes them, then the keys in
+ * range take the reference's multiply norms[i] * tab[h].
  */
 KRN_INLINE void estimate_group(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			       const struct qtab *t, const uint32_t nj, uint32_t j0, uint32_t g0,
@@ -530,6 +531,22 @@ static void estimate_run(const struct krn_scan_q *q, const struct krn_scan_keys 
 	}
 }
 
+/* Runs whose codes and norms are asked for ahead of their estimates. */
+#define EST_AHEAD 4u
+
+/* Ask for the code groups and norms of run k (random places in memory). */
+static void prefetch_run(const struct krn_scan_keys *k, uint32_t words)
+{
+	for (uint32_t g0 = k->first / 32 * 32; g0 < k->first + k->n; g0 += 32) {
+		const char *c = (const char *)krn_code_at(k->codes, words, g0);
+		for (uint32_t o = 0; o < words * 8 * 32; o += 64)
+			_mm_prefetch(c + o, _MM_HINT_T0);
+	}
+	for (uint32_t i = 0; i < k->n; i += 16)
+		_mm_prefetch((const char *)(k->norms + k->first + i), _MM_HINT_T0);
+	_mm_prefetch((const char *)(k->norms + k->first + k->n - 1), _MM_HINT_T0);
+}
+
 void krn_avx2_estimate(const struct krn_scan_q *q, const struct krn_scan_keys *k, uint32_t nk,
 		       float *out, size_t ld)
 {
@@ -543,9 +560,14 @@ void krn_avx2_estimate(const struct krn_scan_q *q, const struct krn_scan_keys *k
 	for (uint32_t j0 = 0; j0 < q->nq; j0 += QCHUNK) {
 		uint32_t nj = q->nq - j0 < QCHUNK ? q->nq - j0 : QCHUNK;
 		float *o = out;
+		for (uint32_t r = 0; j0 == 0 && r < EST_AHEAD && r < nk; r++)
+			prefetch_run(&k[r], q->words);
 		qtabs_build(q, j0, nj, t);
-		for (uint32_t r = 0; r < nk; o += k[r].n, r++)
+		for (uint32_t r = 0; r < nk; o += k[r].n, r++) {
+			if (j0 == 0 && r + EST_AHEAD < nk)
+				prefetch_run(&k[r + EST_AHEAD], q->words);
 			estimate_run(q, &k[r], t, nj, j0, o, ld);
+		}
 	}
 }
 
