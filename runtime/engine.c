@@ -1967,14 +1967,27 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 		cnt->est += (double)(m1 - m0) - n_top;
 }
 
-/* acc = the sum of the pages' rows [p0, p0 + np) of pacc, in page order. */
+/* Four floats at any address, added lane by lane (one addition each). */
+typedef float fold4 __attribute__((vector_size(16), aligned(4)));
+
+/*
+ * acc = the sum of the pages' rows [p0, p0 + np) of pacc, in page order:
+ * element by element the same additions in the same order, four lanes at
+ * a time (at 1M tokens a group folds 256 pages of g x dim floats).
+ */
 static void fold_pages(float *restrict acc, const float *restrict pacc, uint64_t p0,
 		       uint64_t np, size_t stride)
 {
+	size_t i4 = stride / 4 * 4;
+
 	memset(acc, 0, stride * sizeof(float));
-	for (uint64_t p = p0; p < p0 + np; p++)
-		for (size_t i = 0; i < stride; i++)
-			acc[i] += pacc[p * stride + i];
+	for (uint64_t p = p0; p < p0 + np; p++) {
+		const float *row = pacc + p * stride;
+		for (size_t i = 0; i < i4; i += 4)
+			*(fold4 *)(acc + i) += *(const fold4 *)(row + i);
+		for (size_t i = i4; i < stride; i++)
+			acc[i] += row[i];
+	}
 }
 
 /*
