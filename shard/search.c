@@ -232,12 +232,7 @@ static void tail_page_spans(const struct shard_layer *l, uint32_t h, const float
 	}
 }
 
-/*
- * Ask for the span sums of head h in the page of token t: a page's are a
- * few KiB apart from the last page's, too short a stream for the hardware
- * to pick up before the tail has read them.
- */
-static void prefetch_spans(const struct shard_layer *l, uint32_t h, uint64_t t)
+void shard_prefetch_spans(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
 	const char *p = (const char *)shard_vspan(l, h, t - t % SHARD_PAGE);
 	size_t bytes = (size_t)SHARD_PAGE_SPANS * l->g->head_dim * sizeof(float);
@@ -260,8 +255,6 @@ void shard_tail_range(const struct shard_layer *l, uint32_t h, float *w, size_t 
 	for (uint64_t b = b0; b < b1;) {
 		uint64_t e = (b / SHARD_PAGE_BLOCKS + 1) * SHARD_PAGE_BLOCKS;
 		e = e < b1 ? e : b1;
-		if (e < b1) /* the next page's span sums stream in meanwhile */
-			prefetch_spans(l, h, e * SHARD_BLOCK);
 		tail_page_spans(l, h, w, ld_w, nq, b0, b, e, cut, sw, acc);
 		b = e;
 	}

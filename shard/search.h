@@ -42,6 +42,13 @@ void shard_estimate(const struct shard_layer *l, uint32_t h, const struct krn_sc
 		    const uint32_t *pos, uint32_t n, float *est, size_t ld);
 
 /*
+ * Ask for the span sums of head h in the page of token t ahead of the
+ * tail's read: a page's lie apart from the last page's, too short a
+ * stream for the hardware prefetcher to pick up in time.
+ */
+void shard_prefetch_spans(const struct shard_layer *l, uint32_t h, uint64_t t);
+
+/*
  * Fine ranking: exact logits scale * q.k of the keys at positions pos[0..n)
  * into logit[0..n).
  */

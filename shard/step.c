@@ -356,14 +356,32 @@ void shard_job_rank(void *arg, uint32_t r)
 
 /* ---- tail and exact partials ---- */
 
+/* Owned pages ahead whose span sums the tail asks for (random places). */
+#define TAIL_AHEAD 2u
+
+/* Ask for the span sums of the owned pages from .. TAIL_AHEAD after p. */
+static void tail_prefetch(const struct shard_task *t, uint64_t p, uint32_t from)
+{
+	for (uint32_t x = from; x <= TAIL_AHEAD; x++) {
+		uint64_t q = p + (uint64_t)x * t->n_shards;
+		if (q * SHARD_PAGE < t->m1)
+			shard_prefetch_spans(t->l, t->h, q * SHARD_PAGE);
+	}
+}
+
 void shard_job_tail(void *arg, uint32_t r)
 {
 	struct shard_task *t = arg;
 	uint64_t b0 = t->m0 / SHARD_BLOCK;
 	size_t stride = (size_t)t->g * t->dim;
 
+	uint32_t from = 1;
+
 	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
 		float *acc = t->pacc + p * stride;
+		if (t->tail_span > 1)
+			tail_prefetch(t, p, from);
+		from = TAIL_AHEAD;
 		memset(acc, 0, stride * sizeof(float));
 		shard_tail_range(t->l, t->h, t->blk + (a / SHARD_BLOCK - b0), t->blk_cap, t->g,
 				 a, b, t->cut, t->tail_span, acc);
