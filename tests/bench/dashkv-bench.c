@@ -1180,13 +1180,15 @@ static void *big_alloc(size_t bytes)
 	return p;
 }
 
-/* One single-thread streaming read of a buffer much larger than the caches. */
-static double bw_pass(const v2u64 *x, size_t bytes)
+/*
+ * One single-thread streaming read of a buffer much larger than the
+ * caches, in seconds; the sum read goes to *sink, so the read is done.
+ */
+static double bw_pass(const v2u64 *x, size_t bytes, volatile uint64_t *sink)
 {
-	static volatile uint64_t sink;
 	uint64_t t0 = now_ns();
 
-	sink += read_pass(x, bytes / sizeof(v2u64));
+	*sink += read_pass(x, bytes / sizeof(v2u64));
 	return (now_ns() - t0) / 1e9;
 }
 
@@ -1348,17 +1350,18 @@ static void measure_io(uint32_t mib, uint32_t tokens, uint32_t kv_heads, uint32_
 	size_t bytes = (size_t)mib << 20;
 	v2u64 *x = big_alloc(bytes);
 	double tb[SCAN_ROUNDS], ts[2][SCAN_ROUNDS], sh[2][SCAN_ROUNDS];
+	volatile uint64_t sink = 0;
 
 	*bw = (struct bw_result){ 0, mib, SCAN_ROUNDS };
 	*r = (struct scan_result){ .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1,
 				   .tokens = tok, .kv_heads = kv_heads, .stride = d.stride };
 	memset(x, 1, bytes);
 	scan_setup(&d);
-	bw_pass(x, bytes); /* warm up: page tables, the first touch */
+	bw_pass(x, bytes, &sink); /* warm up: page tables, the first touch */
 	scan_pass(&d, 1);
 	scan_pass(&d, nq);
 	for (int i = 0; i < SCAN_ROUNDS; i++) {
-		tb[i] = bw_pass(x, bytes);
+		tb[i] = bw_pass(x, bytes, &sink);
 		for (int v = 0; v < 2; v++) {
 			ts[v][i] = scan_pass(&d, v ? nq : 1);
 			sh[v][i] = (double)d.n * r->bytes_key / ts[v][i] / (bytes / tb[i]);
