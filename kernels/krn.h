@@ -33,7 +33,7 @@ struct krn_part {
  *    the key is a probe when h <= lim[j * KRN_CLASSES + cls[i]], cls[i]
  *    being the key's norm class (0..15): an integer test, no float;
  *  - stage 2, probes: e = norms[i] * tab[j * (64 * words + 1) + h] (the
- *    product coarse computes); e >= thr[j] makes the key a hit: base + i
+ *    product estimate computes); e >= thr[j] makes the key a hit: base + i
  *    is written to hit[j * hit_cap + n_hit[j]] while n_hit[j] < hit_cap,
  *    and n_hit[j] counts every hit; hits come in increasing i;
  *  - tail: a key with i % stride == 0 that is not a hit adds
@@ -133,24 +133,13 @@ struct krn_ops {
 	void (*hamming)(const uint64_t *q, const uint64_t *codes,
 			uint32_t words, uint32_t n, uint16_t *dist);
 
-	/*
-	 * coarse: estimated logits of nq queries against n coded keys.
-	 * out[j * ld_out + i] = norms[i] * tab[j * (64 * words + 1) + h]
-	 * with h = popcount(qc[j] ^ codes[i]); qc is [nq][words].
-	 * tab holds, per query, the estimate for every Hamming distance.
-	 * Must be bit-identical to the reference (one multiply per output).
-	 */
-	void (*coarse)(const uint64_t *qc, uint32_t nq, const float *tab,
-		       const uint64_t *codes, const float *norms, uint32_t words,
-		       uint32_t n, float *out, size_t ld_out);
-
 	/* scan: the coarse filter's pass; see struct krn_scan_q below. */
 	void (*scan)(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		     struct krn_scan_out *o);
 
 	/*
-	 * estimate: coarse's estimates straight from byte-sliced codes, for
-	 * the nk runs of keys k[0..nk) (the threshold sample's runs): for
+	 * estimate: scan's stage-2 estimates, for every key of the nk runs
+	 * of keys k[0..nk) (the threshold sample's runs): for
 	 * query j < q->nq and key p in [k[r].first, k[r].first + k[r].n),
 	 * out[j * ld_out + o_r + p - k[r].first] = k[r].norms[p] *
 	 * q->tab[j * (64 * words + 1) + h], h the distance of scan's stage

@@ -374,8 +374,7 @@ void shard_job_tail(void *arg, uint32_t r)
 	struct shard_task *t = arg;
 	uint64_t b0 = t->m0 / SHARD_BLOCK;
 	size_t stride = (size_t)t->g * t->dim;
-
-	uint32_t from = 1;
+	uint32_t from = 1; /* the first page asks for every page ahead, later ones the last */
 
 	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
 		float *acc = t->pacc + p * stride;

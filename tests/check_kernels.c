@@ -9,7 +9,7 @@
  *    is skipped with a message; the rest of the program still runs.
  *
  * Tolerances:
- *  - coarse, hamming, max, all_finite and the four conversions: bit for
+ *  - hamming, max, all_finite and the four conversions: bit for
  *    bit the reference's output.
  *  - encode: a bit may differ from the reference (or from the sign of the
  *    double-precision dot) only where |P_j . x| < 1e-4 |P_j| |x|.
@@ -139,7 +139,7 @@ static const struct krn_ops *ref(void)
 	return &krn_ops_scalar;
 }
 
-/* ---- hamming, coarse (bit-identical) ---------------------------------- */
+/* ---- hamming (bit-identical) ------------------------------------------ */
 
 static const uint32_t code_words[] = { 1, 2, 3, 4, 5 };
 static const uint32_t code_sizes[] = { 0, 1, 3, 7, 8, 15, 16, 17, 31, 255, 256, 1000 };
@@ -190,50 +190,6 @@ START_TEST(test_hamming)
 			free(d0);
 			free(d1);
 		}
-}
-END_TEST
-
-START_TEST(test_coarse)
-{
-	static const uint32_t nqs[] = { 0, 1, 2, 3, 4, 5, 8, 9 };
-	const struct krn_ops *o = variant(_i, "coarse");
-	if (!o)
-		return;
-	seed(2);
-	for (size_t a = 0; a < 4; a++)
-		for (size_t b = 0; b < sizeof(code_sizes) / sizeof(code_sizes[0]); b++)
-			for (size_t e = 0; e < sizeof(nqs) / sizeof(nqs[0]); e++) {
-				uint32_t words = code_words[a], n = code_sizes[b], nq = nqs[e];
-				uint32_t tlen = 64 * words + 1;
-				size_t ld = (size_t)n + 5, tot = (size_t)nq * ld + 1;
-				uint64_t *qc = malloc(((size_t)nq + 1) * words * sizeof(uint64_t));
-				uint64_t *buf = malloc(((size_t)n * words + 2) * sizeof(uint64_t));
-				uint64_t *c = buf + 1;
-				float *tab = falloc((size_t)nq * tlen + 1);
-				float *norms = falloc(n + 1);
-				float *o0 = falloc(tot), *o1 = falloc(tot);
-
-				for (uint32_t j = 0; j < (nq + 1) * words; j++)
-					qc[j] = rnd();
-				fill_codes(c, qc, words, n);
-				frand_fill(tab, (size_t)nq * tlen, -3.0f, 3.0f);
-				frand_fill(norms, n, 0.0f, 10.0f);
-				/* the gaps between rows must stay as they were */
-				for (size_t t = 0; t < tot; t++)
-					o0[t] = o1[t] = u2f(0x7fc0dead);
-				ref()->coarse(qc, nq, tab, c, norms, words, n, o0, ld);
-				o->coarse(qc, nq, tab, c, norms, words, n, o1, ld);
-				for (size_t t = 0; t < tot; t++)
-					expect(f2u(o0[t]) == f2u(o1[t]),
-					       "coarse words=%u nq=%u n=%u at %zu: ref %08x, %s %08x",
-					       words, nq, n, t, f2u(o0[t]), o->name, f2u(o1[t]));
-				free(qc);
-				free(buf);
-				ffree(tab);
-				ffree(norms);
-				ffree(o0);
-				ffree(o1);
-			}
 }
 END_TEST
 
@@ -1452,7 +1408,6 @@ static Suite *kernels_suite(void)
 
 	/* bit for bit against the reference: the SIMD levels */
 	suite_add_tcase(s, variant_case("hamming", test_hamming, KRN_AVX2, 60));
-	suite_add_tcase(s, variant_case("coarse", test_coarse, KRN_AVX2, 120));
 	suite_add_tcase(s, variant_case("max", test_max, KRN_AVX2, 60));
 	suite_add_tcase(s, variant_case("all_finite", test_all_finite, KRN_AVX2, 60));
 	suite_add_tcase(s, variant_case("conv_f16", test_conv_f16, KRN_AVX2, 120));

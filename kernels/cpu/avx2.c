@@ -162,52 +162,6 @@ static void avx2_hamming(const uint64_t *q, const uint64_t *codes,
 	}
 }
 
-/*
- * coarse: 8 tokens at a time; their codes and norms are read from memory
- * once and every query is scored against them while they sit in L1.  The
- * table lookup is a gather (on Zen 3 as fast as eight scalar loads, and
- * the nibble popcount beat scalar POPCNT for every nq measured); the
- * product is the reference's one multiply.
- */
-KRN_INLINE void coarse_w(const uint32_t words, const uint64_t *qc, uint32_t nq,
-			 const float *tab, const uint64_t *codes,
-			 const float *norms, uint32_t n, float *out,
-			 size_t ld_out)
-{
-	uint32_t tlen = 64 * words + 1;
-	uint32_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		const uint64_t *c = codes + (size_t)i * words;
-		__m256 nv = loadf(norms + i);
-		for (uint32_t j = 0; j < nq; j++) {
-			__m256i h = ham8(c, qvec(qc + (size_t)j * words, words), words);
-			__m256 t = _mm256_i32gather_ps(tab + (size_t)j * tlen, h, 4);
-			_mm256_storeu_ps(out + j * ld_out + i, _mm256_mul_ps(nv, t));
-		}
-	}
-	krn_coarse_tail(qc, nq, tab, codes, norms, words, i, n, out, ld_out);
-}
-
-static void avx2_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
-			const uint64_t *codes, const float *norms, uint32_t words,
-			uint32_t n, float *out, size_t ld_out)
-{
-	switch (words) {
-	case 1:
-		coarse_w(1, qc, nq, tab, codes, norms, n, out, ld_out);
-		break;
-	case 2:
-		coarse_w(2, qc, nq, tab, codes, norms, n, out, ld_out);
-		break;
-	case 4:
-		coarse_w(4, qc, nq, tab, codes, norms, n, out, ld_out);
-		break;
-	default:
-		krn_coarse_tail(qc, nq, tab, codes, norms, words, 0, n, out, ld_out);
-	}
-}
-
 /* ---- dot products ----------------------------------------------------- */
 
 /*
@@ -848,7 +802,6 @@ const struct krn_ops krn_ops_avx2 = {
 	.level = KRN_AVX2,
 	.encode = avx2_encode,
 	.hamming = avx2_hamming,
-	.coarse = avx2_coarse,
 	.scan = krn_avx2_scan,   /* avx2_search.c */
 	.estimate = krn_avx2_estimate,
 	.wsum = krn_avx2_wsum,   /* avx2_search.c */

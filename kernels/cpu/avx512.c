@@ -120,46 +120,6 @@ static void avx512_hamming(const uint64_t *q, const uint64_t *codes,
 	}
 }
 
-/* as avx2.c: codes read once, every query scored from L1, gathered table */
-KRN_INLINE void coarse_w(const uint32_t words, const uint64_t *qc, uint32_t nq,
-			 const float *tab, const uint64_t *codes,
-			 const float *norms, uint32_t n, float *out,
-			 size_t ld_out)
-{
-	uint32_t tlen = 64 * words + 1;
-	uint32_t i = 0;
-
-	for (; i + 16 <= n; i += 16) {
-		const uint64_t *c = codes + (size_t)i * words;
-		__m512 nv = _mm512_loadu_ps(norms + i);
-		for (uint32_t j = 0; j < nq; j++) {
-			__m512i h = ham16(c, qvec(qc + (size_t)j * words, words), words);
-			__m512 t = _mm512_i32gather_ps(h, tab + (size_t)j * tlen, 4);
-			_mm512_storeu_ps(out + j * ld_out + i, _mm512_mul_ps(nv, t));
-		}
-	}
-	krn_coarse_tail(qc, nq, tab, codes, norms, words, i, n, out, ld_out);
-}
-
-static void avx512_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
-			  const uint64_t *codes, const float *norms,
-			  uint32_t words, uint32_t n, float *out, size_t ld_out)
-{
-	switch (words) {
-	case 1:
-		coarse_w(1, qc, nq, tab, codes, norms, n, out, ld_out);
-		break;
-	case 2:
-		coarse_w(2, qc, nq, tab, codes, norms, n, out, ld_out);
-		break;
-	case 4:
-		coarse_w(4, qc, nq, tab, codes, norms, n, out, ld_out);
-		break;
-	default:
-		krn_coarse_tail(qc, nq, tab, codes, norms, words, 0, n, out, ld_out);
-	}
-}
-
 /* ---- dot products ----------------------------------------------------- */
 
 /* [q0.k0 .. q0.k3, q1.k0 .. q1.k3]; eight FMA chains, as in avx2.c */
@@ -654,7 +614,6 @@ const struct krn_ops krn_ops_avx512 = {
 	.level = KRN_AVX512,
 	.encode = avx512_encode,
 	.hamming = avx512_hamming,
-	.coarse = avx512_coarse,
 #ifdef DKV_HAVE_AVX2
 	/* no AVX-512 versions yet: the AVX2 ones beat the reference here too */
 	.scan = krn_avx2_scan,

@@ -90,7 +90,6 @@ static void merge_tables(void)
 		*t = *b;
 		FILL(t, encode);
 		FILL(t, hamming);
-		FILL(t, coarse);
 		FILL(t, scan);
 		FILL(t, estimate);
 		FILL(t, wsum);

@@ -45,20 +45,6 @@ static void ref_hamming(const uint64_t *q, const uint64_t *codes,
 		dist[i] = (uint16_t)ham1(q, codes + (size_t)i * words, words);
 }
 
-static void ref_coarse(const uint64_t *qc, uint32_t nq, const float *tab,
-		       const uint64_t *codes, const float *norms, uint32_t words,
-		       uint32_t n, float *out, size_t ld_out)
-{
-	uint32_t tlen = 64 * words + 1;
-
-	for (uint32_t j = 0; j < nq; j++)
-		for (uint32_t i = 0; i < n; i++) {
-			uint32_t h = ham1(qc + (size_t)j * words,
-					  codes + (size_t)i * words, words);
-			out[j * ld_out + i] = norms[i] * tab[j * tlen + h];
-		}
-}
-
 /* Distance of key p (byte-sliced codes) to query j, byte by byte. */
 static uint32_t scan_ham(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 			 uint32_t j, uint32_t p)
@@ -265,7 +251,6 @@ const struct krn_ops krn_ops_scalar = {
 	.level = KRN_SCALAR,
 	.encode = ref_encode,
 	.hamming = ref_hamming,
-	.coarse = ref_coarse,
 	.scan = ref_scan,
 	.estimate = ref_estimate,
 	.wsum = ref_wsum,

@@ -71,24 +71,6 @@ static inline uint32_t krn_ham1(const uint64_t *a, const uint64_t *b,
 	return h;
 }
 
-/* coarse for tokens [i0, n): the same single multiply as the reference */
-static inline void krn_coarse_tail(const uint64_t *qc, uint32_t nq,
-				   const float *tab, const uint64_t *codes,
-				   const float *norms, uint32_t words,
-				   uint32_t i0, uint32_t n, float *out,
-				   size_t ld_out)
-{
-	uint32_t tlen = 64 * words + 1;
-
-	for (uint32_t i = i0; i < n; i++) {
-		const uint64_t *c = codes + (size_t)i * words;
-		for (uint32_t j = 0; j < nq; j++) {
-			uint32_t h = krn_ham1(qc + (size_t)j * words, c, words);
-			out[j * ld_out + i] = norms[i] * tab[j * tlen + h];
-		}
-	}
-}
-
 /*
  * The reference keeps the first of equal maxima, which only shows when
  * the maximum is zero: -0.0 and +0.0 compare equal but differ in bits.
