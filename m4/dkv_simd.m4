@@ -18,7 +18,7 @@ AC_DEFUN([DKV_CHECK_SIMD], [
   dkv_have_avx2=no
   dkv_have_avx512=no
   AVX2_CFLAGS="-mavx2 -mfma -mf16c -mpopcnt"
-  AVX512_CFLAGS="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq -mfma -mf16c -mpopcnt"
+  AVX512_CFLAGS="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq -mavx512bitalg -mfma -mf16c -mpopcnt"
   AS_CASE([$host_cpu], [x86_64|amd64], [], [enable_simd=no])
   AS_IF([test "x$enable_simd" = xyes], [
     DKV_CHECK_CFLAG([$AVX2_CFLAGS], [dkv_have_avx2=yes])

@@ -1,5 +1,5 @@
 /*
- * avx512.c - AVX-512 F/BW/VL/DQ/VPOPCNTDQ kernels (+ FMA, F16C).
+ * avx512.c - AVX-512 F/BW/VL/DQ/VPOPCNTDQ/BITALG kernels (+ FMA, F16C).
  *
  * Built with AVX512_CFLAGS into its own library; dispatch.c only hands
  * this table out on a CPU whose OS saves the ZMM and opmask state.  The
@@ -614,12 +614,9 @@ const struct krn_ops krn_ops_avx512 = {
 	.level = KRN_AVX512,
 	.encode = avx512_encode,
 	.hamming = avx512_hamming,
-#ifdef DKV_HAVE_AVX2
-	/* no AVX-512 versions yet: the AVX2 ones beat the reference here too */
-	.scan = krn_avx2_scan,
-	.estimate = krn_avx2_estimate,
-	.wsum = krn_avx2_wsum,
-#endif
+	.scan = krn_avx512_scan,         /* search.c */
+	.estimate = krn_avx512_estimate, /* search.c */
+	.wsum = krn_avx512_wsum,         /* search.c */
 	.dot = avx512_dot,
 	.gdot = avx512_gdot,
 	.attend = avx512_attend,

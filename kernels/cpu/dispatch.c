@@ -38,10 +38,10 @@ enum krn_level krn_cpu_level(void)
 	int avx2 = (b >> 5) & 1;
 	int avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1;
 	int avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
-	int vpopcntdq = (c >> 14) & 1;
+	int vpopcntdq = (c >> 14) & 1, bitalg = (c >> 12) & 1;
 	if (!avx2)
 		return KRN_SCALAR;
-	if (avx512f && avx512dq && avx512bw && avx512vl && vpopcntdq &&
+	if (avx512f && avx512dq && avx512bw && avx512vl && vpopcntdq && bitalg &&
 	    (xcr0 & 0xe6) == 0xe6) /* opmask + ZMM state */
 		return KRN_AVX512;
 	return KRN_AVX2;

@@ -1,16 +1,20 @@
 /*
- * avx2_search.c - the search-path kernels with AVX2: the coarse filter's pass
+ * search.c - the search-path kernels: the coarse filter's pass
  * (krn_ops.scan), the estimates of a few keys from the same codes
  * (krn_ops.estimate) and the weighted row sums of the tail (krn_ops.wsum).
+ * The file is built twice: with AVX2 (krn_avx2_*) and with AVX-512
+ * (krn_avx512_*), which differ only in how the distances are taken.
  *
  * scan works on byte-sliced codes (krn.h): one 32-byte load holds the same
- * code byte of 32 keys.  Each query gets, per code byte, two 16-entry
- * tables "popcount of this nibble xor the query's nibble", so a key's
- * Hamming distance is a sum of table lookups (pshufb) over its bytes: no
- * xor, no per-key horizontal sums.  Up to four queries go through a block
- * together, so each code byte is loaded and split once for them; up to
- * 128 bits, two queries share each table (ham_pairs), which halves the
- * lookups.  Stage 1 compares the 8-bit distances with the limit of each
+ * code byte of 32 keys.  With AVX2, each query gets, per code byte, two
+ * 16-entry tables "popcount of this nibble xor the query's nibble", so a
+ * key's Hamming distance is a sum of table lookups (pshufb) over its
+ * bytes: no xor, no per-key horizontal sums.  Up to four queries go
+ * through a block together, so each code byte is loaded and split once
+ * for them; up to 128 bits, two queries share each table (ham_pairs),
+ * which halves the lookups.  With AVX-512 (BITALG), the same byte of both
+ * groups of a block fills one 64-byte vector, and a query's distances
+ * are xor and byte popcount (ham_bitalg).  Stage 1 compares the 8-bit distances with the limit of each
  * key's norm class (another lookup); the few probes get
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
@@ -22,13 +26,26 @@
 #include "simd_common.h"
 #include "variants.h"
 
+#ifdef __AVX512BITALG__
+#define KRN_BITALG 1
+#define KRN_SEARCH(name) krn_avx512_##name
+#else
+#define KRN_SEARCH(name) krn_avx2_##name
+#endif
+
 #define QCHUNK 4 /* queries scanned together (accumulators in registers) */
 
 struct qtab {
-	__m256i lo[32], hi[32]; /* per code byte: nibble popcount tables */
-	__m256i lim;            /* per class: limit + 1, clamped to [0, 255] */
+	__m256i lim; /* per class: limit + 1, clamped to [0, 255] */
+#ifdef KRN_BITALG
+	uint64_t rep[32]; /* per code byte: the query's byte, eight times */
+#else
+	__m256i lo[32], hi[32];   /* per code byte: nibble popcount tables */
 	__m256i plo[16], phi[16]; /* pair tables: this query + 16 x the next */
+#endif
 };
+
+#ifndef KRN_BITALG
 
 static void ptab_build(struct qtab *a, const struct qtab *b, uint32_t bytes)
 {
@@ -38,17 +55,25 @@ static void ptab_build(struct qtab *a, const struct qtab *b, uint32_t bytes)
 	}
 }
 
+#endif
+
 static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 {
+	const uint64_t *qc = q->qc + (size_t)j * q->words;
+
+#ifdef KRN_BITALG
+	for (uint32_t b = 0; b < q->words * 8; b++)
+		t->rep[b] = 0x0101010101010101ull * (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
+#else
 	const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
 					      0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-	const uint64_t *qc = q->qc + (size_t)j * q->words;
 
 	for (uint32_t b = 0; b < q->words * 8; b++) {
 		uint8_t qb = (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
 		t->lo[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb & 15))));
 		t->hi[b] = krn_popcnt_bytes(_mm256_xor_si256(iota, _mm256_set1_epi8((char)(qb >> 4))));
 	}
+#endif
 }
 
 /* The tables of queries j0 .. j0 + nj - 1, pairs included up to 128 bits. */
@@ -56,8 +81,10 @@ static void qtabs_build(const struct krn_scan_q *q, uint32_t j0, uint32_t nj, st
 {
 	for (uint32_t j = 0; j < nj; j++)
 		qtab_build(q, j0 + j, &t[j]);
+#ifndef KRN_BITALG
 	for (uint32_t j = 0; j + 1 < nj && q->words <= 2; j += 2)
 		ptab_build(&t[j], &t[j + 1], q->words * 8);
+#endif
 }
 
 /* Query j's stage-1 limits per norm class, as bytes for a lookup. */
@@ -107,6 +134,44 @@ static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 		}
 }
 
+#ifdef KRN_BITALG
+/*
+ * Distances of ng (1 or 2) groups of 32 keys to nj queries: byte by
+ * byte, both groups' bytes are loaded into one vector, and each query's
+ * distances grow by the popcounts of that vector xor its byte.  256-bit
+ * codes saturate at 255, as with AVX2.
+ */
+KRN_INLINE void ham_bitalg(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
+			   uint32_t bytes, const uint32_t ng, __m256i acc[QCHUNK][2])
+{
+	__m512i a[QCHUNK];
+
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nj; j++)
+		a[j] = _mm512_setzero_si512();
+	for (uint32_t b = 0; b < bytes; b++) {
+		__m512i v = _mm512_castsi256_si512(_mm256_load_si256((const __m256i *)(codes + b * 32)));
+		if (ng == 2)
+			v = _mm512_inserti64x4(v, _mm256_load_si256((const __m256i *)(codes + (bytes + b) * 32)), 1);
+		KRN_UNROLL
+		for (uint32_t j = 0; j < nj; j++)
+			a[j] = _mm512_adds_epu8(a[j], _mm512_popcnt_epi8(_mm512_xor_si512(
+				v, _mm512_set1_epi64((long long)t[j].rep[b]))));
+	}
+	KRN_UNROLL
+	for (uint32_t j = 0; j < nj; j++) {
+		acc[j][0] = _mm512_castsi512_si256(a[j]);
+		acc[j][1] = _mm512_extracti64x4_epi64(a[j], 1);
+	}
+}
+
+/* Distances of ng (1 or 2) groups of 32 keys to nj queries. */
+KRN_INLINE void ham_groups(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
+			   uint32_t words, const uint32_t ng, __m256i acc[QCHUNK][2])
+{
+	ham_bitalg(t, nj, codes, words * 8, ng, acc);
+}
+#else
 /*
  * Distances of one 64-key block (two groups of 32) to nj queries (a
  * constant after inlining), one group at a time: byte by byte, the codes
@@ -196,6 +261,7 @@ KRN_INLINE void ham_groups(const struct qtab *t, const uint32_t nj, const uint8_
 	else
 		ham_block(t, nj, codes, words * 8, ng, acc);
 }
+#endif
 
 /* Stage 1 and 2 for one 64-key block and query j, from its distances. */
 KRN_INLINE uint64_t block_hits(const struct krn_scan_q *q, const struct krn_scan_keys *k,
@@ -442,8 +508,8 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	}
 }
 
-void krn_avx2_scan(const struct krn_scan_q *q, const struct krn_scan_keys *k,
-		   struct krn_scan_out *o)
+void KRN_SEARCH(scan)(const struct krn_scan_q *q, const struct krn_scan_keys *k,
+		      struct krn_scan_out *o)
 {
 	uint32_t p = (k->first + 63) & ~63u, end = k->first + k->n;
 	struct qtab t[QCHUNK];
@@ -547,8 +613,8 @@ static void prefetch_run(const struct krn_scan_keys *k, uint32_t words)
 	_mm_prefetch((const char *)(k->norms + k->first + k->n - 1), _MM_HINT_T0);
 }
 
-void krn_avx2_estimate(const struct krn_scan_q *q, const struct krn_scan_keys *k, uint32_t nk,
-		       float *out, size_t ld)
+void KRN_SEARCH(estimate)(const struct krn_scan_q *q, const struct krn_scan_keys *k, uint32_t nk,
+			  float *out, size_t ld)
 {
 	struct qtab t[QCHUNK];
 
@@ -624,8 +690,8 @@ KRN_INLINE void wsum4(const float *w, size_t ld_w, const uint32_t nq, const floa
 	}
 }
 
-void krn_avx2_wsum(const float *w, size_t ld_w, uint32_t nq, const float *rows,
-		   size_t ld, uint32_t n, uint32_t dim, float *acc)
+void KRN_SEARCH(wsum)(const float *w, size_t ld_w, uint32_t nq, const float *rows,
+		      size_t ld, uint32_t n, uint32_t dim, float *acc)
 {
 	if (dim % 8) {
 		krn_ops_scalar.wsum(w, ld_w, nq, rows, ld, n, dim, acc);
