@@ -700,13 +700,6 @@ KRN_INLINE __m256 row8(const void *row, const enum krn_elt elt, uint32_t d)
 	return loadf((const float *)row + d);
 }
 
-/* Ask for every line of a row of dim elements. */
-static inline void prefetch_row(const void *row, uint32_t bytes)
-{
-	for (uint32_t o = 0; o < bytes; o += 64)
-		_mm_prefetch((const char *)row + o, _MM_HINT_T0);
-}
-
 /*
  * Rows r0 and r1 against nj <= 4 queries (nj a constant after inlining):
  * out lanes [q0.r0 .. q3.r0, q0.r1 .. q3.r1], times scale.  Each product
@@ -732,69 +725,13 @@ KRN_INLINE __m256 gdot_pair(const float *q, const uint32_t nj, uint32_t dim, con
 	return _mm256_mul_ps(krn_hsum8x8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale);
 }
 
-/* nj <= 4 queries over all rows, two at a time; the rows ahead are asked for. */
-KRN_INLINE void gdot_rows(const float *q, const uint32_t nj, const void *const *rows,
-			  uint32_t n, uint32_t n_more, const enum krn_elt elt, uint32_t dim,
-			  float scale, float *out, size_t ld_out)
-{
-	uint32_t bytes = dim * (elt == KRN_F32 ? 4 : 2);
-	__m256 sc = _mm256_set1_ps(scale);
-	float r[8];
-
-	for (uint32_t i = 0; i < KRN_GDOT_AHEAD && i < n_more; i++)
-		prefetch_row(rows[i], bytes);
-	for (uint32_t i = 0; i < n; i += 2) {
-		const void *r1 = rows[i + 1 < n ? i + 1 : i];
-		for (uint32_t a = i + KRN_GDOT_AHEAD; a < i + 2 + KRN_GDOT_AHEAD && a < n_more; a++)
-			prefetch_row(rows[a], bytes);
-		_mm256_storeu_ps(r, gdot_pair(q, nj, dim, rows[i], r1, elt, sc));
-		for (uint32_t j = 0; j < nj; j++) {
-			out[j * ld_out + i] = r[j];
-			if (i + 1 < n)
-				out[j * ld_out + i + 1] = r[4 + j];
-		}
-	}
-}
-
-/* One chunk of nj <= 4 queries, elt a constant after inlining. */
-KRN_INLINE void gdot_chunk(const float *q, uint32_t nj, const void *const *rows, uint32_t n,
-			   uint32_t n_more, const enum krn_elt elt, uint32_t dim, float scale,
-			   float *out, size_t ld_out)
-{
-	switch (nj) {
-	case 4:
-		gdot_rows(q, 4, rows, n, n_more, elt, dim, scale, out, ld_out);
-		break;
-	case 3:
-		gdot_rows(q, 3, rows, n, n_more, elt, dim, scale, out, ld_out);
-		break;
-	case 2:
-		gdot_rows(q, 2, rows, n, n_more, elt, dim, scale, out, ld_out);
-		break;
-	default:
-		gdot_rows(q, 1, rows, n, n_more, elt, dim, scale, out, ld_out);
-	}
-}
+#include "gdot_rows.h"
 
 static void avx2_gdot(const float *q, uint32_t nq, const void *const *rows, uint32_t n,
 		      uint32_t n_more, enum krn_elt elt, uint32_t dim, float scale,
 		      float *out, size_t ld_out)
 {
-	if (dim % 8 || dim > DOT_MAX_DIM) {
-		krn_gdot_by_dot(&krn_ops_avx2, q, nq, rows, n, elt, dim, scale, out, ld_out);
-		return;
-	}
-	for (uint32_t j0 = 0; j0 < nq; j0 += 4) {
-		uint32_t nj = nq - j0 < 4 ? nq - j0 : 4;
-		const float *qj = q + (size_t)j0 * dim;
-		float *oj = out + j0 * ld_out;
-		if (elt == KRN_BF16)
-			gdot_chunk(qj, nj, rows, n, n_more, KRN_BF16, dim, scale, oj, ld_out);
-		else if (elt == KRN_F16)
-			gdot_chunk(qj, nj, rows, n, n_more, KRN_F16, dim, scale, oj, ld_out);
-		else
-			gdot_chunk(qj, nj, rows, n, n_more, KRN_F32, dim, scale, oj, ld_out);
-	}
+	gdot_all(&krn_ops_avx2, q, nq, rows, n, n_more, elt, dim, scale, out, ld_out);
 }
 
 const struct krn_ops krn_ops_avx2 = {

@@ -600,13 +600,58 @@ static void avx512_f32_to_bf16(const float *in, uint16_t *out, size_t n)
 		out[i] = krn_f32_to_bf16_1(in[i]);
 }
 
-/* Scattered rows: converted a few at a time and scored by avx512_dot. */
+/* ---- scattered rows -------------------------------------------------- */
+
+/* Sixteen elements of a stored row from d as f32, lanes outside m zero. */
+KRN_INLINE __m512 row16(const void *row, const enum krn_elt elt, uint32_t d, __mmask16 m)
+{
+	const uint16_t *h = (const uint16_t *)row + d;
+
+	if (elt == KRN_F32)
+		return loadz(m, (const float *)row + d);
+	__m256i x = _mm256_maskz_loadu_epi16(m, h);
+	if (elt == KRN_F16)
+		return _mm512_cvtph_ps(x);
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+
+/*
+ * Rows r0 and r1 against nj <= 4 queries (nj a constant after inlining):
+ * out lanes [q0.r0 .. q3.r0, q0.r1 .. q3.r1], times scale.  Each product
+ * is one FMA chain over d, folded and summed as in dot_2x4.
+ */
+KRN_INLINE __m256 gdot_pair(const float *q, const uint32_t nj, uint32_t dim, const void *r0,
+			    const void *r1, const enum krn_elt elt, __m256 scale)
+{
+	__m512 a[8];
+
+	KRN_UNROLL
+	for (int i = 0; i < 8; i++)
+		a[i] = _mm512_setzero_ps();
+	for (uint32_t d = 0; d < dim; d += 16) {
+		__mmask16 m = step_mask(d, dim);
+		__m512 y0 = row16(r0, elt, d, m), y1 = row16(r1, elt, d, m);
+		KRN_UNROLL
+		for (uint32_t j = 0; j < nj; j++) {
+			__m512 x = loadz(m, q + (size_t)j * dim + d);
+			a[j] = _mm512_fmadd_ps(x, y0, a[j]);
+			a[4 + j] = _mm512_fmadd_ps(x, y1, a[4 + j]);
+		}
+	}
+	return _mm256_mul_ps(krn_hsum8x8(krn_fold512(a[0]), krn_fold512(a[1]),
+					 krn_fold512(a[2]), krn_fold512(a[3]),
+					 krn_fold512(a[4]), krn_fold512(a[5]),
+					 krn_fold512(a[6]), krn_fold512(a[7])),
+			     scale);
+}
+
+#include "gdot_rows.h"
+
 static void avx512_gdot(const float *q, uint32_t nq, const void *const *rows, uint32_t n,
 			uint32_t n_more, enum krn_elt elt, uint32_t dim, float scale,
 			float *out, size_t ld_out)
 {
-	(void)n_more;
-	krn_gdot_by_dot(&krn_ops_avx512, q, nq, rows, n, elt, dim, scale, out, ld_out);
+	gdot_all(&krn_ops_avx512, q, nq, rows, n, n_more, elt, dim, scale, out, ld_out);
 }
 
 const struct krn_ops krn_ops_avx512 = {
