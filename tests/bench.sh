@@ -84,5 +84,18 @@ json_check "$out" 'd["command"] == "speed" and len(d["rows"]) == 1 and
 	d["scan"]["stride"] in (1, 8, 32, 64) and d["bandwidth"]["runs"] == 9 and
 	d["scan"]["one_query"]["share_of_bandwidth"] > 0 and
 	d["scan"]["group"]["share_of_bandwidth"] > 0'
+# ---- scan: every level side by side, the same hits as the reference ----
+"$bench" scan --scan-tokens 65536 >"$out" 2>&1 || fail "scan exited $?"
+cat "$out"
+grep -q "^dashkv-bench scan: 65536 tokens x 8 kv heads = 524288 keys" "$out" || fail "no scan header"
+grep -q "scalar reference: identical$" "$out" || fail "scan: the levels' hits differ"
+awk '$1 ~ /^(scalar|avx2|avx512)$/ && $2 > 0 && $3 > 0 { n++ } END { exit !n }' "$out" ||
+	fail "scan: no timed level"
+"$bench" scan --scan-tokens 65536 --json >"$out" 2>/dev/null || fail "scan --json exited $?"
+json_check "$out" 'd["command"] == "scan" and d["hits_identical"] and
+	d["keys"] == 524288 and d["rounds"] == 9 and len(d["levels"]) >= 1 and
+	d["levels_checked"] >= len(d["levels"]) and
+	all(l["one_query_ns_key"] > 0 and l["group_ns_key"] > 0 for l in d["levels"]) and
+	d["levels"][0]["group_speedup"] == 1'
 echo "bench.sh: ok"
 exit 0

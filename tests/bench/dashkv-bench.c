@@ -1311,10 +1311,9 @@ static void scan_free(struct scan_data *d)
 	free(d->n_hit);
 }
 
-/* one pass of krn scan for nq queries over all keys, page by page */
-static double scan_pass(struct scan_data *d, uint32_t nq)
+/* one pass of kernel table k's scan for nq queries over all keys, page by page */
+static double scan_pass(struct scan_data *d, const struct krn_ops *k, uint32_t nq)
 {
-	const struct krn_ops *k = krn_get();
 	struct krn_scan_q q = { nq, d->words, d->qc, d->tab, d->lim, d->thr, d->ca, d->cb,
 				d->stride };
 	uint64_t t0 = now_ns();
@@ -1358,12 +1357,12 @@ static void measure_io(uint32_t mib, uint32_t tokens, uint32_t kv_heads, uint32_
 	memset(x, 1, bytes);
 	scan_setup(&d);
 	bw_pass(x, bytes, &sink); /* warm up: page tables, the first touch */
-	scan_pass(&d, 1);
-	scan_pass(&d, nq);
+	scan_pass(&d, krn_get(), 1);
+	scan_pass(&d, krn_get(), nq);
 	for (int i = 0; i < SCAN_ROUNDS; i++) {
 		tb[i] = bw_pass(x, bytes, &sink);
 		for (int v = 0; v < 2; v++) {
-			ts[v][i] = scan_pass(&d, v ? nq : 1);
+			ts[v][i] = scan_pass(&d, krn_get(), v ? nq : 1);
 			sh[v][i] = (double)d.n * r->bytes_key / ts[v][i] / (bytes / tb[i]);
 		}
 	}
@@ -1376,6 +1375,97 @@ static void measure_io(uint32_t mib, uint32_t tokens, uint32_t kv_heads, uint32_
 	}
 	scan_free(&d);
 	free(x);
+}
+
+/* ================= scan ================= */
+
+/*
+ * The coarse scan of every vector kernel level this CPU runs, side by
+ * side: the speed command's keys and queries, and per round one pass per
+ * level with one query and one with the group, so that the machine's
+ * noise falls on all levels alike.  Every level must find the scalar
+ * reference's hits (the reference is timed only when it is alone).
+ */
+static uint64_t hits_digest(const struct scan_data *d, uint32_t nq)
+{
+	uint64_t h = 0;
+
+	for (uint32_t j = 0; j < nq; j++) {
+		uint32_t n = d->n_hit[j] < SCAN_HIT_CAP ? d->n_hit[j] : SCAN_HIT_CAP;
+		h = mix64(h ^ d->n_hit[j]);
+		for (uint32_t i = 0; i < n; i++)
+			h = mix64(h ^ d->hit[(size_t)j * SCAN_HIT_CAP + i]);
+	}
+	return h;
+}
+
+static void scan_print_text(const struct scan_data *d, uint32_t tok, uint32_t kv_heads,
+			    const struct krn_ops *const *lv, double ns[][2], uint32_t i0,
+			    uint32_t nl, int bad)
+{
+	printf("dashkv-bench scan: %u tokens x %u kv heads = %u keys, 128-bit codes + f32 norm + "
+	       "norm class = 21 B/key, tail from one key in %u; medians of %d rounds, levels "
+	       "alternating\n", tok, kv_heads, d->n, d->stride, SCAN_ROUNDS);
+	printf("%-8s %14s %14s %15s\n", "level", "1 q ns/key", "group ns/key", "group speed-up");
+	for (uint32_t i = i0; i < nl; i++)
+		printf("%-8s %14.3f %14.3f %14.2fx\n", lv[i]->name, ns[i][0], ns[i][1],
+		       ns[i0][1] / ns[i][1]);
+	printf("group: %u queries per pass; speed-up against %s; hits of %u levels against the "
+	       "scalar reference: %s\n", d->nq, lv[i0]->name, nl, bad ? "DIFFER" : "identical");
+}
+
+static void scan_print_json(const struct scan_data *d, uint32_t tok, uint32_t kv_heads,
+			    const struct krn_ops *const *lv, double ns[][2], uint32_t i0,
+			    uint32_t nl, int bad)
+{
+	printf("{\"command\": \"scan\", \"tokens\": %u, \"kv_heads\": %u, \"keys\": %u, "
+	       "\"bytes_per_key\": 21, \"stride\": %u, \"group\": %u, \"rounds\": %d, "
+	       "\"levels_checked\": %u, \"hits_identical\": %s, \"levels\": [",
+	       tok, kv_heads, d->n, d->stride, d->nq, SCAN_ROUNDS, nl, bad ? "false" : "true");
+	for (uint32_t i = i0; i < nl; i++)
+		printf("%s{\"name\": \"%s\", \"one_query_ns_key\": %.4f, \"group_ns_key\": %.4f, "
+		       "\"group_speedup\": %.4f}", i > i0 ? ", " : "", lv[i]->name, ns[i][0],
+		       ns[i][1], ns[i0][1] / ns[i][1]);
+	printf("]}\n");
+}
+
+static int cmd_scan(const struct opts *o)
+{
+	uint32_t tok = o->scan_tokens < CHUNK ? CHUNK : o->scan_tokens / CHUNK * CHUNK;
+	uint32_t nq = o->heads / o->kv_heads, nl = 0, bad = 0;
+	struct scan_data d = { .n = tok * o->kv_heads, .nq = nq, .words = 2,
+			       .stride = rt_tail_stride(tok),
+			       .hm = { .bits = 128, .mu_set = 1, .max_norm = 12.0f,
+				       .norm_ref = 10.0f } };
+	const struct krn_ops *lv[KRN_NLEVELS];
+	double t[KRN_NLEVELS][2][SCAN_ROUNDS];
+	uint64_t dig[KRN_NLEVELS][2];
+
+	for (int l = 0; l < KRN_NLEVELS; l++)
+		if (krn_get_level((enum krn_level)l))
+			lv[nl++] = krn_get_level((enum krn_level)l);
+	scan_setup(&d);
+	for (uint32_t i = 0; i < nl; i++) /* warm up; the hits of each level */
+		for (int v = 0; v < 2; v++) {
+			scan_pass(&d, lv[i], v ? nq : 1);
+			dig[i][v] = hits_digest(&d, v ? nq : 1);
+			bad |= dig[i][v] != dig[0][v];
+		}
+	uint32_t i0 = nl > 1; /* the scalar reference is lv[0] */
+	for (int r = 0; r < SCAN_ROUNDS; r++)
+		for (uint32_t i = i0; i < nl; i++)
+			for (int v = 0; v < 2; v++)
+				t[i][v][r] = scan_pass(&d, lv[i], v ? nq : 1);
+	double ns[KRN_NLEVELS][2];
+	for (uint32_t i = i0; i < nl; i++)
+		for (int v = 0; v < 2; v++)
+			ns[i][v] = median_of(t[i][v], SCAN_ROUNDS) * 1e9 / d.n;
+	if (o->json)
+		scan_print_json(&d, tok, o->kv_heads, lv, ns, i0, nl, bad);
+	else
+		scan_print_text(&d, tok, o->kv_heads, lv, ns, i0, nl, bad);
+	scan_free(&d);
+	return bad ? 1 : 0;
 }
 
 /* ================= shards ================= */
@@ -1641,7 +1731,7 @@ static int cmd_speed(const struct opts *o)
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: dashkv-bench quality|speed|shards|ipc|capture [options]\n"
+"usage: dashkv-bench quality|speed|shards|scan|ipc|capture [options]\n"
 "\n"
 "quality  recall and output error of DASH-KV against exact attention in\n"
 "         double on the realistic generator, next to an oracle that takes\n"
@@ -1651,6 +1741,9 @@ static void usage(FILE *f)
 "shards   decode step of one DASH-KV sequence split over 1, 2, ... CPU\n"
 "         shards (DASHKV_SHARDS=cpu:N), alternating; checks that the\n"
 "         outputs are bit-identical (default --tokens 1048576)\n"
+"scan     the coarse scan kernel of every level this CPU runs (scalar,\n"
+"         avx2, avx512), side by side over --scan-tokens tokens; checks\n"
+"         that the levels find the same hits\n"
 "ipc      a tiny step through dashkvd vs embedded: added latency per call\n"
 "         (see dashkv-bench ipc --help)\n"
 "capture  write the generator's keys and queries at every position to a\n"
@@ -1947,7 +2040,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
 		return argc < 2 ? -1 : 1;
 	if (strcmp(argv[1], "quality") && strcmp(argv[1], "speed") && strcmp(argv[1], "shards") &&
-	    strcmp(argv[1], "capture")) {
+	    strcmp(argv[1], "scan") && strcmp(argv[1], "capture")) {
 		fprintf(stderr, "dashkv-bench: unknown command '%s'\n", argv[1]);
 		return -1;
 	}
@@ -2001,5 +2094,7 @@ int main(int argc, char **argv)
 		return cmd_shards(&o);
 	if (!strcmp(o.cmd, "capture"))
 		return cmd_capture(&o);
+	if (!strcmp(o.cmd, "scan"))
+		return cmd_scan(&o);
 	return !strcmp(o.cmd, "quality") ? cmd_quality(&o) : cmd_speed(&o);
 }
