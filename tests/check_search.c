@@ -233,7 +233,8 @@ END_TEST
  */
 START_TEST(scan_extreme_distances)
 {
-	uint32_t words = 1 + _i % 2, nq = 2 + _i / 2 % 3;
+	/* the tail from every 8th key (_i < 6), then from every key */
+	uint32_t words = 1 + _i % 2, nq = 2 + _i / 2 % 3, stride = _i < 6 ? 8 : 1;
 
 	for (int lv = KRN_AVX2; lv < KRN_NLEVELS; lv++) {
 		const struct krn_ops *ops = krn_get_level((enum krn_level)lv);
@@ -242,7 +243,10 @@ START_TEST(scan_extreme_distances)
 		if (!ops)
 			continue;
 		rng = 300 + _i;
-		problem_make(&p, words, nq, 0, 2048, 8, 1);
+		problem_make(&p, words, nq, 0, 2048, stride, 1);
+		/* the complements' entry stands out, below every threshold */
+		for (uint32_t j = 0; j < nq; j++)
+			p.tab[(size_t)j * (64 * words + 1) + 64 * words] = 0.2f;
 		for (uint32_t i = 0; i < 2048 - 2048 % 3; i++) {
 			const uint64_t *q = p.qc + (size_t)(i / 3 % nq) * words;
 			uint64_t *c = p.plain + (size_t)i * words;
@@ -400,7 +404,7 @@ int main(void)
 	tcase_set_timeout(t, 120);
 	tcase_add_loop_test(t, scan_reference_matches_oracle, 0, (int)nshapes);
 	tcase_add_loop_test(t, scan_variants_match_reference, 0, (int)nshapes);
-	tcase_add_loop_test(t, scan_extreme_distances, 0, 6);
+	tcase_add_loop_test(t, scan_extreme_distances, 0, 12);
 	tcase_add_loop_test(t, estimate_matches, 0, (int)nshapes);
 	tcase_add_loop_test(t, wsum_matches, 0, 12);
 	tcase_add_test(t, code_layout_round_trip);

@@ -18,8 +18,9 @@
  * key's norm class (another lookup); the few probes get
  * their estimate from the distances kept in L1 with the reference's own
  * multiply, so the hits are identical.  The tail takes every stride-th
- * key's estimate through the vector exp: stride 8 one block and query
- * per vector; strides 32 and 64 buffer their samples' estimates (struct
+ * key's estimate through the vector exp: with AVX-512, stride 1 sixteen
+ * keys of a query per vector (the table entries from registers); stride
+ * 8 one block and query per vector; strides 32 and 64 buffer their samples' estimates (struct
  * samples) and take eight of a query's at a time; other strides (and
  * 256-bit codes) one key at a time.
  */
@@ -39,6 +40,7 @@ struct qtab {
 	__m256i lim; /* per class: limit + 1, clamped to [0, 255] */
 #ifdef KRN_BITALG
 	uint64_t rep[32]; /* per code byte: the query's byte, eight times */
+	float tc[144] __attribute__((aligned(64))); /* tab[0 .. 64 words], zeros after */
 #else
 	__m256i lo[32], hi[32];   /* per code byte: nibble popcount tables */
 	__m256i plo[16], phi[16]; /* pair tables: this query + 16 x the next */
@@ -62,8 +64,12 @@ static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 	const uint64_t *qc = q->qc + (size_t)j * q->words;
 
 #ifdef KRN_BITALG
+	uint32_t tl = 64 * q->words + 1;
+
 	for (uint32_t b = 0; b < q->words * 8; b++)
 		t->rep[b] = 0x0101010101010101ull * (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
+	for (uint32_t h = 0; h < 144; h++) /* 256-bit codes never take tc */
+		t->tc[h] = h < tl ? q->tab[(size_t)j * tl + h] : 0.0f;
 #else
 	const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
 					      0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -334,6 +340,50 @@ KRN_INLINE float block_tail8(const struct krn_scan_q *q, uint32_t j, const __m25
 	return 8.0f * krn_hsum8(p);
 }
 
+#ifdef KRN_BITALG
+/* Entries h (0 .. 128) of a table tc[144] for sixteen distances, from registers. */
+KRN_INLINE __m512 tab_lookup16(const float *tc, __m512i h)
+{
+	__m512 a = _mm512_permutex2var_ps(_mm512_load_ps(tc), h, _mm512_load_ps(tc + 16));
+	__m512 b = _mm512_permutex2var_ps(_mm512_load_ps(tc + 32), h, _mm512_load_ps(tc + 48));
+	__m512 c = _mm512_permutex2var_ps(_mm512_load_ps(tc + 64), h, _mm512_load_ps(tc + 80));
+	__m512 d = _mm512_permutex2var_ps(_mm512_load_ps(tc + 96), h, _mm512_load_ps(tc + 112));
+	__mmask16 b5 = _mm512_test_epi32_mask(h, _mm512_set1_epi32(32));
+	__mmask16 b6 = _mm512_test_epi32_mask(h, _mm512_set1_epi32(64));
+	__mmask16 b7 = _mm512_test_epi32_mask(h, _mm512_set1_epi32(128));
+	__m512 v = _mm512_mask_blend_ps(b6, _mm512_mask_blend_ps(b5, a, b),
+					_mm512_mask_blend_ps(b5, c, d));
+	return _mm512_mask_blend_ps(b7, v, _mm512_set1_ps(tc[128]));
+}
+
+/* Masses of sixteen keys (distances h8, norms nr) whose hits are not set. */
+KRN_INLINE __m512 tail16(const float *tc, __m128i h8, const float *nr, __m512 a, __m512 b,
+			 uint32_t hits)
+{
+	__m512 e = _mm512_mul_ps(_mm512_loadu_ps(nr), tab_lookup16(tc, _mm512_cvtepu8_epi32(h8)));
+	return _mm512_maskz_mov_ps((__mmask16)~hits, krn_exp16(_mm512_fmadd_ps(a, e, b)));
+}
+
+/*
+ * Stride 1: every key of the block, sixteen at a time, the table entries
+ * looked up in registers (the query's table, tc, is at most 129 entries).
+ */
+KRN_INLINE float block_tail1(const struct krn_scan_q *q, const struct qtab *t, uint32_t j,
+			     const __m256i dist[2], const float *nr, uint64_t hits)
+{
+	__m512 a = _mm512_set1_ps(q->ca[j]), b = _mm512_set1_ps(q->cb[j]);
+	__m512 s = tail16(t->tc, _mm256_castsi256_si128(dist[0]), nr, a, b, (uint32_t)hits);
+
+	s = _mm512_add_ps(s, tail16(t->tc, _mm256_extracti128_si256(dist[0], 1), nr + 16, a, b,
+				    (uint32_t)(hits >> 16)));
+	s = _mm512_add_ps(s, tail16(t->tc, _mm256_castsi256_si128(dist[1]), nr + 32, a, b,
+				    (uint32_t)(hits >> 32)));
+	s = _mm512_add_ps(s, tail16(t->tc, _mm256_extracti128_si256(dist[1], 1), nr + 48, a, b,
+				    (uint32_t)(hits >> 48)));
+	return _mm512_reduce_add_ps(s);
+}
+#endif
+
 /*
  * Strides 32 and 64: a block has two samples or one per query, too few to
  * fill a vector.  Each block leaves its samples' estimates (and whether
@@ -470,6 +520,9 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	uint8_t hd[64] __attribute__((aligned(32)));
 	/* 256-bit distances saturate: those take the general tail */
 	int fast = o->blk && q->words < 4;
+#ifdef KRN_BITALG
+	int t1 = fast && q->stride == 1;
+#endif
 	int t8 = fast && q->stride == 8, buffered = fast && q->stride >= 32;
 	const float *nr = k->norms + b;
 	/* the sampled keys' norms, shared by the queries */
@@ -493,6 +546,11 @@ KRN_INLINE void scan_block(const struct krn_scan_q *q, const struct krn_scan_key
 	for (uint32_t j = 0; j < nj; j++) {
 		hits[j] = block_hits(q, k, o, dist[j], cls, &t[j], j0 + j, b);
 		float *blk = o->blk ? o->blk + (j0 + j) * o->ld_blk + b / 64 - k->first / 64 : NULL;
+#ifdef KRN_BITALG
+		if (t1)
+			*blk += block_tail1(q, &t[j], j0 + j, dist[j], nr, hits[j]);
+		else
+#endif
 		if (t8)
 			*blk += block_tail8(q, j0 + j, dist[j], nr8, hits[j]);
 		else if (blk && !buffered) {
