@@ -3,7 +3,8 @@
  * (krn_ops.scan), the estimates of a few keys from the same codes
  * (krn_ops.estimate) and the weighted row sums of the tail (krn_ops.wsum).
  * The file is built twice: with AVX2 (krn_avx2_*) and with AVX-512
- * (krn_avx512_*), which differ only in how the distances are taken.
+ * (krn_avx512_*), which differ in how the distances are taken and in the
+ * tail at stride 1.
  *
  * scan works on byte-sliced codes (krn.h): one 32-byte load holds the same
  * code byte of 32 keys.  With AVX2, each query gets, per code byte, two
@@ -14,13 +15,15 @@
  * for them; up to 128 bits, two queries share each table (ham_pairs),
  * which halves the lookups.  With AVX-512 (BITALG), the same byte of both
  * groups of a block fills one 64-byte vector, and a query's distances
- * are xor and byte popcount (ham_bitalg).  Stage 1 compares the 8-bit distances with the limit of each
- * key's norm class (another lookup); the few probes get
- * their estimate from the distances kept in L1 with the reference's own
- * multiply, so the hits are identical.  The tail takes every stride-th
- * key's estimate through the vector exp: with AVX-512, stride 1 sixteen
- * keys of a query per vector (the table entries from registers); stride
- * 8 one block and query per vector; strides 32 and 64 buffer their samples' estimates (struct
+ * are xor and byte popcount (ham_bitalg).
+ *
+ * Stage 1 compares the 8-bit distances with the limit of each key's norm
+ * class (another lookup); the few probes get their estimate from the
+ * distances kept in L1 with the reference's own multiply, so the hits are
+ * identical.  The tail takes every stride-th key's estimate through the
+ * vector exp: with AVX-512, stride 1 sixteen keys of a query per vector
+ * (the table entries from registers); stride 8 one block and query per
+ * vector; strides 32 and 64 buffer their samples' estimates (struct
  * samples) and take eight of a query's at a time; other strides (and
  * 256-bit codes) one key at a time.
  */
@@ -150,15 +153,17 @@ static void scan_keys(const struct krn_scan_q *q, const struct krn_scan_keys *k,
 KRN_INLINE void ham_bitalg(const struct qtab *t, const uint32_t nj, const uint8_t *codes,
 			   uint32_t bytes, const uint32_t ng, __m256i acc[QCHUNK][2])
 {
+	const uint8_t *g1 = codes + bytes * 32; /* the second group */
 	__m512i a[QCHUNK];
 
 	KRN_UNROLL
 	for (uint32_t j = 0; j < nj; j++)
 		a[j] = _mm512_setzero_si512();
 	for (uint32_t b = 0; b < bytes; b++) {
-		__m512i v = _mm512_castsi256_si512(_mm256_load_si256((const __m256i *)(codes + b * 32)));
+		__m512i v = _mm512_castsi256_si512(
+			_mm256_load_si256((const __m256i *)(codes + b * 32)));
 		if (ng == 2)
-			v = _mm512_inserti64x4(v, _mm256_load_si256((const __m256i *)(codes + (bytes + b) * 32)), 1);
+			v = _mm512_inserti64x4(v, _mm256_load_si256((const __m256i *)(g1 + b * 32)), 1);
 		KRN_UNROLL
 		for (uint32_t j = 0; j < nj; j++)
 			a[j] = _mm512_adds_epu8(a[j], _mm512_popcnt_epi8(_mm512_xor_si512(
