@@ -15,7 +15,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 enum krn_level { KRN_SCALAR = 0, KRN_AVX2 = 1, KRN_AVX512 = 2, KRN_NLEVELS };
 

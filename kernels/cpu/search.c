@@ -43,7 +43,8 @@ struct qtab {
 	__m256i lim; /* per class: limit + 1, clamped to [0, 255] */
 #ifdef KRN_BITALG
 	uint64_t rep[32]; /* per code byte: the query's byte, eight times */
-	float tc[144] __attribute__((aligned(64))); /* tab[0 .. 64 words], zeros after */
+	/* the stride-1 tail's copy of tab[0 .. 64 words], zeros after */
+	float tc[144] __attribute__((aligned(64)));
 #else
 	__m256i lo[32], hi[32];   /* per code byte: nibble popcount tables */
 	__m256i plo[16], phi[16]; /* pair tables: this query + 16 x the next */
@@ -71,7 +72,7 @@ static void qtab_build(const struct krn_scan_q *q, uint32_t j, struct qtab *t)
 
 	for (uint32_t b = 0; b < q->words * 8; b++)
 		t->rep[b] = 0x0101010101010101ull * (uint8_t)(qc[b / 8] >> (8 * (b % 8)));
-	for (uint32_t h = 0; h < 144; h++) /* 256-bit codes never take tc */
+	for (uint32_t h = 0; q->stride == 1 && q->words < 4 && h < 144; h++)
 		t->tc[h] = h < tl ? q->tab[(size_t)j * tl + h] : 0.0f;
 #else
 	const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,

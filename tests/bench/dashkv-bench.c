@@ -1211,7 +1211,7 @@ struct scan_result {
  * around 10).
  */
 struct scan_data {
-	uint32_t n, nq, words, stride;
+	uint32_t tokens, n, nq, words, stride; /* n = tokens x kv heads */
 	uint8_t *codes, *cls;
 	uint64_t *qc;
 	float *norms, *tab, *thr, *ca, *cb, *blk;
@@ -1258,6 +1258,17 @@ static void scan_threshold(struct scan_data *d, uint32_t j, uint64_t *s)
 	rt_hash_probe_limits(&d->hm, tab, d->thr[j], d->lim + j * KRN_CLASSES);
 	d->ca[j] = 1.0f;
 	d->cb[j] = -d->thr[j] - 30.0f;
+}
+
+/* The keys of tokens (whole pages) x kv_heads, for groups of nq queries. */
+static struct scan_data scan_data_of(uint32_t tokens, uint32_t kv_heads, uint32_t nq)
+{
+	uint32_t tok = tokens < CHUNK ? CHUNK : tokens / CHUNK * CHUNK;
+
+	return (struct scan_data){ .tokens = tok, .n = tok * kv_heads, .nq = nq, .words = 2,
+				   .stride = rt_tail_stride(tok),
+				   .hm = { .bits = 128, .mu_set = 1, .max_norm = 12.0f,
+					   .norm_ref = 10.0f } };
 }
 
 static void scan_setup(struct scan_data *d)
@@ -1341,11 +1352,7 @@ static double scan_pass(struct scan_data *d, const struct krn_ops *k, uint32_t n
 static void measure_io(uint32_t mib, uint32_t tokens, uint32_t kv_heads, uint32_t nq,
 		       struct bw_result *bw, struct scan_result *r)
 {
-	uint32_t tok = tokens < CHUNK ? CHUNK : tokens / CHUNK * CHUNK;
-	struct scan_data d = { .n = tok * kv_heads, .nq = nq, .words = 2,
-			       .stride = rt_tail_stride(tok),
-			       .hm = { .bits = 128, .mu_set = 1, .max_norm = 12.0f,
-				       .norm_ref = 10.0f } };
+	struct scan_data d = scan_data_of(tokens, kv_heads, nq);
 	size_t bytes = (size_t)mib << 20;
 	v2u64 *x = big_alloc(bytes);
 	double tb[SCAN_ROUNDS], ts[2][SCAN_ROUNDS], sh[2][SCAN_ROUNDS];
@@ -1353,7 +1360,7 @@ static void measure_io(uint32_t mib, uint32_t tokens, uint32_t kv_heads, uint32_
 
 	*bw = (struct bw_result){ 0, mib, SCAN_ROUNDS };
 	*r = (struct scan_result){ .n = d.n, .nq = nq, .words = 2, .bytes_key = 2 * 8 + 4 + 1,
-				   .tokens = tok, .kv_heads = kv_heads, .stride = d.stride };
+				   .tokens = d.tokens, .kv_heads = kv_heads, .stride = d.stride };
 	memset(x, 1, bytes);
 	scan_setup(&d);
 	bw_pass(x, bytes, &sink); /* warm up: page tables, the first touch */
@@ -1399,13 +1406,13 @@ static uint64_t hits_digest(const struct scan_data *d, uint32_t nq)
 	return h;
 }
 
-static void scan_print_text(const struct scan_data *d, uint32_t tok, uint32_t kv_heads,
+static void scan_print_text(const struct scan_data *d, uint32_t kv_heads,
 			    const struct krn_ops *const *lv, double ns[][2], uint32_t i0,
 			    uint32_t nl, int bad)
 {
 	printf("dashkv-bench scan: %u tokens x %u kv heads = %u keys, 128-bit codes + f32 norm + "
 	       "norm class = 21 B/key, tail from one key in %u; medians of %d rounds, levels "
-	       "alternating\n", tok, kv_heads, d->n, d->stride, SCAN_ROUNDS);
+	       "alternating\n", d->tokens, kv_heads, d->n, d->stride, SCAN_ROUNDS);
 	printf("%-8s %14s %14s %15s\n", "level", "1 q ns/key", "group ns/key", "group speed-up");
 	for (uint32_t i = i0; i < nl; i++)
 		printf("%-8s %14.3f %14.3f %14.2fx\n", lv[i]->name, ns[i][0], ns[i][1],
@@ -1414,14 +1421,14 @@ static void scan_print_text(const struct scan_data *d, uint32_t tok, uint32_t kv
 	       "scalar reference: %s\n", d->nq, lv[i0]->name, nl, bad ? "DIFFER" : "identical");
 }
 
-static void scan_print_json(const struct scan_data *d, uint32_t tok, uint32_t kv_heads,
+static void scan_print_json(const struct scan_data *d, uint32_t kv_heads,
 			    const struct krn_ops *const *lv, double ns[][2], uint32_t i0,
 			    uint32_t nl, int bad)
 {
 	printf("{\"command\": \"scan\", \"tokens\": %u, \"kv_heads\": %u, \"keys\": %u, "
 	       "\"bytes_per_key\": 21, \"stride\": %u, \"group\": %u, \"rounds\": %d, "
 	       "\"levels_checked\": %u, \"hits_identical\": %s, \"levels\": [",
-	       tok, kv_heads, d->n, d->stride, d->nq, SCAN_ROUNDS, nl, bad ? "false" : "true");
+	       d->tokens, kv_heads, d->n, d->stride, d->nq, SCAN_ROUNDS, nl, bad ? "false" : "true");
 	for (uint32_t i = i0; i < nl; i++)
 		printf("%s{\"name\": \"%s\", \"one_query_ns_key\": %.4f, \"group_ns_key\": %.4f, "
 		       "\"group_speedup\": %.4f}", i > i0 ? ", " : "", lv[i]->name, ns[i][0],
@@ -1431,19 +1438,17 @@ static void scan_print_json(const struct scan_data *d, uint32_t tok, uint32_t kv
 
 static int cmd_scan(const struct opts *o)
 {
-	uint32_t tok = o->scan_tokens < CHUNK ? CHUNK : o->scan_tokens / CHUNK * CHUNK;
 	uint32_t nq = o->heads / o->kv_heads, nl = 0, bad = 0;
-	struct scan_data d = { .n = tok * o->kv_heads, .nq = nq, .words = 2,
-			       .stride = rt_tail_stride(tok),
-			       .hm = { .bits = 128, .mu_set = 1, .max_norm = 12.0f,
-				       .norm_ref = 10.0f } };
+	struct scan_data d = scan_data_of(o->scan_tokens, o->kv_heads, nq);
 	const struct krn_ops *lv[KRN_NLEVELS];
 	double t[KRN_NLEVELS][2][SCAN_ROUNDS];
 	uint64_t dig[KRN_NLEVELS][2];
 
-	for (int l = 0; l < KRN_NLEVELS; l++)
-		if (krn_get_level((enum krn_level)l))
-			lv[nl++] = krn_get_level((enum krn_level)l);
+	for (int l = 0; l < KRN_NLEVELS; l++) {
+		const struct krn_ops *k = krn_get_level((enum krn_level)l);
+		if (k)
+			lv[nl++] = k;
+	}
 	scan_setup(&d);
 	for (uint32_t i = 0; i < nl; i++) /* warm up; the hits of each level */
 		for (int v = 0; v < 2; v++) {
@@ -1461,9 +1466,9 @@ static int cmd_scan(const struct opts *o)
 		for (int v = 0; v < 2; v++)
 			ns[i][v] = median_of(t[i][v], SCAN_ROUNDS) * 1e9 / d.n;
 	if (o->json)
-		scan_print_json(&d, tok, o->kv_heads, lv, ns, i0, nl, bad);
+		scan_print_json(&d, o->kv_heads, lv, ns, i0, nl, bad);
 	else
-		scan_print_text(&d, tok, o->kv_heads, lv, ns, i0, nl, bad);
+		scan_print_text(&d, o->kv_heads, lv, ns, i0, nl, bad);
 	scan_free(&d);
 	return bad ? 1 : 0;
 }
