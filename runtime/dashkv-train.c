@@ -11,9 +11,9 @@
 
 #include "capture.h"
 #include "dashkv.h"
-#include "hash.h"
 #include "learn.h"
 #include "model.h"
+#include "proj.h"
 
 struct topts {
 	uint32_t bits, sinks, hidden;

@@ -23,6 +23,7 @@
 
 #include "krn.h"
 #include "model.h"
+#include "proj.h" /* P, the projection rt_hash_init takes */
 
 #define RT_MU_TOKENS 256u
 
@@ -58,12 +59,6 @@ void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float
  * of class c can still reach thr (-1: none can).
  */
 void rt_hash_probe_limits(const struct rt_hash *hm, const float *tab, float thr, int32_t *lim);
-
-/* The seed of a sequence's SimHash projection (the learned models' start). */
-#define RT_HASH_SEED(dim) (0x44415348ull * 1000003u + (dim))
-
-/* A deterministic Gaussian projection [bits][dim] for `seed`; NULL on ENOMEM. */
-float *rt_hash_projection(uint32_t bits, uint32_t dim, uint64_t seed);
 
 int rt_hash_init(struct rt_hash *hm, const float *P, uint32_t bits, uint32_t dim);
 void rt_hash_free(struct rt_hash *hm);

@@ -12,9 +12,9 @@
 #include "capture.h"
 #include "dashkv.h"
 #include "rterr.h"
-#include "hash.h"
 #include "krn.h"
 #include "model.h"
+#include "proj.h"
 
 size_t rt_lhead_floats(uint32_t bits, uint32_t dim, uint32_t hidden)
 {
