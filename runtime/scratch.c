@@ -12,6 +12,7 @@
 #include "hash.h"
 #include "krn.h"
 #include "pool.h"
+#include "rank.h"
 
 void rt_scratch_free(struct rt_scratch *sc)
 {
@@ -44,42 +45,21 @@ static uint32_t samp_max_of(uint32_t group)
 	return m > 65536 ? 65536 : m < 1024 ? 1024 : m;
 }
 
-/* One shard's scratch (step.h). */
-static void rank_layout(struct rt_seq *s, struct shard_rank *rk, struct carver *cv)
-{
-	const dkv_seq_config *c = &s->cfg;
-	size_t g = s->group, hc = s->sc.hit_cap, u = sizeof(uint32_t), f = sizeof(float);
-	size_t blk = KRN_BLOCK * c->head_dim * f, rb = shard_rec_bytes(s->group, c->top_k);
-	size_t shards = s->eng->n_shards;
-
-	rk->hit = carve(cv, g * hc * u);
-	rk->n_hit = carve(cv, g * u);
-	rk->n_keep = carve(cv, g * u);
-	rk->logit = carve(cv, g * hc * f);
-	if (g <= SHARD_UNION_MAX) {
-		rk->u_pos = carve(cv, g * hc * u);
-		rk->u_map = carve(cv, g * hc * u);
-		rk->u_logit = carve(cv, g * g * hc * f);
-	}
-	rk->sel = carve(cv, hc * u);
-	rk->top = carve(cv, g * c->top_k * u);
-	rk->rec = carve(cv, rb);
-	rk->recv = carve(cv, shard_recv_bytes((uint32_t)shards, s->group, c->top_k));
-	rk->bufs.kbuf = carve(cv, blk);
-	rk->bufs.vbuf = carve(cv, blk);
-	rk->bufs.ptrs = carve(cv, (KRN_BLOCK + KRN_GDOT_AHEAD) * sizeof(void *));
-}
-
 static void scratch_layout(struct rt_seq *s, struct carver *cv)
 {
 	struct rt_scratch *sc = &s->sc;
 	const dkv_seq_config *c = &s->cfg;
 	size_t dim = c->head_dim, g = s->group, words = s->geom.words, f = sizeof(float);
 	size_t blk = KRN_BLOCK * dim * f, u = sizeof(uint32_t);
+	struct shard_rank_dims rd = { s->eng->n_shards, s->group, sc->hit_cap, c->top_k,
+				      c->head_dim };
 
 	sc->n_hit = carve(cv, g * u);
-	for (uint32_t r = 0; r < s->eng->n_shards; r++)
-		rank_layout(s, &sc->rank[r], cv);
+	for (uint32_t r = 0; r < s->eng->n_shards; r++) {
+		void *rk = carve(cv, shard_rank_bytes(&rd));
+		if (rk) /* not in the sizing pass */
+			shard_rank_place(&sc->rank[r], rk, &rd);
+	}
 	sc->sel = carve(cv, sc->samp_max * u);
 	sc->samp_pos = carve(cv, sc->samp_max * u);
 	sc->samp_e = carve(cv, g * sc->samp_max * f);
