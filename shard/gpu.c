@@ -44,7 +44,8 @@ static int add_dev(struct shard_gpus *gs, const char *spec, unsigned long d, int
 	}
 	for (uint32_t i = 0; i < gs->n; i++)
 		if (gs->dev[i] == (int)d)
-			return shard_gpu_fail(err, DKV_E_INVAL, "%s: device %s listed twice", spec, what);
+			return shard_gpu_fail(err, DKV_E_INVAL, "%s: device %s listed twice", spec,
+					      what);
 	gs->dev[gs->n++] = (int)d;
 	return 0;
 }
@@ -85,8 +86,8 @@ static int parse_devices(struct shard_gpus *gs, const char *spec, int ndev, char
 			break;
 		s = end + 1;
 	}
-	return shard_gpu_fail(err, DKV_E_INVAL, "%s: want gpu:all or gpu:LIST of CUDA devices%s", spec,
-		     " such as gpu:0,2-3");
+	return shard_gpu_fail(err, DKV_E_INVAL, "%s: want gpu:all or gpu:LIST of CUDA devices%s",
+			      spec, " such as gpu:0,2-3");
 }
 
 static int plan_devices(struct shard_gpus *gs, const struct shard_topo *t, const char *spec,
@@ -140,8 +141,9 @@ int shard_gpus_open(struct shard_gpus **out, const struct shard_topo *t, const c
 	if (rc == DKV_OK)
 		rc = ops->probe(&ndev, kerr);
 	if (rc)
-		return shard_gpu_fail(err, rc, "GPU shards need the GPU module and a CUDA device: %.200s%s",
-			     kerr, "");
+		return shard_gpu_fail(err, rc,
+				      "GPU shards need the GPU module and a CUDA device: %.200s%s",
+				      kerr, "");
 	gs = calloc(1, sizeof(*gs));
 	if (!gs || !(gs->dev = calloc((size_t)ndev + 1, sizeof(int)))) {
 		free(gs);

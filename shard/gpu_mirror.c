@@ -123,7 +123,8 @@ int shard_gpu_seq_new(struct shard_gpu_seq **out, struct shard_gpus *gs,
 	char kerr[KRN_GPU_ERRLEN] = "";
 
 	if (!s)
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "a GPU sequence", "");
+		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "a GPU sequence",
+				      "");
 	s->gs = gs;
 	s->geom = geom;
 	s->n_layers = n_layers;
@@ -133,12 +134,14 @@ int shard_gpu_seq_new(struct shard_gpu_seq **out, struct shard_gpus *gs,
 	s->work = calloc(gs->n, sizeof(*s->work));
 	if (!s->work || layers_alloc(s)) {
 		shard_gpu_seq_free(s);
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "a GPU sequence", "");
+		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "a GPU sequence",
+				      "");
 	}
 	for (uint32_t r = 0; r < gs->n; r++)
 		if (work_init(s, r, kerr)) {
 			shard_gpu_seq_free(s);
-			return shard_gpu_fail(err, DKV_E_NOMEM, "GPU shard buffers: %.200s%s", kerr, "");
+			return shard_gpu_fail(err, DKV_E_NOMEM, "GPU shard buffers: %.200s%s", kerr,
+					      "");
 		}
 	geom->page_alloc = pinned_alloc;
 	geom->page_free = pinned_free;
@@ -257,7 +260,8 @@ static int add_page(struct shard_gpu_layer *gl, uint32_t p, char *err)
 	struct gpart *pt = &gl->part[r];
 
 	if (part_grow(pt, gl->seq->geom->n_kv_heads))
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "GPU page tables", "");
+		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "GPU page tables",
+				      "");
 	if (ops->device(gl->seq->gs->dev[r], err) ||
 	    ops->dalloc(&pt->dpage[pt->n_local], dpage_bytes(gl->seq->geom), err))
 		return DKV_E_NOMEM;
