@@ -65,6 +65,7 @@ static void run_job(struct rt_seq *s, shard_job_fn fn, uint64_t t0, uint64_t t1)
 	int many = shard_pages_of(t0, t1, &p0) > 1;
 
 	t->gpu = many ? t->gpu_layer : NULL;
+	t->dev = t->gpu ? &shard_gpu_dev_ops : NULL;
 	if (many && (s->eng->n_shards > 1 || t->gpu)) {
 		t->n_shards = s->eng->n_shards;
 		shard_pool_run(s->eng->pool, fn, t);

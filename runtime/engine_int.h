@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "gpu.h"
 #include "step.h"
 
 /* Tokens sampled per query head to calibrate the tail estimate. */

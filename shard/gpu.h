@@ -48,7 +48,7 @@
 #include "store.h"
 #include "topo.h"
 
-struct shard_task;
+struct shard_dev_ops;
 struct shard_gpus;      /* an engine's GPU shards */
 struct shard_gpu_seq;   /* one sequence's state on them */
 struct shard_gpu_layer; /* one layer's device mirror */
@@ -89,11 +89,7 @@ int shard_gpu_reserve(struct shard_gpu_layer *gl, const struct shard_layer *l, c
 /* Head h's codes, norms or classes changed from token t0 on (NULL: no-op). */
 void shard_gpu_dirty(struct shard_gpu_layer *gl, uint32_t h, uint64_t t0);
 
-/* The jobs' device parts (step.c); nonzero: run the host code instead. */
-int shard_gpu_scan(struct shard_task *t, uint32_t r);
-int shard_gpu_fine(struct shard_task *t, uint32_t r);
-int shard_gpu_exact(struct shard_task *t, uint32_t r);
-void shard_gpu_allgather(struct shard_task *t, uint32_t r, const void *rec, void *recv,
-			 size_t bytes);
+/* The jobs' device parts (task.h) on the task's gpu: a task's dev. */
+extern const struct shard_dev_ops shard_gpu_dev_ops;
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * rank.h - the layout of one shard's scratch for a task (struct
- * shard_rank, step.h): what each buffer holds and how big it is follows
+ * shard_rank, task.h): what each buffer holds and how big it is follows
  * from the task's shape, so the shard lays it out; the caller gives the
  * memory, from one allocation of its own.
  */
@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "step.h"
+#include "task.h"
 
 /* The shape of the tasks a shard_rank serves. */
 struct shard_rank_dims {

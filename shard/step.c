@@ -6,40 +6,14 @@
 #include "dashkv.h"
 #include "step.h"
 
-/* An entry of a shard's top-K list as the all-gather carries it. */
-struct rec_ent {
-	float logit;
-	uint32_t pos;
-};
-
-/* Per query head of a record: the list's length and the max logit of the
- * shard's hits outside its list, then top_k entries. */
-struct rec_head {
-	uint32_t n;
-	float rest_max;
-};
-
-size_t shard_rec_bytes(uint32_t g, uint32_t top_k)
+static struct shard_rec_head *rec_head(void *rec, uint32_t j, uint32_t top_k)
 {
-	return (size_t)g * (sizeof(struct rec_head) + (size_t)top_k * sizeof(struct rec_ent));
+	return (struct shard_rec_head *)((char *)rec + shard_rec_bytes(j, top_k));
 }
 
-size_t shard_recv_bytes(uint32_t n_shards, uint32_t g, uint32_t top_k)
+static struct shard_rec_ent *rec_ents(void *rec, uint32_t j, uint32_t top_k)
 {
-	/* per entry of the merge: the entry, its logit, select index and scratch */
-	size_t merge = (size_t)n_shards * top_k * (sizeof(struct rec_ent) + 3 * 4);
-
-	return (size_t)n_shards * shard_rec_bytes(g, top_k) + merge;
-}
-
-static struct rec_head *rec_head(void *rec, uint32_t j, uint32_t top_k)
-{
-	return (struct rec_head *)((char *)rec + shard_rec_bytes(j, top_k));
-}
-
-static struct rec_ent *rec_ents(void *rec, uint32_t j, uint32_t top_k)
-{
-	return (struct rec_ent *)(rec_head(rec, j, top_k) + 1);
+	return (struct shard_rec_ent *)(rec_head(rec, j, top_k) + 1);
 }
 
 /* The first page of [t0, t1) that shard r owns; step n_shards from there. */
@@ -96,7 +70,7 @@ void shard_job_scan(void *arg, uint32_t r)
 	uint64_t b0 = t->m0 / SHARD_BLOCK;
 	struct krn_scan_out o = { rk->hit, t->hit_cap, rk->n_hit, NULL, t->blk_cap };
 
-	if (t->gpu && !shard_gpu_scan(t, r))
+	if (t->dev && !t->dev->scan(t, r))
 		return;
 	memset(rk->n_hit, 0, t->g * sizeof(uint32_t));
 	FOR_OWNED_PAGES(t, r, t->m0, t->m1, p, a, b) {
@@ -185,8 +159,8 @@ static void local_top(const struct shard_task *t, struct shard_rank *rk, uint32_
 	const uint32_t *hit = rk->hit + (size_t)j * t->hit_cap;
 	uint32_t *top = rk->top + (size_t)j * t->top_k, n = rk->n_keep[j];
 	uint32_t k = t->top_k < n ? t->top_k : n;
-	struct rec_head *hd = rec_head(rk->rec, j, t->top_k);
-	struct rec_ent *e = rec_ents(rk->rec, j, t->top_k);
+	struct shard_rec_head *hd = rec_head(rk->rec, j, t->top_k);
+	struct shard_rec_ent *e = rec_ents(rk->rec, j, t->top_k);
 	float rest = -INFINITY;
 
 	k = krn_select_top(logit, n, k, top, rk->sel);
@@ -210,7 +184,7 @@ static void local_top(const struct shard_task *t, struct shard_rank *rk, uint32_
  * one shard's select over all hits.
  */
 static uint32_t global_top(const struct shard_task *t, struct shard_rank *rk, uint32_t j,
-			   struct rec_ent *ent, float *rest)
+			   struct shard_rec_ent *ent, float *rest)
 {
 	size_t rb = shard_rec_bytes(t->g, t->top_k), most = (size_t)t->n_shards * t->top_k;
 	float *x = (float *)(ent + most);
@@ -219,7 +193,7 @@ static uint32_t global_top(const struct shard_task *t, struct shard_rank *rk, ui
 
 	*rest = -INFINITY;
 	for (uint32_t s = 0; s < t->n_shards; s++) {
-		const struct rec_head *hd = rec_head((char *)rk->recv + s * rb, j, t->top_k);
+		const struct shard_rec_head *hd = rec_head((char *)rk->recv + s * rb, j, t->top_k);
 		*rest = hd->rest_max > *rest ? hd->rest_max : *rest;
 	}
 	for (;;) {
@@ -253,7 +227,7 @@ static uint32_t global_top(const struct shard_task *t, struct shard_rank *rk, ui
 
 /* Take the global top-K out of the shard's hits: they leave the tail. */
 static void drop_top(const struct shard_task *t, struct shard_rank *rk, uint32_t j,
-		     uint32_t r, const struct rec_ent *ent, uint32_t k)
+		     uint32_t r, const struct shard_rec_ent *ent, uint32_t k)
 {
 	const uint32_t *hit = rk->hit + (size_t)j * t->hit_cap;
 	float *logit = rk->logit + (size_t)j * t->hit_cap;
@@ -321,17 +295,17 @@ void shard_job_rank(void *arg, uint32_t r)
 	struct shard_rank *rk = &t->rank[r];
 	float mref[DKV_MAX_HEADS];
 	size_t rb = shard_rec_bytes(t->g, t->top_k);
-	struct rec_ent *ent = (struct rec_ent *)((char *)rk->recv + t->n_shards * rb);
+	struct shard_rec_ent *ent = (struct shard_rec_ent *)((char *)rk->recv + t->n_shards * rb);
 
 	memcpy(mref, t->mref, t->g * sizeof(float)); /* before rank 0 writes it */
-	if (!t->gpu || shard_gpu_fine(t, r))
+	if (!t->dev || t->dev->fine(t, r))
 		fine(t, rk);
 	for (uint32_t j = 0; j < t->g; j++)
 		local_top(t, rk, j);
 	if (t->n_shards == 1)
 		memcpy(rk->recv, rk->rec, rb);
-	else if (t->gpu)
-		shard_gpu_allgather(t, r, rk->rec, rk->recv, rb);
+	else if (t->dev)
+		t->dev->allgather(t, r, rk->rec, rk->recv, rb);
 	else
 		shard_coll_allgather(t->coll, (int)r, rk->rec, rk->recv, rb);
 	for (uint32_t j = 0; j < t->g; j++) {
@@ -394,7 +368,7 @@ void shard_job_exact(void *arg, uint32_t r)
 	struct krn_part part[DKV_MAX_HEADS];
 	size_t stride = (size_t)t->g * t->dim;
 
-	if (t->gpu && !shard_gpu_exact(t, r))
+	if (t->dev && !t->dev->exact(t, r))
 		return;
 	FOR_OWNED_PAGES(t, r, t->t0, t->t1, p, a, b) {
 		float *acc = t->pacc + p * stride;

@@ -153,6 +153,42 @@ int cu_attend_list(const float *logit, size_t ld, const uint32_t *pos, size_t ld
 	return cu_launched(err, "attend_list");
 }
 
+/*
+ * The logits of rows r0 .. r0 + nr of a step of attend_range into lg (the
+ * rest of the step's SUB rows -inf): warp w takes rows w, w + 8, .., reads
+ * the key row once and scores it against every query in qs.
+ */
+static __device__ __forceinline__ void range_logits(const struct krn_gpu_rows &k,
+						    const float (*qs)[KRN_GPU_MAXDIM],
+						    float (*lg)[SUB], uint32_t nq, uint32_t dim,
+						    float scale, uint64_t r0, uint32_t nr)
+{
+	const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+	for (uint32_t r = warp; r < SUB; r += ATT_WARPS) {
+		if (r >= nr) {
+			if (lane < nq)
+				lg[lane][r] = -INFINITY;
+			continue;
+		}
+		const void *row = cu_row(k, r0 + r);
+		float kv[KRN_GPU_MAXDIM / 32];
+#pragma unroll
+		for (uint32_t t = 0; t < KRN_GPU_MAXDIM / 32; t++)
+			kv[t] = lane + 32 * t < dim ? cu_load(row, k.dtype, lane + 32 * t) : 0.0f;
+		for (uint32_t j = 0; j < nq; j++) {
+			float x = 0.0f;
+#pragma unroll
+			for (uint32_t t = 0; t < KRN_GPU_MAXDIM / 32; t++)
+				if (lane + 32 * t < dim)
+					x += kv[t] * qs[j][lane + 32 * t];
+			x = cu_warp_sum(x);
+			if (lane == 0)
+				lg[j][r] = scale * x;
+		}
+	}
+}
+
 __global__ static void __launch_bounds__(ATT_THREADS)
 k_attend_range(const float *q, uint32_t nq, uint32_t dim, float scale,
 	       const struct krn_gpu_rows k, const struct krn_gpu_rows v, uint64_t t0,
@@ -161,7 +197,7 @@ k_attend_range(const float *q, uint32_t nq, uint32_t dim, float scale,
 	__shared__ float qs[KRN_GPU_MAXQ][KRN_GPU_MAXDIM];
 	__shared__ float lg[KRN_GPU_MAXQ][SUB];
 	__shared__ float m[KRN_GPU_MAXQ], s[KRN_GPU_MAXQ], corr[KRN_GPU_MAXQ];
-	const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const uint32_t tid = threadIdx.x;
 	const uint64_t c0 = t0 + (uint64_t)blockIdx.x * split;
 	const uint64_t c1 = c0 + split < t1 ? c0 + split : t1;
 	float a[KRN_GPU_MAXQ];
@@ -178,29 +214,7 @@ k_attend_range(const float *q, uint32_t nq, uint32_t dim, float scale,
 	__syncthreads();
 	for (uint64_t r0 = c0; r0 < c1; r0 += SUB) {
 		uint32_t nr = c1 - r0 < SUB ? (uint32_t)(c1 - r0) : SUB;
-		/* logits: warp w takes rows w, w + 8, .. of the step */
-		for (uint32_t r = warp; r < SUB; r += ATT_WARPS) {
-			if (r >= nr) {
-				if (lane < nq)
-					lg[lane][r] = -INFINITY;
-				continue;
-			}
-			const void *row = cu_row(k, r0 + r);
-			float kv[KRN_GPU_MAXDIM / 32];
-#pragma unroll
-			for (uint32_t t = 0; t < KRN_GPU_MAXDIM / 32; t++)
-				kv[t] = lane + 32 * t < dim ? cu_load(row, k.dtype, lane + 32 * t) : 0.0f;
-			for (uint32_t j = 0; j < nq; j++) {
-				float x = 0.0f;
-#pragma unroll
-				for (uint32_t t = 0; t < KRN_GPU_MAXDIM / 32; t++)
-					if (lane + 32 * t < dim)
-						x += kv[t] * qs[j][lane + 32 * t];
-				x = cu_warp_sum(x);
-				if (lane == 0)
-					lg[j][r] = scale * x;
-			}
-		}
+		range_logits(k, qs, lg, nq, dim, scale, r0, nr);
 		__syncthreads();
 		if (tid < nq) {
 			float bm = -INFINITY;

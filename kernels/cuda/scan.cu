@@ -51,29 +51,149 @@ size_t cu_scan_ws(uint32_t nq, uint32_t first, uint32_t n)
 	return align256((size_t)nq * g.ng * 4) + align256((size_t)nq * g.nchunk * 4);
 }
 
+/*
+ * The query side in shared memory: codes, limit per norm class, hit
+ * threshold, tail calibration and estimate table of every query.
+ */
+struct scan_q {
+	uint64_t qc[KRN_GPU_MAXQ][4];
+	int32_t lim[KRN_GPU_MAXQ][KRN_CLASSES];
+	float thr[KRN_GPU_MAXQ], ca[KRN_GPU_MAXQ], cb[KRN_GPU_MAXQ];
+	float tab[KRN_GPU_MAXQ * TLEN_MAX];
+};
+
+/* The whole block copies the query side in. */
+static __device__ __forceinline__ void scan_load(const struct krn_gpu_scan &s, struct scan_q *q)
+{
+	const uint32_t words = s.words, nq = s.nq, tl = 64 * words + 1;
+
+	for (uint32_t i = threadIdx.x; i < nq * words; i += blockDim.x)
+		q->qc[i / words][i % words] = s.qc[i];
+	for (uint32_t i = threadIdx.x; i < nq * KRN_CLASSES; i += blockDim.x)
+		q->lim[i / KRN_CLASSES][i % KRN_CLASSES] = s.lim[i];
+	for (uint32_t i = threadIdx.x; i < nq * tl; i += blockDim.x)
+		q->tab[i] = s.tab[i];
+	for (uint32_t i = threadIdx.x; i < nq; i += blockDim.x) {
+		q->thr[i] = s.thr[i];
+		q->ca[i] = s.blk ? s.ca[i] : 0.0f;
+		q->cb[i] = s.blk ? s.cb[i] : 0.0f;
+	}
+}
+
+/*
+ * Both groups of the unit from pbase into the warp's slice wb: `words`
+ * 16-byte loads per lane, all issued before the first use, with the norm
+ * classes of the lane's keys (0 outside the range).
+ */
+static __device__ __forceinline__ void scan_stage(const struct krn_gpu_scan &s,
+						  const uint8_t *codes, const uint8_t *cls,
+						  uint64_t pbase, uint8_t *wb, uint32_t *cl0,
+						  uint32_t *cl1)
+{
+	const uint32_t words = s.words, lane = threadIdx.x & 31;
+	const uint64_t end = (uint64_t)s.first + s.n;
+	const uint4 *src = (const uint4 *)codes;
+	uint4 r[4];
+
+	*cl0 = 0;
+	*cl1 = 0;
+#pragma unroll
+	for (uint32_t t = 0; t < 4; t++)
+		if (t < words)
+			r[t] = src[t * 32 + lane];
+	if (pbase + lane >= s.first && pbase + lane < end)
+		*cl0 = cls[lane];
+	if (pbase + 32 + lane >= s.first && pbase + 32 + lane < end)
+		*cl1 = cls[32 + lane];
+	__syncwarp(); /* the previous unit's reads of wb are done */
+#pragma unroll
+	for (uint32_t t = 0; t < 4; t++)
+		if (t < words)
+			((uint4 *)wb)[t * 32 + lane] = r[t];
+	__syncwarp();
+}
+
+/*
+ * Group G against every query: the lane takes key p, its code byte-sliced
+ * in gb, its norm class cl and its norm at *norm, read only where needed.
+ * The warp's vote on query j is j's hit bitmap word for the group; with a
+ * tail, the mass of the group's tail samples is added to tail[j].
+ */
+static __device__ __forceinline__ void scan_group(const struct krn_gpu_scan &s,
+						  const struct scan_geom &g,
+						  const struct scan_q *q, uint32_t G, uint64_t p,
+						  const uint8_t *gb, const float *norm, uint32_t cl,
+						  uint32_t *bits, uint32_t *chunk_cnt, float *tail)
+{
+	const uint32_t words = s.words, nq = s.nq, tl = 64 * words + 1;
+	const uint32_t lane = threadIdx.x & 31;
+	const uint64_t end = (uint64_t)s.first + s.n;
+	bool valid = p >= s.first && p < end;
+	uint64_t c[4] = { 0, 0, 0, 0 };
+
+	/* unrolled with guards: c stays in registers */
+#pragma unroll
+	for (uint32_t w = 0; w < 4; w++)
+		if (w < words)
+#pragma unroll
+			for (uint32_t b = 0; b < 8; b++)
+				c[w] |= (uint64_t)gb[(w * 8 + b) * 32 + lane] << (8 * b);
+	float nr = 0.0f;
+	bool nr_loaded = false;
+	if (valid && s.blk && p % s.stride == 0) {
+		nr = *norm;
+		nr_loaded = true;
+	}
+	for (uint32_t j = 0; j < nq; j++) {
+		uint32_t h = 0;
+#pragma unroll
+		for (uint32_t w = 0; w < 4; w++)
+			if (w < words)
+				h += __popcll(c[w] ^ q->qc[j][w]);
+		bool probe = valid && (int32_t)h <= q->lim[j][cl];
+		bool hit = false;
+		float e = 0.0f;
+		if (probe) {
+			if (!nr_loaded) {
+				nr = *norm;
+				nr_loaded = true;
+			}
+			e = __fmul_rn(nr, q->tab[j * tl + h]);
+			hit = e >= q->thr[j];
+		}
+		uint32_t m = __ballot_sync(CU_FULL, hit);
+		if (lane == 0 && G >= g.gfirst && G < g.gfirst + g.ng) {
+			uint32_t wi = G - g.gfirst;
+			bits[(size_t)j * g.ng + wi] = m;
+			if (m)
+				atomicAdd(&chunk_cnt[(size_t)j * g.nchunk + wi / CHUNK_WORDS],
+					  (uint32_t)__popc(m));
+		}
+		if (s.blk) {
+			/* nr is loaded for every tail sample (see above) */
+			float t = 0.0f;
+			if (valid && !hit && p % s.stride == 0) {
+				if (!probe)
+					e = __fmul_rn(nr, q->tab[j * tl + h]);
+				t = (float)s.stride * expf(q->ca[j] * e + q->cb[j]);
+			}
+			t = cu_warp_sum(t);
+			if (lane == 0)
+				tail[j] += t;
+		}
+	}
+}
+
 __global__ static void __launch_bounds__(SCAN_WARPS * 32)
 k_scan(const struct krn_gpu_scan s, struct scan_geom g, uint32_t *bits, uint32_t *chunk_cnt)
 {
-	__shared__ uint64_t qc[KRN_GPU_MAXQ][4];
-	__shared__ int32_t lim[KRN_GPU_MAXQ][KRN_CLASSES];
-	__shared__ float thr[KRN_GPU_MAXQ], ca[KRN_GPU_MAXQ], cb[KRN_GPU_MAXQ];
-	__shared__ float tab[KRN_GPU_MAXQ * TLEN_MAX];
+	__shared__ struct scan_q q;
 	__shared__ __align__(16) uint8_t buf[SCAN_WARPS][2 * 4 * 8 * 32];
 	__shared__ float tail[SCAN_WARPS][KRN_GPU_MAXQ];
-	const uint32_t words = s.words, nq = s.nq, tl = 64 * words + 1;
+	const uint32_t words = s.words, nq = s.nq;
 	const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-	for (uint32_t i = threadIdx.x; i < nq * words; i += blockDim.x)
-		qc[i / words][i % words] = s.qc[i];
-	for (uint32_t i = threadIdx.x; i < nq * KRN_CLASSES; i += blockDim.x)
-		lim[i / KRN_CLASSES][i % KRN_CLASSES] = s.lim[i];
-	for (uint32_t i = threadIdx.x; i < nq * tl; i += blockDim.x)
-		tab[i] = s.tab[i];
-	for (uint32_t i = threadIdx.x; i < nq; i += blockDim.x) {
-		thr[i] = s.thr[i];
-		ca[i] = s.blk ? s.ca[i] : 0.0f;
-		cb[i] = s.blk ? s.cb[i] : 0.0f;
-	}
+	scan_load(s, &q);
 	__syncthreads();
 
 	const uint64_t end = (uint64_t)s.first + s.n;
@@ -90,90 +210,15 @@ k_scan(const struct krn_gpu_scan s, struct scan_geom g, uint32_t *bits, uint32_t
 		const uint8_t *codes = s.keys.codes[pg] + (size_t)(loc / 32) * gbytes;
 		const float *norms = s.keys.norms[pg] + loc;
 		const uint8_t *cls = s.keys.cls[pg] + loc;
+		uint32_t cl0, cl1;
 
 		if (lane < nq)
 			tail[warp][lane] = 0.0f;
-		/*
-		 * Both groups of the unit at once: `words` 16-byte loads per
-		 * lane, all issued before the first use, with the norm classes.
-		 */
-		const uint4 *src = (const uint4 *)codes;
-		uint4 r[4];
-		uint32_t cl0 = 0, cl1 = 0;
-#pragma unroll
-		for (uint32_t t = 0; t < 4; t++)
-			if (t < words)
-				r[t] = src[t * 32 + lane];
-		if (pbase + lane >= s.first && pbase + lane < end)
-			cl0 = cls[lane];
-		if (pbase + 32 + lane >= s.first && pbase + 32 + lane < end)
-			cl1 = cls[32 + lane];
-		__syncwarp(); /* the previous unit's reads of wb are done */
-#pragma unroll
-		for (uint32_t t = 0; t < 4; t++)
-			if (t < words)
-				((uint4 *)wb)[t * 32 + lane] = r[t];
-		__syncwarp();
-		for (uint32_t gi = 0; gi < 2; gi++) {
-			uint32_t G = u * 2 + gi;
-			uint64_t p = pbase + gi * 32 + lane;
-			bool valid = p >= s.first && p < end;
-			const uint8_t *gb = wb + gi * gbytes;
-			uint64_t c[4] = { 0, 0, 0, 0 };
-
-			/* unrolled with guards: c stays in registers */
-#pragma unroll
-			for (uint32_t w = 0; w < 4; w++)
-				if (w < words)
-#pragma unroll
-					for (uint32_t b = 0; b < 8; b++)
-						c[w] |= (uint64_t)gb[(w * 8 + b) * 32 + lane] << (8 * b);
-			uint32_t cl = (gi ? cl1 : cl0) & (KRN_CLASSES - 1);
-			float nr = 0.0f;
-			bool nr_loaded = false;
-			if (valid && s.blk && p % s.stride == 0) {
-				nr = norms[gi * 32 + lane];
-				nr_loaded = true;
-			}
-			for (uint32_t j = 0; j < nq; j++) {
-				uint32_t h = 0;
-#pragma unroll
-				for (uint32_t w = 0; w < 4; w++)
-					if (w < words)
-						h += __popcll(c[w] ^ qc[j][w]);
-				bool probe = valid && (int32_t)h <= lim[j][cl];
-				bool hit = false;
-				float e = 0.0f;
-				if (probe) {
-					if (!nr_loaded) {
-						nr = norms[gi * 32 + lane];
-						nr_loaded = true;
-					}
-					e = __fmul_rn(nr, tab[j * tl + h]);
-					hit = e >= thr[j];
-				}
-				uint32_t m = __ballot_sync(CU_FULL, hit);
-				if (lane == 0 && G >= g.gfirst && G < g.gfirst + g.ng) {
-					uint32_t wi = G - g.gfirst;
-					bits[(size_t)j * g.ng + wi] = m;
-					if (m)
-						atomicAdd(&chunk_cnt[(size_t)j * g.nchunk + wi / CHUNK_WORDS],
-							  (uint32_t)__popc(m));
-				}
-				if (s.blk) {
-					/* nr is loaded for every tail sample (see above) */
-					float t = 0.0f;
-					if (valid && !hit && p % s.stride == 0) {
-						if (!probe)
-							e = __fmul_rn(nr, tab[j * tl + h]);
-						t = (float)s.stride * expf(ca[j] * e + cb[j]);
-					}
-					t = cu_warp_sum(t);
-					if (lane == 0)
-						tail[warp][j] += t;
-				}
-			}
-		}
+		scan_stage(s, codes, cls, pbase, wb, &cl0, &cl1);
+		for (uint32_t gi = 0; gi < 2; gi++)
+			scan_group(s, g, &q, u * 2 + gi, pbase + gi * 32 + lane, wb + gi * gbytes,
+				   norms + gi * 32 + lane, (gi ? cl1 : cl0) & (KRN_CLASSES - 1),
+				   bits, chunk_cnt, tail[warp]);
 		__syncwarp();
 		if (s.blk && lane < nq)
 			s.blk[(size_t)lane * s.ld_blk + u - u0] += tail[warp][lane];
