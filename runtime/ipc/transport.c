@@ -275,8 +275,12 @@ int ipc_connect(const char *path, struct ipc_conn **out, char *err)
 		return fail(err, DKV_E_NOMEM, "out of memory");
 	rc = unix_connect(path, &c->sock);
 	if (rc) {
+		if (rc == DKV_E_INVAL)
+			snprintf(err, IPC_MSGLEN, "socket path too long: %.200s", path);
+		else
+			snprintf(err, IPC_MSGLEN, "cannot connect to %.200s: %s", path,
+				 strerror(errno));
 		free(c);
-		snprintf(err, IPC_MSGLEN, "cannot connect to %s: %s", path, strerror(errno));
 		return rc;
 	}
 	pthread_mutex_init(&c->lock, NULL);
