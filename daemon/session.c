@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "ipc/proto.h"
+#include "ipc/ring.h"
 #include "session.h"
 
 #define MAX_SEQS 256
@@ -56,8 +57,7 @@ struct dmn_session {
 	char *region;
 	uint64_t region_size;
 	struct ipc_offsets off;
-	struct ipc_ring_ctl *sq, *cq;
-	uint32_t sq_head, cq_tail;
+	struct ipc_ring sq, cq;       /* we consume steps, produce completions */
 	struct sseq seqs[MAX_SEQS];
 	uint32_t next_id;
 	void *scratch;
@@ -88,7 +88,7 @@ void dmn_heartbeat(struct dmn_server *srv)
 
 		if (!t->heartbeat || (limit && since && now - since > limit))
 			continue;
-		atomic_fetch_add_explicit(&t->sq->alive, 1, memory_order_release);
+		atomic_fetch_add_explicit(&t->sq.ctl->alive, 1, memory_order_release);
 	}
 	pthread_mutex_unlock(&srv->lock);
 }
@@ -299,23 +299,16 @@ static int control(struct dmn_session *s)
 
 static void post(struct dmn_session *s, uint64_t user, int status, const char *msg)
 {
-	uint32_t head = atomic_load_explicit(&s->cq->head, memory_order_acquire);
-	struct ipc_cqe *c;
-	size_t len;
+	struct ipc_cqe c = { .user = user, .status = status };
+	/* truncate long engine messages; the rest of c.msg stays zero */
+	size_t len = strnlen(msg, sizeof(c.msg) - 1);
 
-	if (s->cq_tail - head >= s->off.entries) {
+	memcpy(c.msg, msg, len);
+	if (!ipc_ring_push(&s->cq, &c)) {
 		atomic_fetch_add(&s->srv->dropped, 1);
 		return;
 	}
-	c = (struct ipc_cqe *)(s->region + s->off.cqes) + (s->cq_tail & (s->off.entries - 1));
-	memset(c, 0, sizeof(*c));
-	c->user = user;
-	c->status = status;
-	len = strnlen(msg, sizeof(c->msg) - 1); /* truncate long engine messages */
-	memcpy(c->msg, msg, len);
-	c->msg[len] = '\0';
-	atomic_store_explicit(&s->cq->tail, ++s->cq_tail, memory_order_release);
-	ipc_ring_bell(s->cq);
+	ipc_ring_bell(&s->cq);
 }
 
 /* Page-aligned scratch of at least `bytes` (its contents are not kept). */
@@ -417,39 +410,43 @@ static void overran(struct dmn_session *s, const struct ipc_sqe *e)
 			e->layer, (unsigned long long)ms);
 }
 
-/* Serve what the submission ring holds; returns how many. */
-static int serve_ring(struct dmn_session *s)
+/* Serve one step taken off the submission ring. */
+static void serve_step(struct dmn_session *s, const struct ipc_sqe *e)
 {
-	uint32_t tail = atomic_load_explicit(&s->sq->tail, memory_order_acquire);
-	const struct ipc_sqe *sqes = (const void *)(s->region + s->off.sqes);
-	int n = 0;
+	char err[RT_ERRLEN] = "";
+	int rc;
 
-	if (tail - s->sq_head > s->off.entries) {
-		atomic_fetch_add(&s->srv->dropped, tail - s->sq_head);
+	atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
+	rc = step(s, e, err);
+	overran(s, e);
+	atomic_store_explicit(&s->busy_since, 0, memory_order_relaxed);
+	if (rc)
+		session_reject(s, rc);
+	else
+		atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
+	if (e->n_new)
+		update_usage(s);
+	post(s, e->user, rc, err);
+}
+
+/* Serve what the submission ring holds; returns how many. */
+static uint32_t serve_ring(struct dmn_session *s)
+{
+	uint32_t n = ipc_ring_pending(&s->sq);
+
+	if (n > s->sq.entries) {
+		atomic_fetch_add(&s->srv->dropped, n);
 		dmn_log(DMN_WARN, "pid %d: submission ring overrun", (int)s->cred.pid);
-		s->sq_head = tail;
-		atomic_store_explicit(&s->sq->head, tail, memory_order_release);
+		ipc_ring_skip(&s->sq, n);
+		return 0;
 	}
-	if (s->sq_head != tail)
-		atomic_store_explicit(&s->sq->cpu, ipc_cpu_hint(), memory_order_relaxed);
-	while (s->sq_head != tail) {
-		char err[RT_ERRLEN] = "";
-		struct ipc_sqe e = sqes[s->sq_head & (s->off.entries - 1)];
-		int rc;
+	if (n)
+		atomic_store_explicit(&s->sq.ctl->cpu, ipc_cpu_hint(), memory_order_relaxed);
+	for (uint32_t i = 0; i < n; i++) {
+		struct ipc_sqe e;
 
-		atomic_store_explicit(&s->sq->head, ++s->sq_head, memory_order_release);
-		atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
-		rc = step(s, &e, err);
-		overran(s, &e);
-		atomic_store_explicit(&s->busy_since, 0, memory_order_relaxed);
-		if (rc)
-			session_reject(s, rc);
-		else
-			atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
-		if (e.n_new)
-			update_usage(s);
-		post(s, e.user, rc, err);
-		n++;
+		ipc_ring_pop(&s->sq, &e);
+		serve_step(s, &e);
 	}
 	return n;
 }
@@ -474,8 +471,10 @@ static int make_region(struct dmn_session *s, uint64_t arena, int *fd_out)
 	if (r == MAP_FAILED)
 		goto close_fd;
 	s->region = r;
-	s->sq = (void *)(s->region + s->off.sq_ctl);
-	s->cq = (void *)(s->region + s->off.cq_ctl);
+	ipc_ring_init(&s->sq, r, s->off.sq_ctl, s->off.sqes, sizeof(struct ipc_sqe),
+		      s->off.entries);
+	ipc_ring_init(&s->cq, r, s->off.cq_ctl, s->off.cqes, sizeof(struct ipc_cqe),
+		      s->off.entries);
 	*fd_out = fd;
 	return DKV_OK;
 close_fd:
@@ -673,7 +672,7 @@ static int handshake(struct dmn_session *s)
 /* 1 while the client said it waits on the CPU this thread runs on. */
 static int client_here(const struct dmn_session *s)
 {
-	uint32_t there = atomic_load_explicit(&s->cq->cpu, memory_order_relaxed);
+	uint32_t there = atomic_load_explicit(&s->cq.ctl->cpu, memory_order_relaxed);
 
 	return there && there == ipc_cpu_hint();
 }
@@ -683,13 +682,14 @@ static int client_here(const struct dmn_session *s)
  * first, unless the client shares this CPU: its next step cannot come
  * while we hold the CPU, and its doorbell reaches a sleeper at once.
  */
-static int idle_wait(struct dmn_session *s, uint32_t bell)
+static int idle_wait(struct dmn_session *s)
 {
 	struct pollfd p = { .fd = s->sock, .events = POLLIN };
 	uint64_t end = now_ns() + s->srv->cfg.idle_poll_us * 1000;
+	uint32_t bell;
 
 	for (int i = 0;; i++) {
-		if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
+		if (ipc_ring_pending(&s->sq))
 			return 0;
 		if (i < SPIN_TIGHT)
 			continue;
@@ -697,14 +697,13 @@ static int idle_wait(struct dmn_session *s, uint32_t bell)
 			break;
 		sched_yield();
 	}
+	/* before the last look at the socket: see ipc_ring_doorbell */
+	bell = ipc_ring_doorbell(&s->sq);
 	if (poll(&p, 1, 0) > 0)
 		return 1;
-	atomic_store_explicit(&s->sq->sleeping, 1, memory_order_seq_cst);
-	if (atomic_load_explicit(&s->sq->tail, memory_order_seq_cst) == s->sq_head)
-		ipc_futex_wait(&s->sq->bell, bell, IDLE_MS);
-	atomic_store_explicit(&s->sq->sleeping, 0, memory_order_relaxed);
+	ipc_ring_sleep(&s->sq, bell, IDLE_MS);
 	/* woken by a step: serve it first, the socket waits for the next idle */
-	if (atomic_load_explicit(&s->sq->tail, memory_order_acquire) != s->sq_head)
+	if (ipc_ring_pending(&s->sq))
 		return 0;
 	return poll(&p, 1, 0) > 0;
 }
@@ -712,11 +711,9 @@ static int idle_wait(struct dmn_session *s, uint32_t bell)
 static void serve(struct dmn_session *s)
 {
 	while (!atomic_load(&s->srv->stop)) {
-		uint32_t bell = atomic_load_explicit(&s->sq->bell, memory_order_seq_cst);
-
 		if (serve_ring(s))
 			continue;
-		if (idle_wait(s, bell) && control(s) < 0)
+		if (idle_wait(s) && control(s) < 0)
 			break;
 	}
 }

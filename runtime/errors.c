@@ -1,4 +1,7 @@
-/* errors.c - status strings and the per-client, per-thread last message. */
+/*
+ * errors.c - status strings, the per-client, per-thread last message, and
+ * the per-thread message of the last dkv_connect.
+ */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,6 +54,8 @@ struct err_slot {
 
 static __thread struct err_slot slots[ERR_SLOTS];
 static __thread unsigned next_slot;
+/* dkv_connect has no client to record on: dkv_errmsg(NULL) reads this */
+static __thread char connect_msg[RT_ERRLEN];
 
 static struct err_slot *slot_of(const dkv_client *c, int create)
 {
@@ -82,8 +87,22 @@ void cl_forget(const dkv_client *c)
 		s->c = NULL;
 }
 
+int cl_set_connect_error(int status, const char *msg)
+{
+	if (!status)
+		connect_msg[0] = '\0';
+	else
+		snprintf(connect_msg, sizeof(connect_msg), "%s",
+			 msg && *msg ? msg : dkv_strerror(status));
+	return status;
+}
+
 const char *dkv_errmsg(const dkv_client *c)
 {
-	struct err_slot *s = c ? slot_of(c, 0) : NULL;
+	struct err_slot *s;
+
+	if (!c)
+		return connect_msg;
+	s = slot_of(c, 0);
 	return s ? s->msg : "";
 }

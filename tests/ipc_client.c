@@ -104,7 +104,8 @@ static dkv_client *conn(const char *addr)
 	int rc = dkv_connect(addr, &c);
 
 	if (rc) {
-		fprintf(stderr, "FAIL connect %s: %s\n", addr, dkv_strerror(rc));
+		fprintf(stderr, "FAIL connect %s: %s: %s\n", addr, dkv_strerror(rc),
+			dkv_errmsg(NULL));
 		exit(1);
 	}
 	return c;

@@ -170,7 +170,8 @@ const char *ipc_reject_name(unsigned reason);
 /* The reject reason of a failed step or request status. */
 enum ipc_reject ipc_reject_of(int status);
 
-/* Ring control block: head and tail on their own cache lines. */
+/* Ring control block (its operations: ring.h): head and tail on their own
+ * cache lines. */
 struct ipc_ring_ctl {
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t head;  /* consumer */
 	_Alignas(IPC_CACHELINE) _Atomic uint32_t tail;  /* producer */
@@ -257,7 +258,5 @@ int ipc_futex_wait(_Atomic uint32_t *word, uint32_t val, int timeout_ms);
 void ipc_futex_wake(_Atomic uint32_t *word);
 /* The calling thread's CPU plus one, or 0 if unknown (struct ipc_ring_ctl). */
 uint32_t ipc_cpu_hint(void);
-/* Ring the consumer's doorbell: bump bell, wake it if it sleeps. */
-void ipc_ring_bell(struct ipc_ring_ctl *ctl);
 
 #endif

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ring.h"
 #include "transport.h"
 
 #define IPC_POLL_MS 50
@@ -44,9 +45,7 @@ struct ipc_conn {
 	void *region;
 	uint64_t region_size;
 	struct ipc_offsets off;
-	struct ipc_ring_ctl *sq, *cq;
-	struct ipc_sqe *sqes;
-	struct ipc_cqe *cqes;
+	struct ipc_ring sq, cq; /* we produce steps, consume completions */
 	char *arena;
 	uint32_t features;      /* accepted by the daemon */
 	uint32_t last_alive;    /* heartbeat seen last, and when (ns) */
@@ -70,7 +69,7 @@ static void watch(struct ipc_conn *c)
 {
 	if (!(c->features & IPC_FEAT_HEARTBEAT))
 		return;
-	c->last_alive = atomic_load_explicit(&c->sq->alive, memory_order_acquire);
+	c->last_alive = atomic_load_explicit(&c->sq.ctl->alive, memory_order_acquire);
 	c->alive_at = now_ns();
 }
 
@@ -82,7 +81,7 @@ static int daemon_hung(struct ipc_conn *c)
 
 	if (!(c->features & IPC_FEAT_HEARTBEAT))
 		return 0;
-	a = atomic_load_explicit(&c->sq->alive, memory_order_acquire);
+	a = atomic_load_explicit(&c->sq.ctl->alive, memory_order_acquire);
 	t = now_ns();
 	if (a != c->last_alive) {
 		c->last_alive = a;
@@ -210,7 +209,7 @@ static int request(struct ipc_conn *c, uint16_t type, const void *payload,
 		c->dead = 1;
 	if (rc)
 		return fail(err, rc, "cannot send to the daemon");
-	ipc_ring_bell(c->sq);
+	ipc_ring_bell(&c->sq);
 	return reply(c, want, buf, NULL, err);
 }
 
@@ -232,10 +231,10 @@ static int map_region(struct ipc_conn *c, const struct ipc_accept *a, int fd,
 	c->region = r;
 	c->region_size = a->region_size;
 	c->off = a->off;
-	c->sq = (void *)(r + a->off.sq_ctl);
-	c->cq = (void *)(r + a->off.cq_ctl);
-	c->sqes = (void *)(r + a->off.sqes);
-	c->cqes = (void *)(r + a->off.cqes);
+	ipc_ring_init(&c->sq, r, a->off.sq_ctl, a->off.sqes, sizeof(struct ipc_sqe),
+		      a->off.entries);
+	ipc_ring_init(&c->cq, r, a->off.cq_ctl, a->off.cqes, sizeof(struct ipc_cqe),
+		      a->off.entries);
 	c->arena = r + a->off.arena;
 	c->features = a->features & IPC_FEAT_ALL;
 	return DKV_OK;
@@ -276,8 +275,12 @@ int ipc_connect(const char *path, struct ipc_conn **out, char *err)
 		return fail(err, DKV_E_NOMEM, "out of memory");
 	rc = unix_connect(path, &c->sock);
 	if (rc) {
+		if (rc == DKV_E_INVAL)
+			snprintf(err, IPC_MSGLEN, "socket path too long: %.200s", path);
+		else
+			snprintf(err, IPC_MSGLEN, "cannot connect to %.200s: %s", path,
+				 strerror(errno));
 		free(c);
-		snprintf(err, IPC_MSGLEN, "cannot connect to %s: %s", path, strerror(errno));
 		return rc;
 	}
 	pthread_mutex_init(&c->lock, NULL);
@@ -426,7 +429,7 @@ static int daemon_gone(struct ipc_conn *c)
  */
 static int spin_turn(struct ipc_conn *c, uint32_t turn)
 {
-	uint32_t there = atomic_load_explicit(&c->sq->cpu, memory_order_relaxed);
+	uint32_t there = atomic_load_explicit(&c->sq.ctl->cpu, memory_order_relaxed);
 
 	if (there && there == ipc_cpu_hint())
 		return 0;
@@ -446,30 +449,21 @@ static int spin_turn(struct ipc_conn *c, uint32_t turn)
 /* Wait for the next completion; the caller holds the lock. */
 static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err)
 {
-	uint32_t head = atomic_load_explicit(&c->cq->head, memory_order_relaxed);
 	uint64_t spin_end = spin && c->spin_ns ? now_ns() + c->spin_ns : 0;
 	uint32_t spins = 0;
 
 	watch(c);
-
 	for (;;) {
-		uint32_t tail = atomic_load_explicit(&c->cq->tail, memory_order_acquire);
-
-		if (tail != head) {
-			*out = c->cqes[head & (c->off.entries - 1)];
-			atomic_store_explicit(&c->cq->head, head + 1, memory_order_release);
+		if (ipc_ring_pending(&c->cq)) {
+			ipc_ring_pop(&c->cq, out);
 			return DKV_OK;
 		}
 		if (spin_end && now_ns() < spin_end && spin_turn(c, ++spins))
 			continue;
 		spin_end = 0;
-		atomic_store_explicit(&c->cq->sleeping, 1, memory_order_seq_cst);
-		uint32_t bell = atomic_load_explicit(&c->cq->bell, memory_order_seq_cst);
-		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) == head)
-			ipc_futex_wait(&c->cq->bell, bell, IPC_POLL_MS);
-		atomic_store_explicit(&c->cq->sleeping, 0, memory_order_relaxed);
+		ipc_ring_sleep(&c->cq, ipc_ring_doorbell(&c->cq), IPC_POLL_MS);
 		/* woken by the completion: take it before any system call */
-		if (atomic_load_explicit(&c->cq->tail, memory_order_acquire) != head)
+		if (ipc_ring_pending(&c->cq))
 			continue;
 		if (daemon_gone(c))
 			return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
@@ -481,15 +475,10 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err
 /* Submit e; tell the daemon on which CPU we wait. */
 static int submit(struct ipc_conn *c, const struct ipc_sqe *e, char *err)
 {
-	uint32_t tail = atomic_load_explicit(&c->sq->tail, memory_order_relaxed);
-	uint32_t head = atomic_load_explicit(&c->sq->head, memory_order_acquire);
-
-	if (tail - head >= c->off.entries)
+	atomic_store_explicit(&c->cq.ctl->cpu, ipc_cpu_hint(), memory_order_relaxed);
+	if (!ipc_ring_push(&c->sq, e))
 		return fail(err, DKV_E_INTERNAL, "submission ring full");
-	c->sqes[tail & (c->off.entries - 1)] = *e;
-	atomic_store_explicit(&c->cq->cpu, ipc_cpu_hint(), memory_order_relaxed);
-	atomic_store_explicit(&c->sq->tail, tail + 1, memory_order_release);
-	ipc_ring_bell(c->sq);
+	ipc_ring_bell(&c->sq);
 	return DKV_OK;
 }
 

@@ -1,6 +1,6 @@
 /*
- * transport.h - the client side of the dashkvd protocol, used by
- * runtime/client.c for "unix:" addresses.  Every call returns DKV_OK or a
+ * transport.h - the client side of the dashkvd protocol, used by the
+ * "unix:" transport (runtime/client_ipc.c).  Every call returns DKV_OK or a
  * DKV_E_* status with a message in err (IPC_MSGLEN bytes).  A connection
  * serialises its calls with a lock.
  */

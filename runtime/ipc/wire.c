@@ -157,13 +157,6 @@ void ipc_futex_wake(_Atomic uint32_t *word)
 	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void ipc_ring_bell(struct ipc_ring_ctl *ctl)
-{
-	atomic_fetch_add_explicit(&ctl->bell, 1, memory_order_seq_cst);
-	if (atomic_load_explicit(&ctl->sleeping, memory_order_seq_cst))
-		ipc_futex_wake(&ctl->bell);
-}
-
 uint32_t ipc_cpu_hint(void)
 {
 	int cpu = sched_getcpu();
