@@ -9,7 +9,7 @@
 
 #include "dashkv.h"
 #include "gpu.h"
-#include "gpu_common.h"
+#include "gpu_int.h"
 #include "krn_gpu.h"
 
 /* ---- errors ---- */

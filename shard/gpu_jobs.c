@@ -10,7 +10,7 @@
 
 #include "dashkv.h"
 #include "gpu.h"
-#include "gpu_common.h"
+#include "gpu_int.h"
 #include "krn_gpu.h"
 #include "task.h"
 

@@ -1,10 +1,10 @@
 /*
- * gpu_common.h - what the GPU shard files share: the engine's shards
+ * gpu_int.h - what the GPU shard files share: the engine's shards
  * (gpu.c), a sequence's state on them with each layer's device mirror
  * (gpu_mirror.c), and each shard's scratch for the jobs (gpu_jobs.c).
  */
-#ifndef DKV_SHARD_GPU_COMMON_H
-#define DKV_SHARD_GPU_COMMON_H
+#ifndef DKV_SHARD_GPU_INT_H
+#define DKV_SHARD_GPU_INT_H
 
 #include <pthread.h>
 #include <stddef.h>
