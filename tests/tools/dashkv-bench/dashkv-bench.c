@@ -1,7 +1,7 @@
 /*
  * dashkv-bench - quality and speed of DASH-KV against exact attention,
  * measured side by side in one run on the realistic generator
- * (tests/gen/kvgen.h).  See dashkv-bench(1).
+ * (tests/lib/gen/kvgen.h).  See dashkv-bench(1).
  *
  *   dashkv-bench quality [options]   recall and output error vs exact
  *   dashkv-bench speed [options]     decode step vs exact mode, memory
@@ -24,7 +24,7 @@
 #include "trace.h"
 #include "gen/kvgen.h"
 #include "ref_attn.h"
-#include "bench/ipc.h"
+#include "ipc.h"
 #include "capture.h"
 #include "engine.h"
 #include "hash.h"
