@@ -24,7 +24,7 @@ trap 'exit 1' INT TERM
 say() { printf '\n== %s\n' "$*"; }
 
 say "starting dashkvd on $sock"
-. "$s/tests/dashkvd-start.sh"
+. "$s/tests/lib/dashkvd-start.sh"
 DASHKVD_CONF='log_level info
 ' start_dashkvd "$b/dashkvd" "$dir" || exit 1
 "$b/dashkvctl" -s "$sock" status || exit 1

@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-. "${top_srcdir:-.}/tests/dashkvd-start.sh"
+. "${top_srcdir:-.}/tests/lib/dashkvd-start.sh"
 start_dashkvd "$dmn" "$dir" || fail "dashkvd did not start"
 
 "$stories" --connect "unix:$sock" --mode exact --tokens 400 --quiet >"$dir/exact" ||

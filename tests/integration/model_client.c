@@ -1,5 +1,5 @@
 /*
- * model_client.c - the client half of tests/learn-daemon.sh: sequences
+ * model_client.c - the client half of learn-daemon.sh: sequences
  * opened with a hash_model file, through dashkvd and embedded.
  *   model_client same ADDR MODEL       a sequence with hash_model MODEL on
  *                                      ADDR gives, bit for bit, the outputs

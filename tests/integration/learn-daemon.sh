@@ -8,7 +8,7 @@
 set -u
 b=${top_builddir:-.}
 src=${top_srcdir:-.}
-cli=$b/tests/model_client
+cli=$b/tests/integration/model_client
 dir=$(mktemp -d "${TMPDIR:-/tmp}/dkv-learn-dmn.XXXXXX") || exit 99
 pid=
 cleanup() {
@@ -30,7 +30,7 @@ printf 'X' | dd of="$dir/bad.model" bs=1 seek=700 conv=notrunc 2>/dev/null
 head -c 1000 "$dir/g.model" >"$dir/short.model"
 mkfifo "$dir/fifo" || fail "mkfifo"
 
-. "$src/tests/dashkvd-start.sh"
+. "$src/tests/lib/dashkvd-start.sh"
 start_dashkvd "$b/dashkvd" "$dir" || fail "dashkvd did not start"
 
 # refuse ADDR FILE STATUS TEXT (DKV_E_INVAL -1, DKV_E_NOTFOUND -9)

@@ -12,7 +12,7 @@ set -u
 b=${top_builddir:-.}
 dmn=$b/dashkvd
 ctl=$b/dashkvctl
-cli=$b/tests/ipc_client
+cli=$b/tests/integration/ipc_client
 src=${top_srcdir:-.}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/dashkvd-test.XXXXXX") || exit 99
 sock=$dir/d.sock
@@ -265,7 +265,7 @@ kill -0 "$pid" || fail "dashkvd died of garbage"
 # hostile shared memory: forged descriptors, ring indices (python3.9+)
 if [ $py != : ] && python3 -c 'import socket; socket.recv_fds' 2>/dev/null; then
 	before=$(stat_of rejected_descriptor)
-	python3 "$src/tests/ipc_hostile.py" "$sock" || fail "hostile client"
+	python3 "$src/tests/integration/ipc_hostile.py" "$sock" || fail "hostile client"
 	kill -0 "$pid" || fail "dashkvd died of a hostile client"
 	[ "$(stat_of rejected_descriptor)" -ge $((before + 11)) ] ||
 		fail "forged descriptors not counted"

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "dashkv.h"
-#include "bench/ipc.h"
+#include "ipc.h"
 
 struct ipc_opts {
 	const char *connect;    /* NULL: start a daemon */

@@ -3,7 +3,7 @@
 # its page, and every section-3 cross-reference to a dkv_ page resolves.
 # Exit 77 (skipped) when mandoc is not installed.
 
-: "${top_srcdir:=$(cd "$(dirname "$0")/.." && pwd)}"
+: "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
 mandir=$top_srcdir/man
 header=$top_srcdir/include/dashkv.h
 fail=0

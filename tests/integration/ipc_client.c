@@ -1,5 +1,5 @@
 /*
- * ipc_client.c - the client half of tests/daemon.sh: drives dashkvd through
+ * ipc_client.c - the client half of daemon.sh: drives dashkvd through
  * the public API and compares it with the embedded engine.
  *   ipc_client api ADDR      steps, errors, daemon vs embedded bit for bit
  *   ipc_client hold ADDR     open and step, print "ready", then wait

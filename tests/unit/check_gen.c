@@ -1,5 +1,5 @@
 /*
- * check_gen.c - the realistic KV generator (tests/gen/kvgen.h): it is
+ * check_gen.c - the realistic KV generator (tests/lib/gen/kvgen.h): it is
  * deterministic, streams, and has the properties it documents.
  */
 #include <check.h>

@@ -189,7 +189,7 @@ for app in $bins; do
 done
 
 # the installed daemon
-. "$src/tests/dashkvd-start.sh"
+. "$src/tests/lib/dashkvd-start.sh"
 start_dashkvd "$dest$sbindir/dashkvd" "$dir" || fail "the installed dashkvd did not start"
 for app in $bins; do
 	"$app" "unix:$sock" || fail "$app through the installed dashkvd"
