@@ -3,7 +3,7 @@
  *
  * Built with AVX2_CFLAGS into its own library; dispatch.c only hands this
  * table out on a CPU (and OS) that runs it.  Each kernel does what the
- * scalar reference in ref.c does; tests/check_kernels.c holds every one
+ * scalar reference in ref.c does; tests/unit/check_kernels.c holds every one
  * to the reference, bit for bit where krn.h asks for it.
  *
  * Shapes the hot paths assume: dim a multiple of 8 (head_dim is) and
