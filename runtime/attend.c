@@ -266,7 +266,7 @@ static void keep_hits(struct rt_seq *s)
 			continue;
 		uint64_t p0, np = shard_pages_of(t->m0, t->m1, &p0);
 		for (uint64_t p = p0; p < p0 + np && left; p++) {
-			struct shard_rank *rk = &sc->rank[p % S];
+			struct shard_rank *rk = &sc->rank[shard_page_owner(p, S)];
 			uint32_t n = rk->n_hit[j] < hc ? rk->n_hit[j] : hc;
 			const uint32_t *hit = rk->hit + (size_t)j * hc;
 			while (left && rk->n_keep[j] < n &&

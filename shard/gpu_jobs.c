@@ -93,10 +93,10 @@ static int local_span(uint32_t S, uint32_t r, uint64_t t0, uint64_t t1, struct s
 	if (!np)
 		return 0;
 	last = p0 + np - 1;
-	sp->pf = p0 + (r + S - p0 % S) % S;
+	sp->pf = shard_first_owned(p0, r, S);
 	if (sp->pf > last)
 		return 0;
-	sp->pl = last - (last % S + S - r) % S;
+	sp->pl = shard_last_owned(last, r, S);
 	uint64_t a = t0 > sp->pf * SHARD_PAGE ? t0 : sp->pf * SHARD_PAGE;
 	uint64_t b = t1 < (sp->pl + 1) * SHARD_PAGE ? t1 : (sp->pl + 1) * SHARD_PAGE;
 	sp->lf = (sp->pf / S) * SHARD_PAGE + (a - sp->pf * SHARD_PAGE);

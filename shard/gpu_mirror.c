@@ -256,7 +256,7 @@ static int upload_tables(struct shard_gpu_layer *gl, uint32_t r, const struct sh
 static int add_page(struct shard_gpu_layer *gl, uint32_t p, char *err)
 {
 	const struct krn_gpu_ops *ops = gl->seq->gs->ops;
-	uint32_t S = gl->seq->gs->n, r = p % S;
+	uint32_t S = gl->seq->gs->n, r = shard_page_owner(p, S);
 	struct gpart *pt = &gl->part[r];
 
 	if (part_grow(pt, gl->seq->geom->n_kv_heads))
@@ -318,7 +318,7 @@ int shard_gpu_flush(struct shard_gpu_layer *gl, uint32_t r, const struct shard_l
 	size_t gb = (size_t)words * 8 * KRN_CODE_GROUP;
 	uint64_t from = pt->clean[h], p = from / SHARD_PAGE;
 
-	for (p += (r + S - p % S) % S; p * SHARD_PAGE < l->len; p += S) {
+	for (p = shard_first_owned(p, r, S); p * SHARD_PAGE < l->len; p += S) {
 		uint64_t lp = p / S, base = p * SHARD_PAGE;
 		uint64_t lo = (from > base ? from : base) - base;
 		uint64_t hi = (l->len < base + SHARD_PAGE ? l->len : base + SHARD_PAGE) - base;

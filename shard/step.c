@@ -16,14 +16,6 @@ static struct shard_rec_ent *rec_ents(void *rec, uint32_t j, uint32_t top_k)
 	return (struct shard_rec_ent *)(rec_head(rec, j, top_k) + 1);
 }
 
-/* The first page of [t0, t1) that shard r owns; step n_shards from there. */
-static uint64_t first_owned(const struct shard_task *t, uint64_t p0, uint32_t r)
-{
-	uint32_t s = t->n_shards;
-
-	return p0 + (r + s - (uint32_t)(p0 % s)) % s;
-}
-
 /* The part of page p inside [t0, t1). */
 static void page_span(uint64_t p, uint64_t t0, uint64_t t1, uint64_t *a, uint64_t *b)
 {
@@ -35,7 +27,7 @@ static void page_span(uint64_t p, uint64_t t0, uint64_t t1, uint64_t *a, uint64_
 
 #define FOR_OWNED_PAGES(t, r, t0, t1, p, a, b)                                   \
 	for (uint64_t p0_ = 0, np_ = shard_pages_of(t0, t1, &p0_),                \
-		      p = first_owned(t, p0_, r), a = 0, b = 0;                     \
+		      p = shard_first_owned(p0_, r, (t)->n_shards), a = 0, b = 0; \
 	     p < p0_ + np_ && (page_span(p, t0, t1, &a, &b), 1); p += (t)->n_shards)
 
 /* ---- sample and scan ---- */
@@ -43,7 +35,7 @@ static void page_span(uint64_t p, uint64_t t0, uint64_t t1, uint64_t *a, uint64_
 /* Which shard owns position pos. */
 static uint32_t owner(const struct shard_task *t, uint32_t pos)
 {
-	return (uint32_t)(pos / SHARD_PAGE % t->n_shards);
+	return shard_page_owner(pos / SHARD_PAGE, t->n_shards);
 }
 
 void shard_job_sample(void *arg, uint32_t r)

@@ -1,7 +1,7 @@
 /*
  * step.h - one kv head group's search, split over a sequence's shards.
  *
- * Pages are dealt round-robin: page p belongs to shard p % n_shards.  A
+ * Pages are dealt round-robin (shard_page_owner, store.h).  A
  * task describes the search of one group of query heads (one kv head) at
  * one query position; the engine fills it and runs its jobs on every
  * shard through the pool (pool.h):

@@ -51,7 +51,7 @@ static uint8_t *page_mem(const struct shard_geom *g, size_t total, uint32_t inde
 	if (!mem)
 		return NULL;
 	if (g->node && g->n_shards)
-		shard_numa_prefer(mem, total, g->node[index % g->n_shards]);
+		shard_numa_prefer(mem, total, g->node[shard_page_owner(index, g->n_shards)]);
 #ifdef MADV_HUGEPAGE
 	if (total >= HUGE_PAGE)
 		madvise(mem, total, MADV_HUGEPAGE); /* advice only */

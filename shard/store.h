@@ -22,6 +22,27 @@
 #define SHARD_PAGE_SPANS (SHARD_PAGE / SHARD_SPAN)
 
 /* Geometry shared by all layers of a sequence. */
+/*
+ * Pages are dealt round-robin over the shards: page p belongs to shard
+ * p % n_shards.  These are the only places that rule is written.
+ */
+static inline uint32_t shard_page_owner(uint64_t p, uint32_t n_shards)
+{
+	return (uint32_t)(p % n_shards);
+}
+
+/* The first page from p on that shard r of n_shards owns. */
+static inline uint64_t shard_first_owned(uint64_t p, uint32_t r, uint32_t n_shards)
+{
+	return p + (r + n_shards - shard_page_owner(p, n_shards)) % n_shards;
+}
+
+/* The last page up to p that shard r of n_shards owns (p at least r). */
+static inline uint64_t shard_last_owned(uint64_t p, uint32_t r, uint32_t n_shards)
+{
+	return p - (shard_page_owner(p, n_shards) + n_shards - r) % n_shards;
+}
+
 struct shard_geom {
 	uint32_t n_kv_heads;
 	uint32_t head_dim;

@@ -228,6 +228,31 @@ START_TEST(bad_spec_refused)
 }
 END_TEST
 
+/*
+ * Page ownership: page p is shard p % S's; the first owned page from p and
+ * the last owned page up to p are found by walking, page by page.
+ */
+START_TEST(page_owner_rule)
+{
+	for (uint32_t S = 1; S <= 5; S++)
+		for (uint32_t r = 0; r < S; r++)
+			for (uint64_t p = 0; p < 4 * S + 3; p++) {
+				uint64_t f = p, l = p;
+
+				ck_assert_uint_eq(shard_page_owner(p, S), p % S);
+				while (f % S != r)
+					f++;
+				ck_assert_uint_eq(shard_first_owned(p, r, S), f);
+				if (p < r)
+					continue;
+				while (l % S != r)
+					l--;
+				ck_assert_uint_eq(shard_last_owned(p, r, S), l);
+			}
+	ck_assert_uint_eq(shard_page_owner((1ull << 40) + 3, 4), 3);
+}
+END_TEST
+
 /* ---- the tail's value summaries, against the value rows ---- */
 
 #define TAIL_LEN (2 * SHARD_PAGE + 300)	/* three pages; the last block part-stored */
@@ -589,6 +614,7 @@ int main(void)
 	tcase_add_test(tc, sharded_dash_near_exact);
 	tcase_add_test(tc, sharded_append_all_or_nothing);
 	tcase_add_test(tc, bad_spec_refused);
+	tcase_add_test(tc, page_owner_rule);
 	suite_add_tcase(su, tc);
 	tcase_add_loop_test(tail, sums_add_matches_rows, 0, N_TAIL_DIMS);
 	tcase_add_loop_test(tail, tail_range_matches_rows, 0, N_TAIL_DIMS);
