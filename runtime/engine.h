@@ -2,7 +2,7 @@
  * engine.h - the DASH-KV engine: sequence registry, per-layer step, memory
  * accounting.  Used in-process by the embedded transport of
  * libdashkv-client (and by dashkvd).  Errors: a DKV_E_* status plus a
- * message written to the caller's buffer.
+ * message written to the caller's buffer (msg.h).
  */
 #ifndef DKV_RT_ENGINE_H
 #define DKV_RT_ENGINE_H
@@ -11,8 +11,7 @@
 #include <stdint.h>
 
 #include "dashkv.h"
-
-#define RT_ERRLEN 256
+#include "msg.h"
 
 /* Documented defaults (dashkv(7), dkv_seq_config_init(3)). */
 #define RT_DEF_MAX_TOKENS (1ull << 20)
@@ -47,8 +46,8 @@ uint32_t rt_engine_shards(const struct rt_engine *e);
  * collective. */
 void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len);
 /* GPU shards: jobs the host ran after a device error, and the last error
- * (0 and "" on CPU shards). */
-uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last, size_t len);
+ * (0 and "" on CPU shards; last: KRN_MSGLEN bytes, may be NULL). */
+uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last);
 
 /* Fill every knob's default (geometry left zero). */
 void rt_config_defaults(dkv_seq_config *cfg);

@@ -62,10 +62,9 @@ struct shard_plan {
 /* Make the plan for spec with GPUs excluded from "auto" (until the engine
  * has CUDA).  Returns 0 and sets *out, or -1 with a message in err. */
 int shard_plan_make(const struct shard_topo *t, const char *spec,
-		    struct shard_plan **out, char *err, size_t errlen);
+		    struct shard_plan **out, char *err);
 int shard_plan_make_flags(const struct shard_topo *t, const char *spec,
-			  unsigned flags, struct shard_plan **out,
-			  char *err, size_t errlen);
+			  unsigned flags, struct shard_plan **out, char *err);
 void shard_plan_free(struct shard_plan *p);
 
 /* One line per shard, "shard <i> <cpu|gpu> device=<n|-> numa=<node>

@@ -1,6 +1,5 @@
 /* pool.c - shard worker threads (see pool.h). */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,8 +101,7 @@ int shard_pool_new(struct shard_pool **out, uint32_t n, const struct shard_plan 
 		p->w[i].pool = p;
 		p->w[i].shard = i;
 		if (pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i])) {
-			snprintf(err, SHARD_ERRLEN, "cannot start the thread of shard %u", i);
-			rc = DKV_E_NOMEM;
+			rc = krn_msgf(err, DKV_E_NOMEM, "cannot start the thread of shard %u", i);
 			break;
 		}
 		p->started = i;

@@ -812,7 +812,7 @@ static int quality_compare(const struct opts *o)
 static void load_capture(struct opts *v, struct rt_capture *c)
 {
 	char err[512];
-	int rc = rt_capture_read(v->capture, c, err, sizeof(err));
+	int rc = rt_capture_read(v->capture, c, err);
 
 	if (rc) {
 		fprintf(stderr, "dashkv-bench: %s\n", err);
@@ -867,8 +867,7 @@ static int cmd_capture(const struct opts *o)
 	float *k = xmalloc(CHUNK * tok * sizeof(float)), *q = xmalloc(CHUNK * all * sizeof(float));
 	char err[512];
 
-	if (rt_capture_begin(&w, o->out, o->dim, o->heads, o->kv_heads, o->layers, n, err,
-			     sizeof(err))) {
+	if (rt_capture_begin(&w, o->out, o->dim, o->heads, o->kv_heads, o->layers, n, err)) {
 		fprintf(stderr, "dashkv-bench: %s\n", err);
 		return 1;
 	}
@@ -891,7 +890,7 @@ static int cmd_capture(const struct opts *o)
 	}
 	free(k);
 	free(q);
-	if (rt_capture_end(&w, err, sizeof(err))) {
+	if (rt_capture_end(&w, err)) {
 		fprintf(stderr, "dashkv-bench: %s\n", err);
 		return 1;
 	}
