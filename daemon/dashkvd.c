@@ -293,14 +293,15 @@ static void main_loop(struct dmn_server *srv, int lfd, const char *path)
 static int run(struct dmn_server *srv, const char *path)
 {
 	char err[KRN_MSGLEN] = "";
+	char what[2 * KRN_MSGLEN]; /* the shards, quoting up to two messages */
 	int lfd;
 
 	if (rt_engine_new_shards(&srv->eng, shard_spec(&srv->cfg), err)) {
 		dmn_log(DMN_ERROR, "engine: %s", err);
 		return 1;
 	}
-	rt_engine_describe(srv->eng, err, sizeof(err));
-	dmn_log(DMN_INFO, "%u shard(s): %s", rt_engine_shards(srv->eng), err);
+	rt_engine_describe(srv->eng, what, sizeof(what));
+	dmn_log(DMN_INFO, "%u shard(s): %s", rt_engine_shards(srv->eng), what);
 	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
 	lfd = listen_on(&srv->cfg);
 	if (lfd < 0) {

@@ -126,10 +126,18 @@ uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last)
 
 void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len)
 {
+	char why[KRN_MSGLEN];
+	uint32_t unbound = shard_pool_unbound(e->pool, why);
+	size_t at;
+
 	if (e->gpus)
 		shard_gpus_describe(e->gpus, buf, len);
 	else
 		snprintf(buf, len, "%u CPU shard%s", e->n_shards, e->n_shards == 1 ? "" : "s");
+	at = strlen(buf);
+	if (unbound)
+		snprintf(buf + at, len - at, "; %u worker%s not bound as planned: %s", unbound,
+			 unbound == 1 ? "" : "s", why);
 }
 
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes)

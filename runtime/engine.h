@@ -43,7 +43,8 @@ uint64_t rt_engine_used(const struct rt_engine *e);
 /* Shards of the engine's sequences (DASHKV_SHARDS). */
 uint32_t rt_engine_shards(const struct rt_engine *e);
 /* One line on the shards: "2 CPU shards", or the GPU shards' devices and
- * collective. */
+ * collective; then the workers not bound as the plan says, if any, and why
+ * ("; 1 worker not bound as planned: ..."). */
 void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len);
 /* GPU shards: jobs the host ran after a device error, and the last error
  * (0 and "" on CPU shards; last: KRN_MSGLEN bytes, may be NULL). */

@@ -406,60 +406,57 @@ static hwloc_topology_t this_machine(const struct shard_plan *p)
 	return local_topo;
 }
 
-static void bind_warning(uint32_t shard, hwloc_const_bitmap_t set,
-			 const char *why)
+static void bind_note(char *err, uint32_t shard, hwloc_const_bitmap_t set,
+		      const char *why)
 {
 	char *list = NULL;
 
 	if (hwloc_bitmap_list_asprintf(&list, set) < 0)
 		list = NULL;
-	fprintf(stderr, "dashkv: warning: shard %u: cpus %s: %s\n",
-		shard, list ? list : "?", why);
+	krn_msgf(err, -1, "shard %u: cpus %s: %s", shard, list ? list : "?", why);
 	free(list);
 }
 
-/* Bind to the shard's CPUs that exist here; warn about the others. */
-static int bind_to(hwloc_topology_t topo, uint32_t shard, hwloc_const_bitmap_t set)
+/* Bind to the shard's CPUs that exist here; note the others in err. */
+static int bind_to(hwloc_topology_t topo, uint32_t shard, hwloc_const_bitmap_t set,
+		   char *err)
 {
 	hwloc_bitmap_t here = hwloc_bitmap_alloc();
 	int ret = -1;
 
 	if (!here || hwloc_bitmap_and(here, set,
 			hwloc_topology_get_allowed_cpuset(topo)) < 0) {
-		bind_warning(shard, set, "out of memory: thread not bound");
+		bind_note(err, shard, set, "out of memory: thread not bound");
 		goto free_here;
 	}
 	if (hwloc_bitmap_iszero(here)) {
-		bind_warning(shard, set, "none of them here: thread not bound");
+		bind_note(err, shard, set, "none of them here: thread not bound");
 		goto free_here;
 	}
 	if (!hwloc_bitmap_isequal(here, set))
-		bind_warning(shard, set, "some absent here: bound to the rest");
+		bind_note(err, shard, set, "some absent here: bound to the rest");
 	ret = hwloc_set_cpubind(topo, here, HWLOC_CPUBIND_THREAD);
 	if (ret < 0)
-		bind_warning(shard, here, strerror(errno));
+		bind_note(err, shard, here, strerror(errno));
 
 free_here:
 	hwloc_bitmap_free(here);
 	return ret;
 }
 
-int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard)
+int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard, char *err)
 {
 	hwloc_topology_t topo;
 
-	if (shard >= p->n) {
-		fprintf(stderr, "dashkv: warning: no shard %u in a plan of %u\n",
-			shard, p->n);
-		return -1;
-	}
+	if (shard >= p->n)
+		return krn_msgf(err, -1, "no shard %u in a plan of %u", shard, p->n);
 	topo = this_machine(p);
 	if (!topo) {
-		bind_warning(shard, p->shards[shard].cpuset,
-			     "no topology of this machine: thread not bound");
+		bind_note(err, shard, p->shards[shard].cpuset,
+			  "no topology of this machine: thread not bound");
 		return -1;
 	}
-	return bind_to(topo, shard, p->shards[shard].cpuset);
+	return bind_to(topo, shard, p->shards[shard].cpuset, err);
 }
 
 static int node_usable(int node)

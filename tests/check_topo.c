@@ -651,10 +651,10 @@ START_TEST(bind_this_machine)
 
 	ck_assert_int_eq(shard_topo_load(&t, NULL, NULL, err), 0);
 	p = make(t, NULL, 0);
-	ck_assert_int_eq(shard_plan_bind_thread(p, 0), 0);
+	ck_assert_int_eq(shard_plan_bind_thread(p, 0, NULL), 0);
 	ck_assert_int_eq(hwloc_get_cpubind(t->topo, now, HWLOC_CPUBIND_THREAD), 0);
 	ck_assert(hwloc_bitmap_isequal(now, p->shards[0].cpuset));
-	ck_assert_int_lt(shard_plan_bind_thread(p, p->n), 0);
+	ck_assert_int_lt(shard_plan_bind_thread(p, p->n, NULL), 0);
 	hwloc_bitmap_free(now);
 	shard_plan_free(p);
 	shard_topo_free(t);
@@ -674,13 +674,13 @@ START_TEST(bind_foreign_plan_warns)
 	ck_assert_int_eq(hwloc_topology_init(&here), 0);
 	ck_assert_int_eq(hwloc_topology_load(here), 0);
 	if (hwloc_bitmap_isset(hwloc_topology_get_allowed_cpuset(here), 0)) {
-		ck_assert_int_eq(shard_plan_bind_thread(p, 0), 0);
+		ck_assert_int_eq(shard_plan_bind_thread(p, 0, NULL), 0);
 		ck_assert_int_eq(hwloc_get_cpubind(here, now, HWLOC_CPUBIND_THREAD), 0);
 		ck_assert(hwloc_bitmap_isincluded(now, p->shards[0].cpuset));
 	}
 	if (!hwloc_bitmap_intersects(hwloc_topology_get_allowed_cpuset(here),
 				     p->shards[7].cpuset))
-		ck_assert_int_lt(shard_plan_bind_thread(p, 7), 0);
+		ck_assert_int_lt(shard_plan_bind_thread(p, 7, NULL), 0);
 	hwloc_topology_destroy(here);
 	hwloc_bitmap_free(now);
 	shard_plan_free(p);
