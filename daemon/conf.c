@@ -87,7 +87,7 @@ static int parse_size(const char *v, uint64_t *out)
 }
 
 static int parse_value(const struct centry *e, struct dmn_config *c,
-		       const char *v, char *err, size_t errlen)
+		       const char *v, char *err)
 {
 	uint64_t x = 0;
 	int rc = 0;
@@ -95,10 +95,8 @@ static int parse_value(const struct centry *e, struct dmn_config *c,
 	switch (e->type) {
 	case C_STR:
 	case C_LIST:
-		if (strlen(v) >= e->size || (e->type == C_STR && !*v)) {
-			snprintf(err, errlen, "%s: value empty or too long", e->name);
-			return -1;
-		}
+		if (strlen(v) >= e->size || (e->type == C_STR && !*v))
+			return krn_msgf(err, -1, "%s: value empty or too long", e->name);
 		/* zero the rest: reload compares whole fields */
 		memset((char *)c + e->off, 0, e->size);
 		strcpy((char *)c + e->off, v);
@@ -113,46 +111,37 @@ static int parse_value(const struct centry *e, struct dmn_config *c,
 				x = i, rc = 0;
 		break;
 	}
-	if (rc || x < e->min || x > e->max) {
-		snprintf(err, errlen, "%s: bad value \"%s\" (range %" PRIu64 " .. %" PRIu64 ")",
-			 e->name, v, e->min, e->max);
-		return -1;
-	}
+	if (rc || x < e->min || x > e->max)
+		return krn_msgf(err, -1, "%s: bad value \"%s\" (range %" PRIu64 " .. %" PRIu64 ")",
+				e->name, v, e->min, e->max);
 	*(uint64_t *)((char *)c + e->off) = x;
 	return 0;
 }
 
 /* Rules beyond a setting's bounds. */
-static int check_value(const struct dmn_config *c, const char *name,
-		       char *err, size_t errlen)
+static int check_value(const struct dmn_config *c, const char *name, char *err)
 {
-	if (!strcmp(name, "ring_entries") && (c->ring_entries & (c->ring_entries - 1))) {
-		snprintf(err, errlen, "ring_entries: %" PRIu64 " is not a power of two",
-			 c->ring_entries);
-		return -1;
-	}
+	if (!strcmp(name, "ring_entries") && (c->ring_entries & (c->ring_entries - 1)))
+		return krn_msgf(err, -1, "ring_entries: %" PRIu64 " is not a power of two",
+				c->ring_entries);
 	return 0;
 }
 
 void dmn_config_defaults(struct dmn_config *c)
 {
-	char err[128];
-
 	memset(c, 0, sizeof(*c));
 	for (size_t i = 0; i < N_ENTRIES; i++)
-		parse_value(&table[i], c, table[i].def, err, sizeof(err));
+		parse_value(&table[i], c, table[i].def, NULL);
 }
 
-int dmn_config_line(struct dmn_config *c, const char *line, char *err, size_t errlen)
+int dmn_config_line(struct dmn_config *c, const char *line, char *err)
 {
 	char name[64];
 	size_t n = strcspn(line, " \t=");
 	const char *v = line + n;
 
-	if (n >= sizeof(name)) {
-		snprintf(err, errlen, "setting name too long");
-		return -1;
-	}
+	if (n >= sizeof(name))
+		return krn_msgf(err, -1, "setting name too long");
 	memcpy(name, line, n);
 	name[n] = '\0';
 	v += strspn(v, " \t");
@@ -160,10 +149,9 @@ int dmn_config_line(struct dmn_config *c, const char *line, char *err, size_t er
 		v += 1 + strspn(v + 1, " \t");
 	for (size_t i = 0; i < N_ENTRIES; i++)
 		if (!strcmp(table[i].name, name))
-			return parse_value(&table[i], c, v, err, errlen) ||
-			       check_value(c, name, err, errlen) ? -1 : 0;
-	snprintf(err, errlen, "unknown setting \"%s\"", name);
-	return -1;
+			return parse_value(&table[i], c, v, err) ||
+			       check_value(c, name, err) ? -1 : 0;
+	return krn_msgf(err, -1, "unknown setting \"%s\"", name);
 }
 
 static char *trim(char *s)
@@ -178,10 +166,9 @@ static char *trim(char *s)
 	return s;
 }
 
-int dmn_config_load(const char *path, int missing_ok, struct dmn_config *c,
-		    char *err, size_t errlen)
+int dmn_config_load(const char *path, int missing_ok, struct dmn_config *c, char *err)
 {
-	char buf[1024], why[256];
+	char buf[1024], why[KRN_MSGLEN];
 	unsigned lineno = 0;
 	FILE *f;
 
@@ -190,8 +177,7 @@ int dmn_config_load(const char *path, int missing_ok, struct dmn_config *c,
 	if (!f) {
 		if (missing_ok && errno == ENOENT)
 			return 0;
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return -1;
+		return krn_msgf(err, -1, "%s: %s", path, strerror(errno));
 	}
 	while (fgets(buf, sizeof(buf), f)) {
 		char *line = trim(buf);
@@ -199,10 +185,9 @@ int dmn_config_load(const char *path, int missing_ok, struct dmn_config *c,
 		lineno++;
 		if (!*line)
 			continue;
-		if (dmn_config_line(c, line, why, sizeof(why))) {
-			snprintf(err, errlen, "%s:%u: %s", path, lineno, why);
+		if (dmn_config_line(c, line, why)) {
 			fclose(f);
-			return -1;
+			return krn_msgf(err, -1, "%s:%u: %s", path, lineno, why);
 		}
 	}
 	fclose(f);

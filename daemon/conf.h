@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "msg.h"
+
 #define DMN_DEF_CONFIG "/etc/dashkv/dashkv.conf"
 #define DMN_DEF_SOCKET "/run/dashkv/dashkvd.sock"
 #define DMN_MAX_IDS 64
@@ -34,10 +36,9 @@ void dmn_config_defaults(struct dmn_config *c);
  * Read path into c (defaults first).  A missing file is an error unless
  * missing_ok.  On error returns -1 with "file:line: reason" in err.
  */
-int dmn_config_load(const char *path, int missing_ok, struct dmn_config *c,
-		    char *err, size_t errlen);
+int dmn_config_load(const char *path, int missing_ok, struct dmn_config *c, char *err);
 /* Parse one "name value" line (already trimmed); 0 or -1 with err. */
-int dmn_config_line(struct dmn_config *c, const char *line, char *err, size_t errlen);
+int dmn_config_line(struct dmn_config *c, const char *line, char *err);
 /* Apply the reloadable settings of next to cur; log the others ignored. */
 void dmn_config_reload(struct dmn_config *cur, const struct dmn_config *next);
 void dmn_config_print(const struct dmn_config *c, FILE *f);

@@ -87,10 +87,10 @@ union reply {
 /* Receive one reply; print an error reply or a failure and return 1. */
 static int receive(int fd, struct ipc_hdr *h, union reply *p)
 {
-	char err[IPC_MSGLEN] = "";
-	int rc = ipc_recv(fd, h, p, 5000, NULL, err, sizeof(err));
+	char err[KRN_MSGLEN] = "";
+	int rc = ipc_recv(fd, h, p, 5000, NULL, err);
 
-	if (rc == DKV_OK && h->type == IPC_ERROR && !ipc_check_error(&p->e, err, sizeof(err))) {
+	if (rc == DKV_OK && h->type == IPC_ERROR && !ipc_check_error(&p->e, err)) {
 		fprintf(stderr, "dashkvctl: %s\n", p->e.msg);
 		return 1;
 	}

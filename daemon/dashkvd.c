@@ -66,7 +66,7 @@ static int plan(int argc, char **argv)
 	static struct dmn_config cfg;
 	const char *path = DMN_DEF_CONFIG;
 	char **rest = calloc((size_t)argc + 1, sizeof(*rest));
-	char err[512];
+	char err[KRN_MSGLEN];
 	int n = 0, explicit_cfg = 0, rc;
 
 	if (!rest)
@@ -80,7 +80,7 @@ static int plan(int argc, char **argv)
 			rest[n++] = argv[i];
 		}
 	}
-	if (dmn_config_load(path, !explicit_cfg, &cfg, err, sizeof(err))) {
+	if (dmn_config_load(path, !explicit_cfg, &cfg, err)) {
 		fprintf(stderr, "dashkvd: %s\n", err);
 		free(rest);
 		return 1;
@@ -103,7 +103,7 @@ static int wants_plan(int argc, char **argv)
 static int check_shards(const struct dmn_config *cfg)
 {
 	struct rt_engine *eng;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	if (rt_engine_new_shards(&eng, shard_spec(cfg), err)) {
 		fprintf(stderr, "dashkvd: shards: %s\n", err);
@@ -231,10 +231,10 @@ static void accept_one(struct dmn_server *srv, int lfd, struct tracked *t)
 static void reload(struct dmn_server *srv, const char *path)
 {
 	struct dmn_config next;
-	char err[512];
+	char err[KRN_MSGLEN];
 
 	dmn_notify("RELOADING=1");
-	if (dmn_config_load(path, 0, &next, err, sizeof(err))) {
+	if (dmn_config_load(path, 0, &next, err)) {
 		dmn_log(DMN_ERROR, "reload refused: %s", err);
 	} else {
 		if (socket_override)
@@ -292,15 +292,16 @@ static void main_loop(struct dmn_server *srv, int lfd, const char *path)
 
 static int run(struct dmn_server *srv, const char *path)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
+	char what[2 * KRN_MSGLEN]; /* the shards, quoting up to two messages */
 	int lfd;
 
 	if (rt_engine_new_shards(&srv->eng, shard_spec(&srv->cfg), err)) {
 		dmn_log(DMN_ERROR, "engine: %s", err);
 		return 1;
 	}
-	rt_engine_describe(srv->eng, err, sizeof(err));
-	dmn_log(DMN_INFO, "%u shard(s): %s", rt_engine_shards(srv->eng), err);
+	rt_engine_describe(srv->eng, what, sizeof(what));
+	dmn_log(DMN_INFO, "%u shard(s): %s", rt_engine_shards(srv->eng), what);
 	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
 	lfd = listen_on(&srv->cfg);
 	if (lfd < 0) {
@@ -370,7 +371,7 @@ int main(int argc, char **argv)
 	static struct dmn_server srv;
 	const char *path = DMN_DEF_CONFIG, *sock = NULL;
 	int check = 0, print = 0, explicit_cfg = 0, opt;
-	char err[512];
+	char err[KRN_MSGLEN];
 
 	if (wants_plan(argc, argv))
 		return plan(argc, argv);
@@ -390,7 +391,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (dmn_config_load(path, !explicit_cfg, &srv.cfg, err, sizeof(err))) {
+	if (dmn_config_load(path, !explicit_cfg, &srv.cfg, err)) {
 		fprintf(stderr, "dashkvd: %s\n", err);
 		return 1;
 	}

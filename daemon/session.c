@@ -175,7 +175,7 @@ static struct sseq *find_seq(struct dmn_session *s, uint32_t id)
 static int do_open(struct dmn_session *s, uint32_t seq, const dkv_seq_config *wire,
 		   const char *path)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	struct sseq *q = NULL;
 	struct ipc_open_ok ok = { 0 };
 	dkv_seq_config cfg = *wire;
@@ -209,8 +209,8 @@ static int do_open(struct dmn_session *s, uint32_t seq, const dkv_seq_config *wi
 
 static int do_open_model(struct dmn_session *s, uint32_t seq, const struct ipc_open_model *m)
 {
-	char err[IPC_MSGLEN] = "";
-	int rc = ipc_check_open_model(m, err, sizeof(err));
+	char err[KRN_MSGLEN] = "";
+	int rc = ipc_check_open_model(m, err);
 
 	if (rc == DKV_E_PROTO) {
 		bad_message(s);
@@ -224,7 +224,7 @@ static int do_open_model(struct dmn_session *s, uint32_t seq, const struct ipc_o
 
 static int do_ref(struct dmn_session *s, const struct ipc_hdr *h, const struct ipc_ref *m)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	struct sseq *q = find_seq(s, m->seq_id);
 	struct ipc_length_ok len;
 	dkv_stats st;
@@ -256,7 +256,7 @@ static int do_ref(struct dmn_session *s, const struct ipc_hdr *h, const struct i
 /* One control message; a negative return ends the session. */
 static int control(struct dmn_session *s)
 {
-	char err[IPC_MSGLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	struct ipc_hdr h;
 	union {
 		struct ipc_open open;
@@ -264,7 +264,7 @@ static int control(struct dmn_session *s)
 		struct ipc_ref ref;
 		char raw[IPC_MAX_PAYLOAD];
 	} p;
-	int rc = ipc_recv(s->sock, &h, &p, 1000, NULL, err, sizeof(err));
+	int rc = ipc_recv(s->sock, &h, &p, 1000, NULL, err);
 
 	if (rc == DKV_E_DISCONNECTED)
 		return -1;
@@ -286,7 +286,7 @@ static int control(struct dmn_session *s)
 	case IPC_LENGTH:
 	case IPC_STATS:
 	case IPC_TRAIN:
-		if (ipc_check_ref(&p.ref, err, sizeof(err)))
+		if (ipc_check_ref(&p.ref, err))
 			return send_error(s, h.seq, DKV_E_NOTFOUND, err) ? -1 : 0;
 		return do_ref(s, &h, &p.ref) ? -1 : 0;
 	}
@@ -341,10 +341,9 @@ static int check_session_limit(struct dmn_session *s, uint64_t add, char *err)
 	held = session_bytes(s);
 	if (held + add <= limit)
 		return DKV_OK;
-	snprintf(err, RT_ERRLEN, "session memory limit: %llu bytes held, step adds "
-		 "%llu, limit %llu", (unsigned long long)held,
-		 (unsigned long long)add, (unsigned long long)limit);
-	return DKV_E_NOSPACE;
+	return krn_msgf(err, DKV_E_NOSPACE, "session memory limit: %llu bytes held, step adds "
+			"%llu, limit %llu", (unsigned long long)held,
+			(unsigned long long)add, (unsigned long long)limit);
 }
 
 /*
@@ -371,9 +370,8 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 	int rc;
 
 	if (!q || !e->seq_id)
-		return snprintf(err, RT_ERRLEN, "no sequence %u in this session",
-				e->seq_id), DKV_E_NOTFOUND;
-	rc = ipc_check_sqe(e, &q->geom, s->off.arena_size, err, RT_ERRLEN);
+		return krn_msgf(err, DKV_E_NOTFOUND, "no sequence %u in this session", e->seq_id);
+	rc = ipc_check_sqe(e, &q->geom, s->off.arena_size, err);
 	if (rc)
 		return rc;
 	qb = ipc_q_bytes(&q->geom, e->n_q);
@@ -388,7 +386,7 @@ static int step(struct dmn_session *s, const struct ipc_sqe *e, char *err)
 	vo = ipc_congruent(ko + kb, e->v_off);
 	buf = scratch(s, vo + kb + 1);
 	if (!buf)
-		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory");
 	memcpy(buf + qo, arena + e->q_off * !!qb, qb);
 	memcpy(buf + ko, arena + e->k_off * !!kb, kb);
 	memcpy(buf + vo, arena + e->v_off * !!kb, kb);
@@ -413,7 +411,7 @@ static void overran(struct dmn_session *s, const struct ipc_sqe *e)
 /* Serve one step taken off the submission ring. */
 static void serve_step(struct dmn_session *s, const struct ipc_sqe *e)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	atomic_store_explicit(&s->busy_since, now_ms(), memory_order_relaxed);
@@ -616,7 +614,7 @@ static int reserve(struct dmn_session *s)
 
 static int handshake(struct dmn_session *s)
 {
-	char err[IPC_MSGLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	struct ipc_hdr h;
 	union {
 		struct ipc_hello hello;
@@ -626,26 +624,26 @@ static int handshake(struct dmn_session *s)
 	enum ipc_reject why = IPC_REJ_HANDSHAKE;
 	int fd, rc;
 
-	rc = ipc_recv(s->sock, &h, &p, HELLO_MS, NULL, err, sizeof(err));
+	rc = ipc_recv(s->sock, &h, &p, HELLO_MS, NULL, err);
 	if (rc == DKV_E_PROTO)
 		why = IPC_REJ_MESSAGE;
 	if (rc == DKV_OK && control_request(s, &h))
 		return -1;
 	if (rc == DKV_OK && atomic_load(&s->srv->draining)) {
-		rc = DKV_E_DISCONNECTED, snprintf(err, sizeof(err), "the daemon is "
-			"draining and takes no new sessions");
+		rc = krn_msgf(err, DKV_E_DISCONNECTED, "the daemon is "
+			      "draining and takes no new sessions");
 		why = IPC_REJ_BUSY;
 	}
 	if (rc == DKV_OK && h.type != IPC_HELLO)
-		rc = DKV_E_PROTO, snprintf(err, sizeof(err), "expected hello");
+		rc = krn_msgf(err, DKV_E_PROTO, "expected hello");
 	if (rc == DKV_OK)
-		rc = ipc_check_hello(&p.hello, err, sizeof(err));
+		rc = ipc_check_hello(&p.hello, err);
 	if (rc == DKV_OK && p.hello.arena_size > s->srv->cfg.max_arena)
-		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "arena of %llu bytes "
-			"above max_arena", (unsigned long long)p.hello.arena_size);
+		rc = krn_msgf(err, DKV_E_NOSPACE, "arena of %llu bytes "
+			      "above max_arena", (unsigned long long)p.hello.arena_size);
 	if (rc == DKV_OK && !reserve(s)) {
-		rc = DKV_E_NOSPACE, snprintf(err, sizeof(err), "too many sessions "
-			"(max_sessions %llu)", (unsigned long long)s->srv->cfg.max_sessions);
+		rc = krn_msgf(err, DKV_E_NOSPACE, "too many sessions "
+			      "(max_sessions %llu)", (unsigned long long)s->srv->cfg.max_sessions);
 		why = IPC_REJ_BUSY;
 	}
 	if (rc == DKV_OK)

@@ -7,7 +7,6 @@
  */
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,14 +20,6 @@
 
 static pthread_mutex_t gpu_lock = PTHREAD_MUTEX_INITIALIZER;
 static const struct krn_gpu_ops *gpu_ops;
-
-static int gpu_fail(char *err, int code, const char *what, const char *why)
-{
-	if (err)
-		snprintf(err, KRN_GPU_ERRLEN, "GPU module: %s%s%s", what, why ? ": " : "",
-			 why ? why : "");
-	return code;
-}
 
 static const char *module_path(const char *path)
 {
@@ -51,14 +42,16 @@ static int open_module(const char *path, const struct krn_gpu_ops **out, char *e
 
 	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (!h)
-		return gpu_fail(err, DKV_E_UNSUPPORTED, "cannot load the module", dlerror());
+		return krn_msgf(err, DKV_E_UNSUPPORTED, "GPU module: cannot load the module: %s",
+				dlerror());
 	ops = dlsym(h, KRN_GPU_SYM);
 	if (!ops) {
-		rc = gpu_fail(err, DKV_E_PROTO, "no table " KRN_GPU_SYM " in", path);
+		rc = krn_msgf(err, DKV_E_PROTO, "GPU module: no table " KRN_GPU_SYM " in: %s",
+			      path);
 		goto close_module;
 	}
 	if (ops->abi != KRN_GPU_ABI) {
-		rc = gpu_fail(err, DKV_E_PROTO, "ABI version mismatch", path);
+		rc = krn_msgf(err, DKV_E_PROTO, "GPU module: ABI version mismatch: %s", path);
 		goto close_module;
 	}
 	rc = ops->probe(&ndev, err);

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "msg.h"
+
 enum krn_level { KRN_SCALAR = 0, KRN_AVX2 = 1, KRN_AVX512 = 2, KRN_NLEVELS };
 
 /* Online-softmax partial attention state for one query. */
@@ -250,7 +252,7 @@ enum krn_level krn_cpu_level(void);
  * level this CPU or build lacks (no silent fallback).  Called once by
  * the runtime; krn_get() calls it lazily with the default.
  */
-int krn_init(char *err, size_t errlen);
+int krn_init(char *err);
 
 /* The level tables, defined in kernels/cpu/{ref,avx2,avx512}.c. */
 extern const struct krn_ops krn_ops_scalar;

@@ -13,7 +13,7 @@
  * stream (the module is built with per-thread default streams), so each
  * shard thread has its own stream; they return once queued.  sync waits.
  * Entry points return 0 or a negative DKV_E_* code with a message in err
- * (KRN_GPU_ERRLEN bytes).  Kernels never allocate: scratch comes from the
+ * (msg.h).  Kernels never allocate: scratch comes from the
  * caller, sized by the *_ws functions.
  */
 #ifndef DKV_KRN_GPU_H
@@ -22,8 +22,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "msg.h"
+
 #define KRN_GPU_ABI 1
-#define KRN_GPU_ERRLEN 256
 #define KRN_GPU_SYM "dkv_cuda_module"
 #define KRN_GPU_MAXQ 16   /* queries of one group (GQA) per kernel call */
 #define KRN_GPU_MAXDIM 256

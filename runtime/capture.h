@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "msg.h"
+
 #define RT_CAPT_MAGIC "DKVCAPT1"
 #define RT_CAPT_VERSION 1u
 #define RT_CAPT_HEADER 40u
@@ -36,9 +38,9 @@ const float *rt_capture_queries(const struct rt_capture *c, uint32_t l);
 /*
  * Read a whole capture file.  Returns DKV_OK or DKV_E_NOTFOUND,
  * DKV_E_IO, DKV_E_INVAL (bad magic, version, geometry, size or crc),
- * DKV_E_NOMEM, with a message in err (errlen bytes).
+ * DKV_E_NOMEM, with a message in err.
  */
-int rt_capture_read(const char *path, struct rt_capture *out, char *err, size_t errlen);
+int rt_capture_read(const char *path, struct rt_capture *out, char *err);
 void rt_capture_free(struct rt_capture *c);
 
 /*
@@ -54,8 +56,8 @@ struct rt_capture_writer {
 
 int rt_capture_begin(struct rt_capture_writer *w, const char *path,
 		     uint32_t head_dim, uint32_t n_heads, uint32_t n_kv_heads,
-		     uint32_t n_layers, uint32_t n_tokens, char *err, size_t errlen);
+		     uint32_t n_layers, uint32_t n_tokens, char *err);
 void rt_capture_put(struct rt_capture_writer *w, const float *x, size_t n);
-int rt_capture_end(struct rt_capture_writer *w, char *err, size_t errlen);
+int rt_capture_end(struct rt_capture_writer *w, char *err);
 
 #endif

@@ -3,7 +3,6 @@
  * choice of transport by address, the client's list of sequences, and
  * the dispatch to the transport (struct rt_transport_ops in client.h).
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,14 +58,12 @@ static int connect_to(const char *address, dkv_client **out, char *err)
 	int rc;
 
 	if (!out)
-		return snprintf(err, RT_ERRLEN, "out is NULL"), DKV_E_INVAL;
+		return krn_msgf(err, DKV_E_INVAL, "out is NULL");
 	address = resolve_address(address);
 	ops = transport_of(address, &where);
-	if (!ops) {
-		snprintf(err, RT_ERRLEN, "address \"%.200s\": neither \"embedded\" "
-			 "nor \"unix:PATH\"", address);
-		return DKV_E_INVAL;
-	}
+	if (!ops)
+		return krn_msgf(err, DKV_E_INVAL, "address \"%.200s\": neither \"embedded\" "
+				"nor \"unix:PATH\"", address);
 	rc = ops->connect(where, &c, err);
 	if (rc)
 		return rc;
@@ -78,7 +75,7 @@ static int connect_to(const char *address, dkv_client **out, char *err)
 
 int dkv_connect(const char *address, dkv_client **out)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	return cl_set_connect_error(connect_to(address, out, err), err);
 }
@@ -95,7 +92,7 @@ void dkv_disconnect(dkv_client *c)
 
 int dkv_set_memory_limit(dkv_client *c, uint64_t bytes)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	if (!c)
@@ -106,7 +103,7 @@ int dkv_set_memory_limit(dkv_client *c, uint64_t bytes)
 
 int dkv_seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq **out)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	dkv_seq *s;
 	int rc;
 
@@ -131,7 +128,7 @@ int dkv_seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq **out)
 
 int dkv_seq_close(dkv_seq *s)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	dkv_client *c;
 	int rc;
 
@@ -151,7 +148,7 @@ int dkv_seq_close(dkv_seq *s)
 int dkv_step(dkv_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 	     const void *k, const void *v, uint32_t n_new, void *out)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	if (!s)
@@ -162,7 +159,7 @@ int dkv_step(dkv_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 
 int dkv_seq_length(const dkv_seq *s, uint32_t layer, uint64_t *tokens)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	uint64_t n;
 	int rc;
 
@@ -179,7 +176,7 @@ int dkv_seq_length(const dkv_seq *s, uint32_t layer, uint64_t *tokens)
 
 int dkv_seq_train(dkv_seq *s)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	if (!s)
@@ -190,7 +187,7 @@ int dkv_seq_train(dkv_seq *s)
 
 int dkv_seq_stats(const dkv_seq *s, dkv_stats *st)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	dkv_stats tmp;
 	int rc;
 

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 #include "dashkv.h"
-#include "engine.h"   /* RT_ERRLEN */
+#include "msg.h"
 
 /*
  * A transport: how a client reaches an engine, one file each
@@ -15,7 +15,7 @@
  * sequences with struct dkv_client or struct dkv_seq as their first
  * member, and frees them in disconnect and seq_close; client.c fills in
  * the members of those two.  A call that fails returns a DKV_E_* status
- * and writes its message into err (RT_ERRLEN bytes).
+ * and writes its message into err (msg.h).
  */
 struct rt_transport_ops {
 	/* "name" for an address that is the name, "name:" for a prefix */

@@ -3,7 +3,6 @@
  * calling process (engine.c).  Also the internal hooks of trace.h, which
  * only an embedded sequence has.
  */
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "client.h"
@@ -38,7 +37,7 @@ static int emb_connect(const char *where, dkv_client **out, char *err)
 
 	(void)where; /* the scheme "embedded" is the whole address */
 	if (!ec)
-		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory");
 	rc = rt_engine_new(&ec->eng, err);
 	if (rc) {
 		free(ec);
@@ -68,7 +67,7 @@ static int emb_seq_open(dkv_client *c, const dkv_seq_config *cfg, dkv_seq **out,
 	int rc;
 
 	if (!es)
-		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory");
 	rc = rt_seq_open(eng_of(c), cfg, &es->rs, err);
 	if (rc) {
 		free(es);
@@ -166,7 +165,7 @@ const char *rt_kernel_name(void)
 
 int rt_seq_load_model(dkv_seq *s, const char *path, uint32_t layer0)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	if (!embedded(s) || !path)
@@ -177,7 +176,7 @@ int rt_seq_load_model(dkv_seq *s, const char *path, uint32_t layer0)
 
 int rt_seq_save_model(const dkv_seq *s, const char *path)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	if (!embedded(s) || !path)

@@ -2,14 +2,10 @@
  * client_ipc.c - the "unix:" transport: dashkvd over a Unix socket and
  * shared rings (the protocol is runtime/ipc/transport.c).
  */
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "client.h"
-#include "engine.h"
 #include "ipc/transport.h"
-
-_Static_assert(IPC_MSGLEN <= RT_ERRLEN, "an IPC message fits an err buffer");
 
 struct daemon_client {
 	struct dkv_client c;   /* first: a dkv_client * points here */
@@ -43,7 +39,7 @@ static int daemon_connect(const char *path, dkv_client **out, char *err)
 	int rc;
 
 	if (!dc)
-		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory");
 	rc = ipc_connect(path, &dc->conn, err);
 	if (rc) {
 		free(dc);
@@ -62,8 +58,8 @@ static void daemon_disconnect(dkv_client *c)
 static int daemon_set_memory_limit(dkv_client *c, uint64_t bytes, char *err)
 {
 	(void)c, (void)bytes;
-	snprintf(err, RT_ERRLEN, "the daemon's memory limits are set in dashkv.conf");
-	return DKV_E_UNSUPPORTED;
+	return krn_msgf(err, DKV_E_UNSUPPORTED,
+			"the daemon's memory limits are set in dashkv.conf");
 }
 
 static int daemon_seq_open(dkv_client *c, const dkv_seq_config *cfg,
@@ -74,7 +70,7 @@ static int daemon_seq_open(dkv_client *c, const dkv_seq_config *cfg,
 	int rc;
 
 	if (!ds)
-		return snprintf(err, RT_ERRLEN, "out of memory"), DKV_E_NOMEM;
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory");
 	rc = ipc_open(conn_of(c), cfg, &ds->id, &r, err);
 	if (rc) {
 		free(ds);

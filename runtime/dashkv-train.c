@@ -191,14 +191,14 @@ int main(int argc, char **argv)
 	struct topts o;
 	struct rt_capture c;
 	struct rt_model m;
-	char err[512];
+	char err[KRN_MSGLEN];
 	int rc = parse_args(argc, argv, &o);
 
 	if (rc) {
 		usage(rc > 0 ? stdout : stderr);
 		return rc > 0 ? 0 : 2;
 	}
-	rc = rt_capture_read(o.in, &c, err, sizeof(err));
+	rc = rt_capture_read(o.in, &c, err);
 	if (rc) {
 		fprintf(stderr, "dashkv-train: %s\n", err);
 		return 1;
@@ -215,7 +215,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	rc = train_all(&o, &c, &m);
-	if (!rc && rt_model_write(&m, o.out, err, sizeof(err))) {
+	if (!rc && rt_model_write(&m, o.out, err)) {
 		fprintf(stderr, "dashkv-train: %s\n", err);
 		rc = -1;
 	}

@@ -8,7 +8,6 @@
  * calls lives beside it: input.c, scratch.c, attend.c, fit.c
  * (engine_int.h).
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,18 +21,6 @@
 #include "proj.h"
 #include "store.h"
 
-int rt_fail(char *err, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err) {
-		va_start(ap, fmt);
-		vsnprintf(err, RT_ERRLEN, fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
-
 /* ---- engine and memory accounting ---- */
 
 /*
@@ -42,14 +29,14 @@ int rt_fail(char *err, int code, const char *fmt, ...)
  */
 static int engine_gpu_shards(struct rt_engine *e, const char *spec, char *err)
 {
-	char perr[RT_ERRLEN];
+	char perr[KRN_MSGLEN];
 	int rc;
 
-	if (shard_topo_load(&e->topo, NULL, NULL, perr, sizeof(perr)))
+	if (shard_topo_load(&e->topo, NULL, NULL, perr))
 		e->topo = NULL;
 	rc = shard_gpus_open(&e->gpus, e->topo, spec, &e->plan, perr);
 	if (rc)
-		return rt_fail(err, rc, "DASHKV_SHARDS=%s: %s", spec, perr);
+		return krn_msgf(err, rc, "DASHKV_SHARDS=%s: %s", spec, perr);
 	e->n_shards = shard_gpus_count(e->gpus);
 	return shard_pool_new(&e->pool, e->n_shards, e->plan, err);
 }
@@ -62,22 +49,22 @@ static int engine_gpu_shards(struct rt_engine *e, const char *spec, char *err)
 static int engine_shards(struct rt_engine *e, const char *spec, char *err)
 {
 	int is_auto = !spec || !*spec || !strcmp(spec, "auto");
-	char perr[RT_ERRLEN];
+	char perr[KRN_MSGLEN];
 
 	if (spec && !strncmp(spec, "gpu:", 4))
 		return engine_gpu_shards(e, spec, err);
-	if (shard_topo_load(&e->topo, NULL, NULL, perr, sizeof(perr))) {
+	if (shard_topo_load(&e->topo, NULL, NULL, perr)) {
 		if (!is_auto)
-			return rt_fail(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec, perr);
+			return krn_msgf(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec, perr);
 		e->topo = NULL;
-	} else if (shard_plan_make(e->topo, spec, &e->plan, perr, sizeof(perr))) {
-		return rt_fail(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec ? spec : "", perr);
+	} else if (shard_plan_make(e->topo, spec, &e->plan, perr)) {
+		return krn_msgf(err, DKV_E_INVAL, "DASHKV_SHARDS=%s: %s", spec ? spec : "", perr);
 	}
 	e->n_shards = e->plan ? e->plan->n : 1;
 	if (e->plan && e->plan->n_nodes > 1) {
 		e->node = calloc(e->n_shards, sizeof(int));
 		if (!e->node)
-			return rt_fail(err, DKV_E_NOMEM, "out of memory for the shard plan");
+			return krn_msgf(err, DKV_E_NOMEM, "out of memory for the shard plan");
 		for (uint32_t i = 0; i < e->n_shards; i++)
 			e->node[i] = (int)e->plan->shards[i].numa;
 	}
@@ -92,15 +79,15 @@ int rt_engine_new(struct rt_engine **out, char *err)
 int rt_engine_new_shards(struct rt_engine **out, const char *spec, char *err)
 {
 	struct rt_engine *e = calloc(1, sizeof(*e));
-	char kerr[160];
+	char kerr[KRN_MSGLEN];
 	int rc;
 
-	if (krn_init(kerr, sizeof(kerr))) {
+	if (krn_init(kerr)) {
 		free(e);
-		return rt_fail(err, DKV_E_INVAL, "%s", kerr);
+		return krn_msgf(err, DKV_E_INVAL, "%s", kerr);
 	}
 	if (!e)
-		return rt_fail(err, DKV_E_NOMEM, "out of memory for the engine");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for the engine");
 	pthread_mutex_init(&e->lock, NULL);
 	rc = engine_shards(e, spec, err);
 	if (rc) {
@@ -130,19 +117,27 @@ uint32_t rt_engine_shards(const struct rt_engine *e)
 	return e->n_shards;
 }
 
-uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last, size_t len)
+uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last)
 {
-	if (last && len)
+	if (last)
 		*last = '\0';
-	return e->gpus ? shard_gpus_fallbacks(e->gpus, last, len) : 0;
+	return e->gpus ? shard_gpus_fallbacks(e->gpus, last) : 0;
 }
 
 void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len)
 {
+	char why[KRN_MSGLEN];
+	uint32_t unbound = shard_pool_unbound(e->pool, why);
+	size_t at;
+
 	if (e->gpus)
 		shard_gpus_describe(e->gpus, buf, len);
 	else
 		snprintf(buf, len, "%u CPU shard%s", e->n_shards, e->n_shards == 1 ? "" : "s");
+	at = strlen(buf);
+	if (unbound)
+		snprintf(buf + at, len - at, "; %u worker%s not bound as planned: %s", unbound,
+			 unbound == 1 ? "" : "s", why);
 }
 
 void rt_engine_set_limit(struct rt_engine *e, uint64_t bytes)
@@ -271,7 +266,7 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 
 	s = calloc(1, sizeof(*s));
 	if (!s)
-		return rt_fail(err, DKV_E_NOMEM, "out of memory for the sequence");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for the sequence");
 	rc = rt_config_resolve(cfg, &s->cfg, err);
 	if (rc) {
 		free(s);
@@ -293,7 +288,7 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	s->trace_n = calloc(s->cfg.n_q_heads, sizeof(uint32_t));
 	if (!s->P || !s->trace_n || layers_init(s) || rt_scratch_fixed(s)) {
 		seq_free(s);
-		return rt_fail(err, DKV_E_NOMEM, "out of memory opening the sequence");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory opening the sequence");
 	}
 	rc = seq_gpu_init(s, err);
 	if (rc) {
@@ -302,7 +297,7 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	}
 	if (rt_mem_take(e, seq_fixed_bytes(s))) {
 		seq_free(s);
-		return rt_fail(err, DKV_E_NOSPACE, "memory limit reached opening the sequence");
+		return krn_msgf(err, DKV_E_NOSPACE, "memory limit reached opening the sequence");
 	}
 	rc = s->cfg.hash_model ? rt_seq_model_open(s, s->cfg.hash_model, err) : DKV_OK;
 	s->cfg.hash_model = NULL; /* read: the caller's string is not kept */
@@ -440,12 +435,12 @@ static int reserve_pages(struct rt_seq *s, struct shard_layer *L, uint64_t token
 	shard_page_bytes(&s->geom, &pb);
 	bytes = (uint64_t)more * pb.total;
 	if (rt_mem_take(s->eng, bytes))
-		return rt_fail(err, DKV_E_NOSPACE,
-			       "memory limit: %u more pages (%llu bytes) would exceed it", more,
-			       (unsigned long long)bytes);
+		return krn_msgf(err, DKV_E_NOSPACE,
+				"memory limit: %u more pages (%llu bytes) would exceed it", more,
+				(unsigned long long)bytes);
 	if (shard_layer_reserve(L, tokens)) {
 		rt_mem_give(s->eng, bytes);
-		return rt_fail(err, DKV_E_NOMEM, "out of memory for %u pages", more);
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for %u pages", more);
 	}
 	s->pages_bytes += bytes;
 	return DKV_OK;
@@ -486,7 +481,7 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 	if (s->trace && !s->trace_idx) {
 		s->trace_idx = malloc((size_t)c->n_q_heads * s->trace_cap * sizeof(uint32_t));
 		if (!s->trace_idx)
-			return rt_fail(err, DKV_E_NOMEM, "out of memory for the trace");
+			return krn_msgf(err, DKV_E_NOMEM, "out of memory for the trace");
 	}
 	/* a background fit swaps in at its step, before this step's keys */
 	if (rt_fit_due(s, L))
@@ -527,8 +522,8 @@ int rt_seq_step(struct rt_seq *s, uint32_t layer, const void *q, uint32_t n_q,
 int rt_seq_len(const struct rt_seq *s, uint32_t layer, uint64_t *tokens, char *err)
 {
 	if (layer >= s->cfg.n_layers)
-		return rt_fail(err, DKV_E_INVAL, "layer %u out of range [0, %u)", layer,
-			       s->cfg.n_layers);
+		return krn_msgf(err, DKV_E_INVAL, "layer %u out of range [0, %u)", layer,
+				s->cfg.n_layers);
 	*tokens = s->layers[layer].store.len;
 	return DKV_OK;
 }

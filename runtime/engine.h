@@ -2,7 +2,7 @@
  * engine.h - the DASH-KV engine: sequence registry, per-layer step, memory
  * accounting.  Used in-process by the embedded transport of
  * libdashkv-client (and by dashkvd).  Errors: a DKV_E_* status plus a
- * message written to the caller's buffer.
+ * message written to the caller's buffer (msg.h).
  */
 #ifndef DKV_RT_ENGINE_H
 #define DKV_RT_ENGINE_H
@@ -11,8 +11,7 @@
 #include <stdint.h>
 
 #include "dashkv.h"
-
-#define RT_ERRLEN 256
+#include "msg.h"
 
 /* Documented defaults (dashkv(7), dkv_seq_config_init(3)). */
 #define RT_DEF_MAX_TOKENS (1ull << 20)
@@ -44,11 +43,12 @@ uint64_t rt_engine_used(const struct rt_engine *e);
 /* Shards of the engine's sequences (DASHKV_SHARDS). */
 uint32_t rt_engine_shards(const struct rt_engine *e);
 /* One line on the shards: "2 CPU shards", or the GPU shards' devices and
- * collective. */
+ * collective; then the workers not bound as the plan says, if any, and why
+ * ("; 1 worker not bound as planned: ..."). */
 void rt_engine_describe(const struct rt_engine *e, char *buf, size_t len);
 /* GPU shards: jobs the host ran after a device error, and the last error
- * (0 and "" on CPU shards). */
-uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last, size_t len);
+ * (0 and "" on CPU shards; last: KRN_MSGLEN bytes, may be NULL). */
+uint64_t rt_engine_gpu_fallbacks(const struct rt_engine *e, char *last);
 
 /* Fill every knob's default (geometry left zero). */
 void rt_config_defaults(dkv_seq_config *cfg);

@@ -156,10 +156,6 @@ struct rt_step_counts {
 	uint64_t coarse_ns, fine_ns, tail_ns;
 };
 
-/* Write the message to err (when not NULL) and return code. */
-int rt_fail(char *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
 static inline uint64_t rt_now_ns(void)
 {
 	struct timespec ts;

@@ -2,24 +2,7 @@
  * errors.c - status strings, the per-client, per-thread last message, and
  * the per-thread message of the last dkv_connect.
  */
-#include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
-
 #include "client.h"
-#include "rterr.h"
-
-int rt_errf(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
 
 const char *dkv_strerror(int status)
 {
@@ -49,13 +32,13 @@ const char *dkv_strerror(int status)
 
 struct err_slot {
 	const dkv_client *c;
-	char msg[RT_ERRLEN];
+	char msg[KRN_MSGLEN];
 };
 
 static __thread struct err_slot slots[ERR_SLOTS];
 static __thread unsigned next_slot;
 /* dkv_connect has no client to record on: dkv_errmsg(NULL) reads this */
-static __thread char connect_msg[RT_ERRLEN];
+static __thread char connect_msg[KRN_MSGLEN];
 
 static struct err_slot *slot_of(const dkv_client *c, int create)
 {
@@ -76,8 +59,7 @@ int cl_set_error(const dkv_client *c, int status, const char *msg)
 	if (!c)
 		return status;
 	s = slot_of(c, 1);
-	snprintf(s->msg, sizeof(s->msg), "%s", msg && *msg ? msg : dkv_strerror(status));
-	return status;
+	return krn_msgf(s->msg, status, "%s", msg && *msg ? msg : dkv_strerror(status));
 }
 
 void cl_forget(const dkv_client *c)
@@ -89,12 +71,11 @@ void cl_forget(const dkv_client *c)
 
 int cl_set_connect_error(int status, const char *msg)
 {
-	if (!status)
+	if (!status) {
 		connect_msg[0] = '\0';
-	else
-		snprintf(connect_msg, sizeof(connect_msg), "%s",
-			 msg && *msg ? msg : dkv_strerror(status));
-	return status;
+		return status;
+	}
+	return krn_msgf(connect_msg, status, "%s", msg && *msg ? msg : dkv_strerror(status));
 }
 
 const char *dkv_errmsg(const dkv_client *c)

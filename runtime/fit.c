@@ -488,16 +488,16 @@ int rt_seq_train_now(struct rt_seq *s, char *err)
 	/* SimHash has nothing to fit; layers without queries keep theirs. */
 	for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
 		if (rt_train_finish(s, &s->layers[l]))
-			return rt_fail(err, DKV_E_NOMEM, "out of memory training layer %u", l);
+			return krn_msgf(err, DKV_E_NOMEM, "out of memory training layer %u", l);
 		if (!rt_can_train(s, &s->layers[l]))
 			continue;
 		int rc = train_layer(s, &s->layers[l]);
 		if (rc == DKV_E_NOSPACE)
-			return rt_fail(err, rc, "memory limit: fitting layer %u needs %llu "
-				       "bytes more; it keeps its models", l,
-				       (unsigned long long)fit_bytes_of(s, &s->layers[l], 0));
+			return krn_msgf(err, rc, "memory limit: fitting layer %u needs %llu "
+					"bytes more; it keeps its models", l,
+					(unsigned long long)fit_bytes_of(s, &s->layers[l], 0));
 		if (rc)
-			return rt_fail(err, DKV_E_NOMEM, "out of memory training layer %u", l);
+			return krn_msgf(err, DKV_E_NOMEM, "out of memory training layer %u", l);
 	}
 	return DKV_OK;
 }

@@ -32,22 +32,22 @@ int rt_check_args(const struct rt_seq *s, uint32_t layer, const void *q,
 	const dkv_seq_config *c = &s->cfg;
 
 	if (layer >= c->n_layers)
-		return rt_fail(err, DKV_E_INVAL, "layer %u out of range [0, %u)", layer,
-			       c->n_layers);
+		return krn_msgf(err, DKV_E_INVAL, "layer %u out of range [0, %u)", layer,
+				c->n_layers);
 	if (n_new && (!k || !v))
-		return rt_fail(err, DKV_E_INVAL, "k and v must not be NULL when n_new is %u",
-			       n_new);
+		return krn_msgf(err, DKV_E_INVAL, "k and v must not be NULL when n_new is %u",
+				n_new);
 	if (n_q && (!q || !out))
-		return rt_fail(err, DKV_E_INVAL, "q and out must not be NULL when n_q is %u", n_q);
+		return krn_msgf(err, DKV_E_INVAL, "q and out must not be NULL when n_q is %u", n_q);
 	uint64_t len = s->layers[layer].store.len;
 	if (n_q > len + n_new)
-		return rt_fail(err, DKV_E_INVAL,
-			       "n_q %u exceeds the %llu tokens the layer holds after the append",
-			       n_q, (unsigned long long)(len + n_new));
+		return krn_msgf(err, DKV_E_INVAL,
+				"n_q %u exceeds the %llu tokens the layer holds after the append",
+				n_q, (unsigned long long)(len + n_new));
 	if (len + n_new > c->max_tokens)
-		return rt_fail(err, DKV_E_NOSPACE,
-			       "layer %u: %llu + %u tokens exceed max_tokens %llu", layer,
-			       (unsigned long long)len, n_new, (unsigned long long)c->max_tokens);
+		return krn_msgf(err, DKV_E_NOSPACE,
+				"layer %u: %llu + %u tokens exceed max_tokens %llu", layer,
+				(unsigned long long)len, n_new, (unsigned long long)c->max_tokens);
 	return DKV_OK;
 }
 
@@ -73,10 +73,12 @@ int rt_check_finite(const struct rt_seq *s, const void *q, uint32_t n_q,
 	size_t nk = (size_t)n_new * c->n_kv_heads * c->head_dim;
 
 	if (!all_finite(c->dtype, q, nq))
-		return rt_fail(err, DKV_E_BADINPUT, "a query holds NaN or Inf; nothing was stored");
+		return krn_msgf(err, DKV_E_BADINPUT,
+				"a query holds NaN or Inf; nothing was stored");
 	if (!all_finite(c->dtype, k, nk))
-		return rt_fail(err, DKV_E_BADINPUT, "a key holds NaN or Inf; nothing was stored");
+		return krn_msgf(err, DKV_E_BADINPUT, "a key holds NaN or Inf; nothing was stored");
 	if (!all_finite(c->dtype, v, nk))
-		return rt_fail(err, DKV_E_BADINPUT, "a value holds NaN or Inf; nothing was stored");
+		return krn_msgf(err, DKV_E_BADINPUT,
+				"a value holds NaN or Inf; nothing was stored");
 	return DKV_OK;
 }

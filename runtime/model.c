@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +10,6 @@
 
 #include "capture.h"
 #include "dashkv.h"
-#include "rterr.h"
 #include "krn.h"
 #include "model.h"
 #include "proj.h"
@@ -169,7 +167,7 @@ static int put(FILE *f, const void *x, size_t n, uint32_t *crc)
 	return fwrite(x, 1, n, f) == n ? 0 : -1;
 }
 
-int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t errlen)
+int rt_model_write(const struct rt_model *m, const char *path, char *err)
 {
 	size_t nf = rt_lhead_floats(m->bits, m->dim, m->hidden);
 	uint8_t h[RT_MODEL_HEADER], w[4];
@@ -178,7 +176,7 @@ int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t
 	FILE *f = fopen(path, "wb");
 
 	if (!f)
-		return rt_errf(err, errlen, DKV_E_IO, "%s: %s", path, strerror(errno));
+		return krn_msgf(err, DKV_E_IO, "%s: %s", path, strerror(errno));
 	header(m, h);
 	bad = put(f, h, sizeof(h), &crc);
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++) {
@@ -190,20 +188,19 @@ int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t
 	bad |= fwrite(w, 1, 4, f) != 4;
 	bad |= fclose(f) != 0;
 	if (bad)
-		return rt_errf(err, errlen, DKV_E_IO, "%s: write failed: %s", path, strerror(errno));
+		return krn_msgf(err, DKV_E_IO, "%s: write failed: %s", path, strerror(errno));
 	return DKV_OK;
 }
 
-static int read_header(FILE *f, const char *path, uint8_t *h, struct rt_model *g,
-		       char *err, size_t errlen)
+static int read_header(FILE *f, const char *path, uint8_t *h, struct rt_model *g, char *err)
 {
 	if (fread(h, 1, RT_MODEL_HEADER, f) != RT_MODEL_HEADER)
-		return rt_errf(err, errlen, DKV_E_INVAL, "%s: shorter than a model header", path);
+		return krn_msgf(err, DKV_E_INVAL, "%s: shorter than a model header", path);
 	if (memcmp(h, RT_MODEL_MAGIC, 8))
-		return rt_errf(err, errlen, DKV_E_INVAL, "%s: not a DASH-KV model file (bad magic)",
+		return krn_msgf(err, DKV_E_INVAL, "%s: not a DASH-KV model file (bad magic)",
 			    path);
 	if (get32(h + 8) != RT_MODEL_VERSION)
-		return rt_errf(err, errlen, DKV_E_INVAL, "%s: model version %u, this build reads %u",
+		return krn_msgf(err, DKV_E_INVAL, "%s: model version %u, this build reads %u",
 			    path, get32(h + 8), RT_MODEL_VERSION);
 	g->bits = get32(h + 12);
 	g->dim = get32(h + 16);
@@ -214,7 +211,7 @@ static int read_header(FILE *f, const char *path, uint8_t *h, struct rt_model *g
 	    g->dim > DKV_MAX_HEAD_DIM || g->dim % 8 || !g->hidden || g->hidden > RT_MODEL_HIDDEN_MAX ||
 	    !g->n_layers || g->n_layers > DKV_MAX_LAYERS || !g->n_kv_heads ||
 	    g->n_kv_heads > DKV_MAX_HEADS || get32(h + 32) || get32(h + 36))
-		return rt_errf(err, errlen, DKV_E_INVAL,
+		return krn_msgf(err, DKV_E_INVAL,
 			    "%s: bad model header (bits %u, head_dim %u, hidden %u, layers %u, "
 			    "kv heads %u, flags %u)", path, g->bits, g->dim, g->hidden,
 			    g->n_layers, g->n_kv_heads, get32(h + 32));
@@ -229,8 +226,7 @@ static int all_finite(const float *x, size_t n)
 	return 1;
 }
 
-static int read_heads(FILE *f, const char *path, struct rt_model *m, uint32_t *crc,
-		      char *err, size_t errlen)
+static int read_heads(FILE *f, const char *path, struct rt_model *m, uint32_t *crc, char *err)
 {
 	size_t nf = rt_lhead_floats(m->bits, m->dim, m->hidden);
 	uint8_t w[4];
@@ -238,24 +234,24 @@ static int read_heads(FILE *f, const char *path, struct rt_model *m, uint32_t *c
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++) {
 		if (fread(w, 1, 4, f) != 4 ||
 		    fread(m->heads[i].buf, sizeof(float), nf, f) != nf)
-			return rt_errf(err, errlen, DKV_E_INVAL, "%s: truncated at head %zu", path, i);
+			return krn_msgf(err, DKV_E_INVAL, "%s: truncated at head %zu", path, i);
 		*crc = rt_crc32(rt_crc32(*crc, w, 4), m->heads[i].buf, nf * sizeof(float));
 		if (get32(w) > 1)
-			return rt_errf(err, errlen, DKV_E_INVAL, "%s: head %zu: bad trained flag %u",
+			return krn_msgf(err, DKV_E_INVAL, "%s: head %zu: bad trained flag %u",
 				    path, i, get32(w));
 		m->trained[i] = (uint8_t)get32(w);
 	}
 	if (fread(w, 1, 4, f) != 4)
-		return rt_errf(err, errlen, DKV_E_INVAL, "%s: truncated before the crc", path);
+		return krn_msgf(err, DKV_E_INVAL, "%s: truncated before the crc", path);
 	if (get32(w) != *crc)
-		return rt_errf(err, errlen, DKV_E_INVAL,
+		return krn_msgf(err, DKV_E_INVAL,
 			    "%s: crc mismatch (file says %08x, data gives %08x): corrupt",
 			    path, get32(w), *crc);
 	if (fread(w, 1, 1, f) == 1)
-		return rt_errf(err, errlen, DKV_E_INVAL, "%s: bytes after the crc", path);
+		return krn_msgf(err, DKV_E_INVAL, "%s: bytes after the crc", path);
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++)
 		if (!all_finite(m->heads[i].buf, nf))
-			return rt_errf(err, errlen, DKV_E_INVAL, "%s: head %zu holds NaN or Inf",
+			return krn_msgf(err, DKV_E_INVAL, "%s: head %zu holds NaN or Inf",
 				    path, i);
 	return DKV_OK;
 }
@@ -264,27 +260,26 @@ static int read_heads(FILE *f, const char *path, struct rt_model *m, uint32_t *c
  * Open path for reading without blocking on a FIFO or a device: only a
  * regular file is a model file.  *size gets its length.
  */
-static FILE *open_regular(const char *path, uint64_t *size, int *rc, char *err,
-			  size_t errlen)
+static FILE *open_regular(const char *path, uint64_t *size, int *rc, char *err)
 {
 	struct stat sb;
 	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	FILE *f;
 
 	if (fd < 0) {
-		*rc = rt_errf(err, errlen, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
-			      "%s: %s", path, strerror(errno));
+		*rc = krn_msgf(err, errno == ENOENT ? DKV_E_NOTFOUND : DKV_E_IO,
+			       "%s: %s", path, strerror(errno));
 		return NULL;
 	}
 	if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-		*rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: not a regular file", path);
+		*rc = krn_msgf(err, DKV_E_INVAL, "%s: not a regular file", path);
 		close(fd);
 		return NULL;
 	}
 	*size = (uint64_t)sb.st_size;
 	f = fdopen(fd, "rb");
 	if (!f) {
-		*rc = rt_errf(err, errlen, DKV_E_NOMEM, "%s: %s", path, strerror(errno));
+		*rc = krn_msgf(err, DKV_E_NOMEM, "%s: %s", path, strerror(errno));
 		close(fd);
 	}
 	return f;
@@ -298,27 +293,26 @@ static uint64_t model_file_size(const struct rt_model *g)
 	return RT_MODEL_HEADER + (uint64_t)g->n_layers * g->n_kv_heads * (4 + 4 * nf) + 4;
 }
 
-int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errlen)
+int rt_model_read(const char *path, struct rt_model *out, char *err)
 {
-	return rt_model_read_for(path, NULL, out, err, errlen);
+	return rt_model_read_for(path, NULL, out, err);
 }
 
 /* Open path and read its header into g, checking the file's size. */
-static FILE *open_model(const char *path, uint8_t *h, struct rt_model *g, int *rc,
-			char *err, size_t errlen)
+static FILE *open_model(const char *path, uint8_t *h, struct rt_model *g, int *rc, char *err)
 {
 	uint64_t size = 0;
-	FILE *f = open_regular(path, &size, rc, err, errlen);
+	FILE *f = open_regular(path, &size, rc, err);
 
 	memset(g, 0, sizeof(*g));
 	if (!f)
 		return NULL;
-	*rc = read_header(f, path, h, g, err, errlen);
+	*rc = read_header(f, path, h, g, err);
 	/* the size first: a header alone allocates nothing it does not back */
 	if (*rc == DKV_OK && size != model_file_size(g))
-		*rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: %llu bytes, its header promises "
-			      "%llu: truncated or corrupt", path, (unsigned long long)size,
-			      (unsigned long long)model_file_size(g));
+		*rc = krn_msgf(err, DKV_E_INVAL, "%s: %llu bytes, its header promises "
+			       "%llu: truncated or corrupt", path, (unsigned long long)size,
+			       (unsigned long long)model_file_size(g));
 	if (*rc != DKV_OK) {
 		fclose(f);
 		return NULL;
@@ -326,11 +320,11 @@ static FILE *open_model(const char *path, uint8_t *h, struct rt_model *g, int *r
 	return f;
 }
 
-int rt_model_header(const char *path, struct rt_model *geom, char *err, size_t errlen)
+int rt_model_header(const char *path, struct rt_model *geom, char *err)
 {
 	uint8_t h[RT_MODEL_HEADER];
 	int rc = DKV_OK;
-	FILE *f = open_model(path, h, geom, &rc, err, errlen);
+	FILE *f = open_model(path, h, geom, &rc, err);
 
 	if (f)
 		fclose(f);
@@ -338,29 +332,29 @@ int rt_model_header(const char *path, struct rt_model *geom, char *err, size_t e
 }
 
 int rt_model_read_for(const char *path, const struct rt_model *want, struct rt_model *out,
-		      char *err, size_t errlen)
+		      char *err)
 {
 	struct rt_model g, m;
 	uint8_t h[RT_MODEL_HEADER];
 	uint32_t crc;
 	int rc = DKV_OK;
-	FILE *f = open_model(path, h, &g, &rc, err, errlen);
+	FILE *f = open_model(path, h, &g, &rc, err);
 
 	memset(&m, 0, sizeof(m));
 	if (!f)
 		return rc;
 	if (want)
 		rc = rt_model_check(&g, want->bits, want->dim, want->n_layers, want->n_kv_heads,
-				    err, errlen);
+				    err);
 	if (rc == DKV_OK && want && want->hidden && g.hidden != want->hidden)
-		rc = rt_errf(err, errlen, DKV_E_INVAL, "%s: hidden width %u, %u a moment ago: "
-			     "the file changed", path, g.hidden, want->hidden);
+		rc = krn_msgf(err, DKV_E_INVAL, "%s: hidden width %u, %u a moment ago: "
+			      "the file changed", path, g.hidden, want->hidden);
 	if (rc == DKV_OK && rt_model_alloc(&m, g.bits, g.dim, g.hidden, g.n_layers,
 					   g.n_kv_heads))
-		rc = rt_errf(err, errlen, DKV_E_NOMEM, "%s: out of memory for the model", path);
+		rc = krn_msgf(err, DKV_E_NOMEM, "%s: out of memory for the model", path);
 	crc = rt_crc32(0, h, sizeof(h));
 	if (rc == DKV_OK)
-		rc = read_heads(f, path, &m, &crc, err, errlen);
+		rc = read_heads(f, path, &m, &crc, err);
 	fclose(f);
 	if (rc != DKV_OK) {
 		rt_model_free(&m);
@@ -371,11 +365,11 @@ int rt_model_read_for(const char *path, const struct rt_model *want, struct rt_m
 }
 
 int rt_model_check(const struct rt_model *m, uint32_t bits, uint32_t dim,
-		   uint32_t n_layers, uint32_t n_kv_heads, char *err, size_t errlen)
+		   uint32_t n_layers, uint32_t n_kv_heads, char *err)
 {
 	if (m->bits != bits || m->dim != dim || m->n_layers != n_layers ||
 	    m->n_kv_heads != n_kv_heads)
-		return rt_errf(err, errlen, DKV_E_INVAL,
+		return krn_msgf(err, DKV_E_INVAL,
 			    "model is for %u bits, head_dim %u, %u layers, %u kv heads; "
 			    "the sequence has %u, %u, %u, %u", m->bits, m->dim, m->n_layers,
 			    m->n_kv_heads, bits, dim, n_layers, n_kv_heads);

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "msg.h"
+
 #define RT_MODEL_MAGIC "DKVMODL1"
 #define RT_MODEL_VERSION 1u
 #define RT_MODEL_HEADER 40u
@@ -69,13 +71,13 @@ int rt_model_alloc(struct rt_model *m, uint32_t bits, uint32_t dim, uint32_t hid
 void rt_model_free(struct rt_model *m);
 
 /* Returns DKV_OK or DKV_E_IO with a message. */
-int rt_model_write(const struct rt_model *m, const char *path, char *err, size_t errlen);
+int rt_model_write(const struct rt_model *m, const char *path, char *err);
 /*
  * Read a model file.  Returns DKV_OK, DKV_E_NOTFOUND, DKV_E_IO,
  * DKV_E_NOMEM or DKV_E_INVAL (bad magic, version, size, crc, or
  * non-finite parameters), with a message.
  */
-int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errlen);
+int rt_model_read(const char *path, struct rt_model *out, char *err);
 /*
  * The same, for a sequence: want's bits, dim, n_layers and n_kv_heads
  * (and hidden, unless 0) are checked against the header before anything
@@ -84,11 +86,11 @@ int rt_model_read(const char *path, struct rt_model *out, char *err, size_t errl
  * one its header promises.
  */
 int rt_model_read_for(const char *path, const struct rt_model *want, struct rt_model *out,
-		      char *err, size_t errlen);
+		      char *err);
 /* The geometry of a model file (its header, its size checked); nothing allocated. */
-int rt_model_header(const char *path, struct rt_model *geom, char *err, size_t errlen);
+int rt_model_header(const char *path, struct rt_model *geom, char *err);
 /* DKV_OK when m fits the geometry, else DKV_E_INVAL and what differs. */
 int rt_model_check(const struct rt_model *m, uint32_t bits, uint32_t dim,
-		   uint32_t n_layers, uint32_t n_kv_heads, char *err, size_t errlen);
+		   uint32_t n_layers, uint32_t n_kv_heads, char *err);
 
 #endif

@@ -54,8 +54,8 @@ static int model_keep(struct rt_seq *s, struct rt_model *m, char *err)
 	for (size_t i = 0; i < (size_t)m->n_layers * m->n_kv_heads; i++)
 		bytes += m->trained[i] ? per : 0;
 	if (rt_mem_take(s->eng, bytes))
-		return rt_fail(err, DKV_E_NOSPACE, "memory limit: the model's %llu more bytes "
-			       "would exceed it", (unsigned long long)bytes);
+		return krn_msgf(err, DKV_E_NOSPACE, "memory limit: the model's %llu more bytes "
+				"would exceed it", (unsigned long long)bytes);
 	s->model_bytes = bytes;
 	model_apply(s, m, 0);
 	return DKV_OK;
@@ -73,19 +73,19 @@ int rt_seq_model_open(struct rt_seq *s, const char *path, char *err)
 				 .n_layers = c->n_layers, .n_kv_heads = c->n_kv_heads };
 	struct rt_model g, m;
 	uint64_t reading;
-	int rc = rt_model_header(path, &g, err, RT_ERRLEN);
+	int rc = rt_model_header(path, &g, err);
 
 	if (rc == DKV_OK)
 		rc = rt_model_check(&g, want.bits, want.dim, want.n_layers, want.n_kv_heads,
-				    err, RT_ERRLEN);
+				    err);
 	if (rc)
 		return rc;
 	reading = model_read_bytes(&g);
 	if (rt_mem_take(s->eng, reading))
-		return rt_fail(err, DKV_E_NOSPACE, "memory limit: reading the model takes %llu "
-			       "bytes", (unsigned long long)reading);
+		return krn_msgf(err, DKV_E_NOSPACE, "memory limit: reading the model takes %llu "
+				"bytes", (unsigned long long)reading);
 	want.hidden = g.hidden;
-	rc = rt_model_read_for(path, &want, &m, err, RT_ERRLEN);
+	rc = rt_model_read_for(path, &want, &m, err);
 	if (rc == DKV_OK) {
 		rc = model_keep(s, &m, err);
 		rt_model_free(&m);
@@ -103,15 +103,15 @@ int rt_seq_model_load(struct rt_seq *s, const char *path, uint32_t layer0, char 
 
 	memset(&m, 0, sizeof(m));
 	if (c->hash != DKV_HASH_LEARNED)
-		return rt_fail(err, DKV_E_INVAL, "a model file needs hash DKV_HASH_LEARNED");
+		return krn_msgf(err, DKV_E_INVAL, "a model file needs hash DKV_HASH_LEARNED");
 	for (uint32_t l = 0; l < c->n_layers; l++)
 		rt_train_finish(s, &s->layers[l]);
-	rc = rt_model_read(path, &m, err, RT_ERRLEN);
+	rc = rt_model_read(path, &m, err);
 	/* the file may hold more layers; ours are layer0, layer0 + 1, ... */
 	if (rc == DKV_OK)
 		rc = rt_model_check(&m, c->hash_bits, c->head_dim,
 				    m.n_layers > need ? m.n_layers : need, c->n_kv_heads,
-				    err, RT_ERRLEN);
+				    err);
 	if (rc == DKV_OK)
 		model_apply(s, &m, layer0);
 	if (m.heads)
@@ -126,10 +126,10 @@ int rt_seq_model_save(const struct rt_seq *s, const char *path, char *err)
 	int rc;
 
 	if (c->hash != DKV_HASH_LEARNED)
-		return rt_fail(err, DKV_E_INVAL, "only a DKV_HASH_LEARNED sequence has a model");
+		return krn_msgf(err, DKV_E_INVAL, "only a DKV_HASH_LEARNED sequence has a model");
 	if (rt_model_alloc(&m, c->hash_bits, c->head_dim, RT_MODEL_HIDDEN, c->n_layers,
 			   c->n_kv_heads))
-		return rt_fail(err, DKV_E_NOMEM, "out of memory for the model");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for the model");
 	for (uint32_t l = 0; l < c->n_layers; l++)
 		for (uint32_t h = 0; h < c->n_kv_heads; h++) {
 			const struct rt_lhead *lm = &s->layers[l].lm[h];
@@ -138,15 +138,15 @@ int rt_seq_model_save(const struct rt_seq *s, const char *path, char *err)
 				continue;
 			if (lm->hidden != m.hidden) {
 				rt_model_free(&m);
-				return rt_fail(err, DKV_E_INVAL, "layer %u head %u: hidden "
-					       "width %u, the file holds %u", l, h,
-					       lm->hidden, m.hidden);
+				return krn_msgf(err, DKV_E_INVAL, "layer %u head %u: hidden "
+						"width %u, the file holds %u", l, h,
+						lm->hidden, m.hidden);
 			}
 			memcpy(m.heads[i].buf, lm->buf,
 			       rt_lhead_floats(lm->bits, lm->dim, lm->hidden) * sizeof(float));
 			m.trained[i] = 1;
 		}
-	rc = rt_model_write(&m, path, err, RT_ERRLEN);
+	rc = rt_model_write(&m, path, err);
 	rt_model_free(&m);
 	return rc;
 }

@@ -181,9 +181,9 @@ int rt_scratch_reserve(struct rt_seq *s, uint64_t tokens, char *err)
 	size_t bytes = cap * g * sizeof(float) +
 		       pages * g * (sizeof(double) + (dim + 2) * sizeof(float));
 	if (rt_mem_take(s->eng, bytes - sc->grow_bytes))
-		return rt_fail(err, DKV_E_NOSPACE,
-			       "memory limit: %zu more scratch bytes would exceed it",
-			       bytes - sc->grow_bytes);
+		return krn_msgf(err, DKV_E_NOSPACE,
+				"memory limit: %zu more scratch bytes would exceed it",
+				bytes - sc->grow_bytes);
 	int bad = grow((void **)&sc->blk, cap * g, sizeof(float)) ||
 		  grow((void **)&sc->pmass, pages * g, sizeof(double)) ||
 		  grow((void **)&sc->pacc, pages * g * dim, sizeof(float)) ||
@@ -195,7 +195,7 @@ int rt_scratch_reserve(struct rt_seq *s, uint64_t tokens, char *err)
 	sc->task.pms = sc->pms;
 	if (bad) {
 		rt_mem_give(s->eng, bytes - sc->grow_bytes);
-		return rt_fail(err, DKV_E_NOMEM, "out of memory for step scratch");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for step scratch");
 	}
 	sc->grow_bytes = bytes;
 	sc->blk_cap = sc->task.blk_cap = cap;

@@ -9,8 +9,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,18 +23,6 @@ struct shm_state {
 };
 
 static shard_coll_nccl_ctor nccl_ctor;
-
-static int coll_fail(char *err, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err) {
-		va_start(ap, fmt);
-		vsnprintf(err, SHARD_ERRLEN, fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
 
 /* Grow the staging area (rank 0, between the barriers of no gather). */
 static int shm_stage(struct shm_state *st, int nranks, size_t bytes)
@@ -99,12 +85,12 @@ static int shm_new(struct shard_coll **out, int nranks, char *err)
 	if (!c || !st) {
 		free(c);
 		free(st);
-		return coll_fail(err, DKV_E_NOMEM, "out of memory for a collective");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for a collective");
 	}
 	if (pthread_barrier_init(&st->bar, NULL, (unsigned)nranks)) {
 		free(c);
 		free(st);
-		return coll_fail(err, DKV_E_NOMEM, "cannot make a barrier of %d ranks", nranks);
+		return krn_msgf(err, DKV_E_NOMEM, "cannot make a barrier of %d ranks", nranks);
 	}
 	pthread_mutex_init(&st->lock, NULL);
 	c->ops = &shm_ops;
@@ -123,20 +109,20 @@ int shard_coll_new(struct shard_coll **out, int kind, int nranks,
 		   const int *devices, char *err)
 {
 	if (nranks < 1 || nranks > 4096)
-		return coll_fail(err, DKV_E_INVAL, "a collective needs 1 to 4096 ranks, not %d",
-				 nranks);
+		return krn_msgf(err, DKV_E_INVAL, "a collective needs 1 to 4096 ranks, not %d",
+				nranks);
 	switch (kind) {
 	case SHARD_COLL_SHM:
 		return shm_new(out, nranks, err);
 	case SHARD_COLL_NCCL:
 		if (!devices)
-			return coll_fail(err, DKV_E_INVAL, "an NCCL collective needs its devices");
+			return krn_msgf(err, DKV_E_INVAL, "an NCCL collective needs its devices");
 		if (!nccl_ctor)
-			return coll_fail(err, DKV_E_UNSUPPORTED,
-					 "NCCL collective unavailable: no GPU module with NCCL is loaded");
+			return krn_msgf(err, DKV_E_UNSUPPORTED,
+					"NCCL collective unavailable: no GPU module with NCCL is loaded");
 		return nccl_ctor(out, nranks, devices, err);
 	}
-	return coll_fail(err, DKV_E_INVAL, "unknown collective kind %d", kind);
+	return krn_msgf(err, DKV_E_INVAL, "unknown collective kind %d", kind);
 }
 
 void shard_coll_free(struct shard_coll *c)

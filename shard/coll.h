@@ -24,7 +24,7 @@
 
 #include <stddef.h>
 
-#define SHARD_ERRLEN 256 /* bytes of an error message buffer */
+#include "msg.h"
 
 enum { SHARD_COLL_SHM, SHARD_COLL_NCCL };
 
@@ -47,7 +47,7 @@ struct shard_coll {
 /*
  * A communicator over nranks ranks of the given kind; devices[i] is rank
  * i's CUDA device (NCCL only, NULL otherwise).  Returns DKV_OK, or a DKV_E_*
- * code with a message in err (SHARD_ERRLEN bytes).
+ * code with a message in err.
  */
 int shard_coll_new(struct shard_coll **out, int kind, int nranks,
 		   const int *devices, char *err);

@@ -9,7 +9,6 @@
  * inside a group call and waits for it, so the call returns with recv
  * complete, as the shared-memory backend does.
  */
-#include <stdio.h>
 #include <stdlib.h>
 
 #include <cuda_runtime.h>
@@ -28,13 +27,6 @@ struct nccl_state {
 	ncclComm_t *comms;
 	int *devices;
 };
-
-static int nccl_fail(char *err, int code, const char *what, const char *why)
-{
-	if (err)
-		snprintf(err, SHARD_ERRLEN, "NCCL collective: %s: %s", what, why);
-	return code;
-}
 
 static int nccl_allgather(struct shard_coll *c, int rank, const void *send, void *recv,
 			  size_t bytes)
@@ -82,16 +74,13 @@ static int check_devices(int nranks, const int *devices, char *err)
 
 	if (e != cudaSuccess || ndev == 0) {
 		cudaGetLastError();
-		return nccl_fail(err, DKV_E_UNSUPPORTED, "no CUDA device",
-				 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+		return krn_msgf(err, DKV_E_UNSUPPORTED, "NCCL collective: no CUDA device: %s",
+				e != cudaSuccess ? cudaGetErrorString(e) : "none found");
 	}
 	for (int i = 0; i < nranks; i++)
-		if (devices[i] < 0 || devices[i] >= ndev) {
-			char why[64];
-			snprintf(why, sizeof(why), "rank %d names device %d of %d", i, devices[i],
-				 ndev);
-			return nccl_fail(err, DKV_E_INVAL, "bad device", why);
-		}
+		if (devices[i] < 0 || devices[i] >= ndev)
+			return krn_msgf(err, DKV_E_INVAL, "NCCL collective: bad device: "
+					"rank %d names device %d of %d", i, devices[i], ndev);
 	return DKV_OK;
 }
 
@@ -103,7 +92,8 @@ int cu_coll_nccl_new(struct shard_coll **out, int nranks, const int *devices, ch
 	int rc;
 
 	if (nranks < 1 || !devices)
-		return nccl_fail(err, DKV_E_INVAL, "bad arguments", "ranks and devices needed");
+		return krn_msgf(err, DKV_E_INVAL,
+				"NCCL collective: bad arguments: ranks and devices needed");
 	rc = check_devices(nranks, devices, err);
 	if (rc)
 		return rc;
@@ -119,7 +109,8 @@ int cu_coll_nccl_new(struct shard_coll **out, int nranks, const int *devices, ch
 		st->devices[i] = devices[i];
 	r = ncclCommInitAll(st->comms, nranks, devices);
 	if (r != ncclSuccess) {
-		rc = nccl_fail(err, DKV_E_INTERNAL, "ncclCommInitAll", ncclGetErrorString(r));
+		rc = krn_msgf(err, DKV_E_INTERNAL, "NCCL collective: ncclCommInitAll: %s",
+			      ncclGetErrorString(r));
 		free(st->comms);
 		free(st->devices);
 		free(st);
@@ -138,5 +129,5 @@ free_arrays:
 free_handles:
 	free(st);
 	free(c);
-	return nccl_fail(err, DKV_E_NOMEM, "out of memory", "communicator state");
+	return krn_msgf(err, DKV_E_NOMEM, "NCCL collective: out of memory: communicator state");
 }

@@ -12,15 +12,6 @@
 #include "gpu_int.h"
 #include "krn_gpu.h"
 
-/* ---- errors ---- */
-
-int shard_gpu_fail(char *err, int code, const char *fmt, const char *a, const char *b)
-{
-	if (err)
-		snprintf(err, SHARD_ERRLEN, fmt, a, b);
-	return code;
-}
-
 /* ---- opening the shards ---- */
 
 /* The CUDA device of plan GPU d: its cudaN, else nvmlN, else d (PCI order). */
@@ -40,12 +31,12 @@ static int add_dev(struct shard_gpus *gs, const char *spec, unsigned long d, int
 	if (d >= (unsigned long)ndev) {
 		char have[48];
 		snprintf(have, sizeof(have), "CUDA reports %d device%s", ndev, ndev == 1 ? "" : "s");
-		return shard_gpu_fail(err, DKV_E_INVAL, "no CUDA device %s (%s)", what, have);
+		return krn_msgf(err, DKV_E_INVAL, "no CUDA device %s (%s)", what, have);
 	}
 	for (uint32_t i = 0; i < gs->n; i++)
 		if (gs->dev[i] == (int)d)
-			return shard_gpu_fail(err, DKV_E_INVAL, "%s: device %s listed twice", spec,
-					      what);
+			return krn_msgf(err, DKV_E_INVAL, "%s: device %s listed twice", spec,
+					what);
 	gs->dev[gs->n++] = (int)d;
 	return 0;
 }
@@ -86,8 +77,8 @@ static int parse_devices(struct shard_gpus *gs, const char *spec, int ndev, char
 			break;
 		s = end + 1;
 	}
-	return shard_gpu_fail(err, DKV_E_INVAL, "%s: want gpu:all or gpu:LIST of CUDA devices%s",
-			      spec, " such as gpu:0,2-3");
+	return krn_msgf(err, DKV_E_INVAL,
+			"%s: want gpu:all or gpu:LIST of CUDA devices such as gpu:0,2-3", spec);
 }
 
 static int plan_devices(struct shard_gpus *gs, const struct shard_topo *t, const char *spec,
@@ -95,7 +86,7 @@ static int plan_devices(struct shard_gpus *gs, const struct shard_topo *t, const
 {
 	if (!t || !t->n_gpus)
 		return parse_devices(gs, spec, ndev, err);
-	if (shard_plan_make(t, spec, plan, err, SHARD_ERRLEN))
+	if (shard_plan_make(t, spec, plan, err))
 		return DKV_E_INVAL;
 	for (unsigned i = 0; i < (*plan)->n; i++) {
 		int rc = add_dev(gs, spec, (unsigned long)cuda_of(t, (*plan)->shards[i].device),
@@ -112,7 +103,7 @@ static int plan_devices(struct shard_gpus *gs, const struct shard_topo *t, const
 /* The NCCL collective over the shards' devices; shared memory without one. */
 static void open_coll(struct shard_gpus *gs)
 {
-	char cerr[SHARD_ERRLEN] = "";
+	char cerr[KRN_MSGLEN] = "";
 
 	snprintf(gs->coll_note, sizeof(gs->coll_note), "shared memory");
 	if (gs->n < 2)
@@ -131,7 +122,7 @@ static void open_coll(struct shard_gpus *gs)
 int shard_gpus_open(struct shard_gpus **out, const struct shard_topo *t, const char *spec,
 		    struct shard_plan **plan, char *err)
 {
-	char kerr[KRN_GPU_ERRLEN] = "";
+	char kerr[KRN_MSGLEN] = "";
 	const struct krn_gpu_ops *ops;
 	struct shard_gpus *gs;
 	int ndev = 0, rc;
@@ -141,19 +132,18 @@ int shard_gpus_open(struct shard_gpus **out, const struct shard_topo *t, const c
 	if (rc == DKV_OK)
 		rc = ops->probe(&ndev, kerr);
 	if (rc)
-		return shard_gpu_fail(err, rc,
-				      "GPU shards need the GPU module and a CUDA device: %.200s%s",
-				      kerr, "");
+		return krn_msgf(err, rc, "GPU shards need the GPU module and a CUDA device: %.200s",
+				kerr);
 	gs = calloc(1, sizeof(*gs));
 	if (!gs || !(gs->dev = calloc((size_t)ndev + 1, sizeof(int)))) {
 		free(gs);
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "GPU shards", "");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for GPU shards");
 	}
 	gs->ops = ops;
 	pthread_mutex_init(&gs->lock, NULL);
 	rc = plan_devices(gs, t, spec, ndev, plan, err);
 	if (rc == DKV_OK && gs->n == 0)
-		rc = shard_gpu_fail(err, DKV_E_INVAL, "%s: no GPU listed%s", spec, "");
+		rc = krn_msgf(err, DKV_E_INVAL, "%s: no GPU listed", spec);
 	if (rc) {
 		shard_gpus_close(gs);
 		return rc;
@@ -189,15 +179,14 @@ void shard_gpus_describe(const struct shard_gpus *g, char *buf, size_t len)
 		snprintf(buf + at, len - at, ", all-gather %s", g->coll_note);
 }
 
-uint64_t shard_gpus_fallbacks(const struct shard_gpus *g, char *last, size_t len)
+uint64_t shard_gpus_fallbacks(const struct shard_gpus *g, char *last)
 {
 	struct shard_gpus *m = (struct shard_gpus *)g;
 	uint64_t n;
 
 	pthread_mutex_lock(&m->lock);
 	n = m->fallbacks;
-	if (last && len)
-		snprintf(last, len, "%s", m->last);
+	krn_msgf(last, 0, "%s", m->last);
 	pthread_mutex_unlock(&m->lock);
 	return n;
 }

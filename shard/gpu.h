@@ -59,7 +59,7 @@ struct shard_gpu_layer; /* one layer's device mirror */
  * its CUDA and NVML plugins: LIST then names CUDA devices and the shards'
  * threads stay unbound), and the NCCL collective where there is one.
  * DKV_E_UNSUPPORTED without a module or device, DKV_E_INVAL for a bad
- * list; err (SHARD_ERRLEN bytes) says why.
+ * list; err says why.
  */
 int shard_gpus_open(struct shard_gpus **out, const struct shard_topo *t, const char *spec,
 		    struct shard_plan **plan, char *err);
@@ -67,8 +67,9 @@ void shard_gpus_close(struct shard_gpus *g);
 uint32_t shard_gpus_count(const struct shard_gpus *g);
 /* "cuda 2 shards on devices 0,1, all-gather nccl" */
 void shard_gpus_describe(const struct shard_gpus *g, char *buf, size_t len);
-/* Jobs run on the host after a device error, and the last error. */
-uint64_t shard_gpus_fallbacks(const struct shard_gpus *g, char *last, size_t len);
+/* Jobs run on the host after a device error, and the last error (last:
+ * KRN_MSGLEN bytes, may be NULL). */
+uint64_t shard_gpus_fallbacks(const struct shard_gpus *g, char *last);
 
 /*
  * A sequence's state: sets geom's page allocator to pinned, mapped host

@@ -26,10 +26,10 @@ struct shard_gpus {
 	uint32_t n;
 	int *dev;                 /* [n] CUDA device of each shard */
 	struct shard_coll *nccl;  /* NULL: the all-gather uses shared memory */
-	char coll_note[SHARD_ERRLEN];
+	char coll_note[KRN_MSGLEN];
 	pthread_mutex_t lock;
 	uint64_t fallbacks;
-	char last[SHARD_ERRLEN];
+	char last[KRN_MSGLEN];
 };
 
 /* A buffer grown on demand: device memory or pinned host memory. */
@@ -74,16 +74,13 @@ struct shard_gpu_seq {
 	struct gwork *work; /* [n] */
 	pthread_mutex_t lock;
 	int gather_failed;
-	char gather_err[SHARD_ERRLEN];
+	char gather_err[KRN_MSGLEN];
 };
-
-/* Format fmt with a and b into err (SHARD_ERRLEN bytes; NULL: none); code. */
-int shard_gpu_fail(char *err, int code, const char *fmt, const char *a, const char *b);
 
 /*
  * Mirror head h's codes, norms and classes of shard r's pages of l on the
- * device, from the first token changed since the last call; err holds
- * KRN_GPU_ERRLEN bytes.  Shard r's device is selected.
+ * device, from the first token changed since the last call.  Shard r's
+ * device is selected.
  */
 int shard_gpu_flush(struct shard_gpu_layer *gl, uint32_t r, const struct shard_layer *l,
 		    uint32_t h, char *err);

@@ -113,7 +113,7 @@ struct jctx {
 	const struct krn_gpu_ops *ops;
 	struct gpart *pt;
 	struct gwork *w;
-	char err[KRN_GPU_ERRLEN];
+	char err[KRN_MSGLEN];
 };
 
 static int jctx_init(struct jctx *c, struct shard_task *t, uint32_t r)
@@ -462,7 +462,7 @@ static void gpu_allgather(struct shard_task *t, uint32_t r, const void *rec, voi
 	struct shard_gpu_seq *s = t->gpu->seq;
 	const struct krn_gpu_ops *ops = s->gs->ops;
 	struct gwork *w = &s->work[r];
-	char err[KRN_GPU_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int bad;
 
 	if (!s->gs->nccl) {

@@ -5,7 +5,6 @@
  * of all five arrays, and keeping them in step with the host store.
  */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "dashkv.h"
@@ -19,7 +18,7 @@
 static void *pinned_alloc(size_t bytes, void *ctx)
 {
 	struct shard_gpus *gs = ctx;
-	char err[KRN_GPU_ERRLEN];
+	char err[KRN_MSGLEN];
 	void *p = NULL;
 
 	return gs->ops->halloc(&p, bytes, err) ? NULL : p;
@@ -57,7 +56,7 @@ static void work_free(const struct krn_gpu_ops *ops, struct gwork *w)
 void shard_gpu_seq_free(struct shard_gpu_seq *s)
 {
 	const struct krn_gpu_ops *ops;
-	char err[KRN_GPU_ERRLEN];
+	char err[KRN_MSGLEN];
 
 	if (!s)
 		return;
@@ -120,11 +119,10 @@ int shard_gpu_seq_new(struct shard_gpu_seq **out, struct shard_gpus *gs,
 		      char *err)
 {
 	struct shard_gpu_seq *s = calloc(1, sizeof(*s));
-	char kerr[KRN_GPU_ERRLEN] = "";
+	char kerr[KRN_MSGLEN] = "";
 
 	if (!s)
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "a GPU sequence",
-				      "");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for a GPU sequence");
 	s->gs = gs;
 	s->geom = geom;
 	s->n_layers = n_layers;
@@ -134,14 +132,12 @@ int shard_gpu_seq_new(struct shard_gpu_seq **out, struct shard_gpus *gs,
 	s->work = calloc(gs->n, sizeof(*s->work));
 	if (!s->work || layers_alloc(s)) {
 		shard_gpu_seq_free(s);
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "a GPU sequence",
-				      "");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for a GPU sequence");
 	}
 	for (uint32_t r = 0; r < gs->n; r++)
 		if (work_init(s, r, kerr)) {
 			shard_gpu_seq_free(s);
-			return shard_gpu_fail(err, DKV_E_NOMEM, "GPU shard buffers: %.200s%s", kerr,
-					      "");
+			return krn_msgf(err, DKV_E_NOMEM, "GPU shard buffers: %.200s", kerr);
 		}
 	geom->page_alloc = pinned_alloc;
 	geom->page_free = pinned_free;
@@ -157,16 +153,15 @@ struct shard_gpu_layer *shard_gpu_layer(struct shard_gpu_seq *s, uint32_t layer)
 
 int shard_gpu_seq_check(struct shard_gpu_seq *s, char *err)
 {
-	int failed;
+	int rc = DKV_OK;
 
 	pthread_mutex_lock(&s->lock);
-	failed = s->gather_failed;
+	if (s->gather_failed)
+		rc = krn_msgf(err, DKV_E_INTERNAL, "%.200s; this step's outputs are not valid",
+			      s->gather_err);
 	s->gather_failed = 0;
-	if (failed && err)
-		snprintf(err, SHARD_ERRLEN, "%.200s; this step's outputs are not valid",
-			 s->gather_err);
 	pthread_mutex_unlock(&s->lock);
-	return failed ? DKV_E_INTERNAL : DKV_OK;
+	return rc;
 }
 
 /* ---- device pages and their tables ---- */
@@ -260,8 +255,7 @@ static int add_page(struct shard_gpu_layer *gl, uint32_t p, char *err)
 	struct gpart *pt = &gl->part[r];
 
 	if (part_grow(pt, gl->seq->geom->n_kv_heads))
-		return shard_gpu_fail(err, DKV_E_NOMEM, "out of memory for %s%s", "GPU page tables",
-				      "");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory for GPU page tables");
 	if (ops->device(gl->seq->gs->dev[r], err) ||
 	    ops->dalloc(&pt->dpage[pt->n_local], dpage_bytes(gl->seq->geom), err))
 		return DKV_E_NOMEM;
@@ -273,7 +267,7 @@ static int add_page(struct shard_gpu_layer *gl, uint32_t p, char *err)
 
 int shard_gpu_reserve(struct shard_gpu_layer *gl, const struct shard_layer *l, char *err)
 {
-	char kerr[KRN_GPU_ERRLEN] = "";
+	char kerr[KRN_MSGLEN] = "";
 	int rc = 0;
 
 	while (rc == 0 && gl->n_pages < l->n_pages) {
@@ -290,7 +284,7 @@ int shard_gpu_reserve(struct shard_gpu_layer *gl, const struct shard_layer *l, c
 		rc = rc ? rc : urc;
 	}
 	if (rc)
-		return shard_gpu_fail(err, DKV_E_NOMEM, "GPU pages: %.200s%s", kerr, "");
+		return krn_msgf(err, DKV_E_NOMEM, "GPU pages: %.200s", kerr);
 	return DKV_OK;
 }
 
@@ -323,11 +317,9 @@ int shard_gpu_flush(struct shard_gpu_layer *gl, uint32_t r, const struct shard_l
 		uint64_t lo = (from > base ? from : base) - base;
 		uint64_t hi = (l->len < base + SHARD_PAGE ? l->len : base + SHARD_PAGE) - base;
 		uint64_t g0 = lo / KRN_CODE_GROUP, g1 = (hi + KRN_CODE_GROUP - 1) / KRN_CODE_GROUP;
-		if (lp >= pt->n_local) {
-			snprintf(err, KRN_GPU_ERRLEN, "page %llu has no device page",
-				 (unsigned long long)p);
-			return DKV_E_INTERNAL;
-		}
+		if (lp >= pt->n_local)
+			return krn_msgf(err, DKV_E_INTERNAL, "page %llu has no device page",
+					(unsigned long long)p);
 		if (ops->put(dpage_of(pt, H, TAB_CODES, h, lp) + g0 * gb,
 			     shard_codes(l, h, base) + g0 * gb, (g1 - g0) * gb, err) ||
 		    ops->put(dpage_of(pt, H, TAB_NORMS, h, lp) + lo * 4,

@@ -8,7 +8,6 @@
 #include <numa.h>
 #include <numaif.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -42,15 +41,13 @@ static int parse_uint(const char **s, unsigned *v)
 	return 0;
 }
 
-static int parse_cpu(const char *spec, struct spec *sp, char *err, size_t errlen)
+static int parse_cpu(const char *spec, struct spec *sp, char *err)
 {
 	const char *p = spec + 4;
 
-	if (parse_uint(&p, &sp->n) < 0 || *p || sp->n < 1 || sp->n > SHARD_PLAN_MAX) {
-		shard_set_err(err, errlen, "%s: want cpu:N with N from 1 to %u",
-			spec, SHARD_PLAN_MAX);
-		return -1;
-	}
+	if (parse_uint(&p, &sp->n) < 0 || *p || sp->n < 1 || sp->n > SHARD_PLAN_MAX)
+		return krn_msgf(err, -1, "%s: want cpu:N with N from 1 to %u",
+				spec, SHARD_PLAN_MAX);
 	sp->kind = SHARD_CPU;
 	return 0;
 }
@@ -67,33 +64,29 @@ static void gpu_range(const struct shard_topo *t, char *buf, size_t len)
 }
 
 static int add_gpu_index(const struct shard_topo *t, const char *spec,
-			 struct spec *sp, unsigned g, char *err, size_t errlen)
+			 struct spec *sp, unsigned g, char *err)
 {
 	char have[64];
 
 	gpu_range(t, have, sizeof(have));
-	if (g >= t->n_gpus) {
-		shard_set_err(err, errlen, "%s: no GPU %u (%s)", spec, g, have);
-		return -1;
-	}
+	if (g >= t->n_gpus)
+		return krn_msgf(err, -1, "%s: no GPU %u (%s)", spec, g, have);
 	for (unsigned i = 0; i < sp->n; i++) {
-		if (sp->gpus[i] == g) {
-			shard_set_err(err, errlen, "%s: GPU %u listed twice", spec, g);
-			return -1;
-		}
+		if (sp->gpus[i] == g)
+			return krn_msgf(err, -1, "%s: GPU %u listed twice", spec, g);
 	}
 	sp->gpus[sp->n++] = g;
 	return 0;
 }
 
-static void bad_gpu_list(const char *spec, char *err, size_t errlen)
+static int bad_gpu_list(const char *spec, char *err)
 {
-	shard_set_err(err, errlen, "%s: want gpu:all or gpu:LIST with indices and "
-		"ranges such as gpu:0,2-3", spec);
+	return krn_msgf(err, -1, "%s: want gpu:all or gpu:LIST with indices and "
+			"ranges such as gpu:0,2-3", spec);
 }
 
 static int parse_gpu_item(const struct shard_topo *t, const char *spec,
-			  const char **p, struct spec *sp, char *err, size_t errlen)
+			  const char **p, struct spec *sp, char *err)
 {
 	unsigned a, b;
 
@@ -106,68 +99,60 @@ static int parse_gpu_item(const struct shard_topo *t, const char *spec,
 			goto bad;
 	}
 	for (unsigned g = a; g <= b; g++)
-		if (add_gpu_index(t, spec, sp, g, err, errlen) < 0)
+		if (add_gpu_index(t, spec, sp, g, err) < 0)
 			return -1;
 	return 0;
 
 bad:
-	bad_gpu_list(spec, err, errlen);
-	return -1;
+	return bad_gpu_list(spec, err);
 }
 
 static int parse_gpu(const struct shard_topo *t, const char *spec,
-		     struct spec *sp, char *err, size_t errlen)
+		     struct spec *sp, char *err)
 {
 	const char *p = spec + 4;
 	char have[64];
 
 	sp->kind = SHARD_GPU;
 	sp->gpus = malloc((t->n_gpus + 1) * sizeof(*sp->gpus));
-	if (!sp->gpus) {
-		shard_set_err(err, errlen, "out of memory");
-		return -1;
-	}
+	if (!sp->gpus)
+		return krn_msgf(err, -1, "out of memory");
 	if (strcmp(p, "all") == 0) {
 		gpu_range(t, have, sizeof(have));
-		if (!t->n_gpus) {
-			shard_set_err(err, errlen, "%s: %s", spec, have);
-			return -1;
-		}
+		if (!t->n_gpus)
+			return krn_msgf(err, -1, "%s: %s", spec, have);
 		for (sp->n = 0; sp->n < t->n_gpus; sp->n++)
 			sp->gpus[sp->n] = sp->n;
 		return 0;
 	}
 	for (;;) {
-		if (parse_gpu_item(t, spec, &p, sp, err, errlen) < 0)
+		if (parse_gpu_item(t, spec, &p, sp, err) < 0)
 			return -1;
 		if (!*p)
 			return 0;
-		if (*p++ != ',') {
-			bad_gpu_list(spec, err, errlen);
-			return -1;
-		}
+		if (*p++ != ',')
+			return bad_gpu_list(spec, err);
 	}
 }
 
 static int parse_spec(const struct shard_topo *t, const char *spec,
-		      unsigned flags, struct spec *sp, char *err, size_t errlen)
+		      unsigned flags, struct spec *sp, char *err)
 {
 	memset(sp, 0, sizeof(*sp));
 	if (!spec || !*spec || strcmp(spec, "auto") == 0) {
 		sp->automatic = 1;
 		if ((flags & SHARD_PLAN_GPUS) && t->n_gpus)
-			return parse_gpu(t, "gpu:all", sp, err, errlen);
+			return parse_gpu(t, "gpu:all", sp, err);
 		sp->kind = SHARD_CPU;
 		sp->n = t->n_cpu_numa;
 		return 0;
 	}
 	if (strncmp(spec, "cpu:", 4) == 0)
-		return parse_cpu(spec, sp, err, errlen);
+		return parse_cpu(spec, sp, err);
 	if (strncmp(spec, "gpu:", 4) == 0)
-		return parse_gpu(t, spec, sp, err, errlen);
-	shard_set_err(err, errlen, "%s: unknown shard spec (want auto, cpu:N or gpu:LIST)",
-		spec);
-	return -1;
+		return parse_gpu(t, spec, sp, err);
+	return krn_msgf(err, -1, "%s: unknown shard spec (want auto, cpu:N or gpu:LIST)",
+			spec);
 }
 
 /* ---- splitting a node ---- */
@@ -257,7 +242,7 @@ static unsigned count_on(const struct shard_topo *t, const struct spec *sp,
 }
 
 static int fill_shard(struct shard_plan *p, const struct spec *sp,
-		      const unsigned *hosts, unsigned i, char *err, size_t errlen)
+		      const unsigned *hosts, unsigned i, char *err)
 {
 	const struct shard_topo *t = p->topo;
 	struct shard_place *s = &p->shards[i];
@@ -266,23 +251,18 @@ static int fill_shard(struct shard_plan *p, const struct spec *sp,
 
 	s->kind = sp->kind;
 	s->device = sp->kind == SHARD_GPU ? (int)sp->gpus[i] : -1;
-	if (node < 0) {
-		shard_set_err(err, errlen, "GPU %d has no NUMA node with CPUs", s->device);
-		return -1;
-	}
+	if (node < 0)
+		return krn_msgf(err, -1, "GPU %d has no NUMA node with CPUs", s->device);
 	s->numa_idx = node;
 	s->numa = t->numa[node].os;
 	s->cpuset = hwloc_bitmap_alloc();
-	if (!s->cpuset) {
-		shard_set_err(err, errlen, "out of memory");
-		return -1;
-	}
+	if (!s->cpuset)
+		return krn_msgf(err, -1, "out of memory");
 	k = count_on(t, sp, hosts, node, i, &rank);
 	if (split_node(t->topo, t->numa[node].cpuset, k, rank, 1,
 		       &p->shared_cpus, s->cpuset) < 0) {
-		shard_set_err(err, errlen, "cpu:%u: NUMA node %u has %d PUs for %u shards",
-			sp->n, s->numa, hwloc_bitmap_weight(t->numa[node].cpuset), k);
-		return -1;
+		return krn_msgf(err, -1, "cpu:%u: NUMA node %u has %d PUs for %u shards",
+				sp->n, s->numa, hwloc_bitmap_weight(t->numa[node].cpuset), k);
 	}
 	return 0;
 }
@@ -315,19 +295,18 @@ static unsigned *cpu_hosts(const struct shard_topo *t)
 	return hosts;
 }
 
-static int build(struct shard_plan *p, const struct spec *sp,
-		 char *err, size_t errlen)
+static int build(struct shard_plan *p, const struct spec *sp, char *err)
 {
 	unsigned *hosts = cpu_hosts(p->topo);
 	int ret = -1;
 
 	p->shards = calloc(sp->n, sizeof(*p->shards));
 	if (!hosts || !p->shards) {
-		shard_set_err(err, errlen, "out of memory");
+		krn_msgf(err, -1, "out of memory");
 		goto free_hosts;
 	}
 	for (p->n = 0; p->n < sp->n; p->n++)
-		if (fill_shard(p, sp, hosts, p->n, err, errlen) < 0) {
+		if (fill_shard(p, sp, hosts, p->n, err) < 0) {
 			p->n++;
 			goto free_hosts;
 		}
@@ -340,22 +319,21 @@ free_hosts:
 }
 
 int shard_plan_make_flags(const struct shard_topo *t, const char *spec,
-			  unsigned flags, struct shard_plan **out,
-			  char *err, size_t errlen)
+			  unsigned flags, struct shard_plan **out, char *err)
 {
 	struct shard_plan *p;
 	struct spec sp;
 	int ret = -1;
 
-	if (parse_spec(t, spec, flags, &sp, err, errlen) < 0)
+	if (parse_spec(t, spec, flags, &sp, err) < 0)
 		goto free_spec;
 	p = calloc(1, sizeof(*p));
 	if (!p) {
-		shard_set_err(err, errlen, "out of memory");
+		krn_msgf(err, -1, "out of memory");
 		goto free_spec;
 	}
 	p->topo = t;
-	if (build(p, &sp, err, errlen) < 0) {
+	if (build(p, &sp, err) < 0) {
 		shard_plan_free(p);
 		goto free_spec;
 	}
@@ -368,9 +346,9 @@ free_spec:
 }
 
 int shard_plan_make(const struct shard_topo *t, const char *spec,
-		    struct shard_plan **out, char *err, size_t errlen)
+		    struct shard_plan **out, char *err)
 {
-	return shard_plan_make_flags(t, spec, 0, out, err, errlen);
+	return shard_plan_make_flags(t, spec, 0, out, err);
 }
 
 /* ---- printing ---- */
@@ -428,60 +406,57 @@ static hwloc_topology_t this_machine(const struct shard_plan *p)
 	return local_topo;
 }
 
-static void bind_warning(uint32_t shard, hwloc_const_bitmap_t set,
-			 const char *why)
+static void bind_note(char *err, uint32_t shard, hwloc_const_bitmap_t set,
+		      const char *why)
 {
 	char *list = NULL;
 
 	if (hwloc_bitmap_list_asprintf(&list, set) < 0)
 		list = NULL;
-	fprintf(stderr, "dashkv: warning: shard %u: cpus %s: %s\n",
-		shard, list ? list : "?", why);
+	krn_msgf(err, -1, "shard %u: cpus %s: %s", shard, list ? list : "?", why);
 	free(list);
 }
 
-/* Bind to the shard's CPUs that exist here; warn about the others. */
-static int bind_to(hwloc_topology_t topo, uint32_t shard, hwloc_const_bitmap_t set)
+/* Bind to the shard's CPUs that exist here; note the others in err. */
+static int bind_to(hwloc_topology_t topo, uint32_t shard, hwloc_const_bitmap_t set,
+		   char *err)
 {
 	hwloc_bitmap_t here = hwloc_bitmap_alloc();
 	int ret = -1;
 
 	if (!here || hwloc_bitmap_and(here, set,
 			hwloc_topology_get_allowed_cpuset(topo)) < 0) {
-		bind_warning(shard, set, "out of memory: thread not bound");
+		bind_note(err, shard, set, "out of memory: thread not bound");
 		goto free_here;
 	}
 	if (hwloc_bitmap_iszero(here)) {
-		bind_warning(shard, set, "none of them here: thread not bound");
+		bind_note(err, shard, set, "none of them here: thread not bound");
 		goto free_here;
 	}
 	if (!hwloc_bitmap_isequal(here, set))
-		bind_warning(shard, set, "some absent here: bound to the rest");
+		bind_note(err, shard, set, "some absent here: bound to the rest");
 	ret = hwloc_set_cpubind(topo, here, HWLOC_CPUBIND_THREAD);
 	if (ret < 0)
-		bind_warning(shard, here, strerror(errno));
+		bind_note(err, shard, here, strerror(errno));
 
 free_here:
 	hwloc_bitmap_free(here);
 	return ret;
 }
 
-int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard)
+int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard, char *err)
 {
 	hwloc_topology_t topo;
 
-	if (shard >= p->n) {
-		fprintf(stderr, "dashkv: warning: no shard %u in a plan of %u\n",
-			shard, p->n);
-		return -1;
-	}
+	if (shard >= p->n)
+		return krn_msgf(err, -1, "no shard %u in a plan of %u", shard, p->n);
 	topo = this_machine(p);
 	if (!topo) {
-		bind_warning(shard, p->shards[shard].cpuset,
-			     "no topology of this machine: thread not bound");
+		bind_note(err, shard, p->shards[shard].cpuset,
+			  "no topology of this machine: thread not bound");
 		return -1;
 	}
-	return bind_to(topo, shard, p->shards[shard].cpuset);
+	return bind_to(topo, shard, p->shards[shard].cpuset, err);
 }
 
 static int node_usable(int node)

@@ -62,20 +62,23 @@ struct shard_plan {
 /* Make the plan for spec with GPUs excluded from "auto" (until the engine
  * has CUDA).  Returns 0 and sets *out, or -1 with a message in err. */
 int shard_plan_make(const struct shard_topo *t, const char *spec,
-		    struct shard_plan **out, char *err, size_t errlen);
+		    struct shard_plan **out, char *err);
 int shard_plan_make_flags(const struct shard_topo *t, const char *spec,
-			  unsigned flags, struct shard_plan **out,
-			  char *err, size_t errlen);
+			  unsigned flags, struct shard_plan **out, char *err);
 void shard_plan_free(struct shard_plan *p);
 
 /* One line per shard, "shard <i> <cpu|gpu> device=<n|-> numa=<node>
  * cpus=<hwloc list>", then one summary line starting "plan: ". */
 void shard_plan_print(const struct shard_plan *p, FILE *f);
 
-/* Bind the calling thread to the shard's cpuset.  Failure (a plan made from
- * another machine's topology, CPUs absent here) prints a warning on stderr
- * and returns -1; the thread keeps running unbound. */
-int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard);
+/*
+ * Bind the calling thread to the shard's cpuset, or to the part of it that
+ * exists here.  When the thread does not end up on exactly that cpuset (a
+ * plan made from another machine's topology, CPUs absent here) err says
+ * so: 0 when it is bound to the CPUs present, -1 when it keeps running
+ * unbound.  Prints nothing: the library leaves that to its caller.
+ */
+int shard_plan_bind_thread(const struct shard_plan *p, uint32_t shard, char *err);
 
 /* Page-aligned memory preferring NUMA node numa_node (OS index), or plain
  * memory when libnuma is unavailable or the node is absent here.  Free with

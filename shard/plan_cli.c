@@ -107,21 +107,21 @@ int shard_plan_cli(int argc, char **argv, const char *prog, const char *spec,
 	struct shard_topo *t;
 	struct shard_plan *p;
 	struct opts o = { .prog = prog, .dflt = spec_from, .shards = NULL };
-	char err[256];
+	char err[KRN_MSGLEN];
 	int ret = parse_args(argc, argv, &o);
 
 	if (ret >= 0)
 		return ret;
 	if (!o.shards)
 		o.shards = spec;
-	if (shard_topo_load(&t, o.xml, o.synthetic, err, sizeof(err)) < 0) {
+	if (shard_topo_load(&t, o.xml, o.synthetic, err) < 0) {
 		fprintf(stderr, "%s: %s\n", prog, err);
 		return EXIT_USAGE;
 	}
 	for (unsigned i = 0; i < t->n_notes; i++)
 		fprintf(stderr, "%s: note: %s\n", prog, t->notes[i]);
 	if (shard_plan_make_flags(t, o.shards, o.gpus ? SHARD_PLAN_GPUS : 0,
-				  &p, err, sizeof(err)) < 0) {
+				  &p, err) < 0) {
 		fprintf(stderr, "%s: %s\n", prog, err);
 		shard_topo_free(t);
 		return EXIT_USAGE;

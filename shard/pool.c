@@ -1,6 +1,5 @@
 /* pool.c - shard worker threads (see pool.h). */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +20,10 @@ struct shard_pool {
 	pthread_mutex_t lock;
 	pthread_cond_t go, done;
 	uint64_t gen;              /* bumped by each run */
-	uint32_t pending;          /* workers still in the current run */
+	uint32_t pending;          /* workers still in the current run, or binding */
+	uint32_t unbound;          /* workers not bound to their whole cpuset */
+	uint32_t unbound_first;    /* the lowest shard of them */
+	char unbound_msg[KRN_MSGLEN]; /* why, for that shard */
 	int stop;
 	shard_job_fn fn;
 	void *arg;
@@ -29,14 +31,30 @@ struct shard_pool {
 	uint32_t started;
 };
 
+/* Bind the worker's thread; the pool keeps what went amiss. */
+static void bind_worker(struct shard_pool *pl, uint32_t shard)
+{
+	char why[KRN_MSGLEN] = "";
+
+	if (pl->plan && shard < pl->plan->n)
+		shard_plan_bind_thread(pl->plan, shard, why);
+	pthread_mutex_lock(&pl->lock);
+	if (why[0] && (!pl->unbound++ || shard < pl->unbound_first)) {
+		pl->unbound_first = shard;
+		memcpy(pl->unbound_msg, why, sizeof(why));
+	}
+	if (--pl->pending == 0)
+		pthread_cond_signal(&pl->done);
+	pthread_mutex_unlock(&pl->lock);
+}
+
 static void *worker_main(void *p)
 {
 	struct worker *w = p;
 	struct shard_pool *pl = w->pool;
 	uint64_t seen = 0;
 
-	if (pl->plan && w->shard < pl->plan->n)
-		shard_plan_bind_thread(pl->plan, w->shard);
+	bind_worker(pl, w->shard);
 	for (;;) {
 		pthread_mutex_lock(&pl->lock);
 		while (!pl->stop && pl->gen == seen)
@@ -55,6 +73,15 @@ static void *worker_main(void *p)
 			pthread_cond_signal(&pl->done);
 		pthread_mutex_unlock(&pl->lock);
 	}
+}
+
+/* Until every worker has finished the current run (or its binding). */
+static void wait_workers(struct shard_pool *p)
+{
+	pthread_mutex_lock(&p->lock);
+	while (p->pending)
+		pthread_cond_wait(&p->done, &p->lock);
+	pthread_mutex_unlock(&p->lock);
 }
 
 static void stop_workers(struct shard_pool *p)
@@ -98,12 +125,12 @@ int shard_pool_new(struct shard_pool **out, uint32_t n, const struct shard_plan 
 	pthread_cond_init(&p->go, NULL);
 	pthread_cond_init(&p->done, NULL);
 	rc = shard_coll_new(&p->coll, SHARD_COLL_SHM, (int)n, NULL, err);
+	p->pending = n ? n - 1 : 0;
 	for (uint32_t i = 1; rc == DKV_OK && i < n; i++) {
 		p->w[i].pool = p;
 		p->w[i].shard = i;
 		if (pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i])) {
-			snprintf(err, SHARD_ERRLEN, "cannot start the thread of shard %u", i);
-			rc = DKV_E_NOMEM;
+			rc = krn_msgf(err, DKV_E_NOMEM, "cannot start the thread of shard %u", i);
 			break;
 		}
 		p->started = i;
@@ -112,8 +139,17 @@ int shard_pool_new(struct shard_pool **out, uint32_t n, const struct shard_plan 
 		shard_pool_free(p);
 		return rc;
 	}
+	wait_workers(p);
 	*out = p;
 	return DKV_OK;
+}
+
+/* Set before shard_pool_new returns, constant after: no lock. */
+uint32_t shard_pool_unbound(const struct shard_pool *p, char *msg)
+{
+	if (p->unbound)
+		krn_msgf(msg, 0, "%s", p->unbound_msg);
+	return p->unbound;
 }
 
 uint32_t shard_pool_size(const struct shard_pool *p)
@@ -141,9 +177,6 @@ void shard_pool_run(struct shard_pool *p, shard_job_fn fn, void *arg)
 	pthread_cond_broadcast(&p->go);
 	pthread_mutex_unlock(&p->lock);
 	fn(arg, 0);
-	pthread_mutex_lock(&p->lock);
-	while (p->pending)
-		pthread_cond_wait(&p->done, &p->lock);
-	pthread_mutex_unlock(&p->lock);
+	wait_workers(p);
 	pthread_mutex_unlock(&p->run_lock);
 }

@@ -21,12 +21,19 @@ typedef void (*shard_job_fn)(void *arg, uint32_t shard);
 
 /*
  * A pool of n shards; plan (may be NULL: threads stay unbound) places
- * shard i's thread.  Returns DKV_OK or a DKV_E_* code with err.
+ * shard i's thread.  Returns DKV_OK or a DKV_E_* code with err, once
+ * every worker has tried its binding.
  */
 int shard_pool_new(struct shard_pool **out, uint32_t n, const struct shard_plan *plan,
 		   char *err);
 void shard_pool_free(struct shard_pool *p);
 uint32_t shard_pool_size(const struct shard_pool *p);
+/*
+ * Workers whose thread is not bound to its whole cpuset (plan.h), and in
+ * msg (KRN_MSGLEN bytes, may be NULL; written only when there are any)
+ * why, for the lowest shard of them.
+ */
+uint32_t shard_pool_unbound(const struct shard_pool *p, char *msg);
 struct shard_coll *shard_pool_coll(struct shard_pool *p);
 
 /* fn(arg, i) for every shard i at once; returns when all are done. */

@@ -4,7 +4,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,30 +11,14 @@
 
 #include "topo.h"
 
-void shard_set_err(char *err, size_t errlen, const char *fmt, ...)
+static int add_note(struct shard_topo *t, const char *note)
 {
-	va_list ap;
+	char **notes = realloc(t->notes, (t->n_notes + 1) * sizeof(*notes));
 
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-static int add_note(struct shard_topo *t, const char *fmt, ...)
-{
-	char buf[512], **notes;
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	notes = realloc(t->notes, (t->n_notes + 1) * sizeof(*notes));
 	if (!notes)
 		return -1;
 	t->notes = notes;
-	notes[t->n_notes] = strdup(buf);
+	notes[t->n_notes] = strdup(note);
 	if (!notes[t->n_notes])
 		return -1;
 	t->n_notes++;
@@ -45,22 +28,19 @@ static int add_note(struct shard_topo *t, const char *fmt, ...)
 /* ---- loading ---- */
 
 static int open_topology(hwloc_topology_t *out, const char *xml_path,
-			 const char *synthetic, char *err, size_t errlen)
+			 const char *synthetic, char *err)
 {
 	hwloc_topology_t topo;
 
-	if (hwloc_topology_init(&topo) < 0) {
-		shard_set_err(err, errlen, "hwloc_topology_init: %s", strerror(errno));
-		return -1;
-	}
+	if (hwloc_topology_init(&topo) < 0)
+		return krn_msgf(err, -1, "hwloc_topology_init: %s", strerror(errno));
 	if (xml_path && hwloc_topology_set_xml(topo, xml_path) < 0) {
-		shard_set_err(err, errlen, "cannot use XML topology %s: %s",
-			xml_path, strerror(errno));
+		krn_msgf(err, -1, "cannot use XML topology %s: %s",
+			 xml_path, strerror(errno));
 		goto destroy;
 	}
 	if (synthetic && hwloc_topology_set_synthetic(topo, synthetic) < 0) {
-		shard_set_err(err, errlen, "invalid synthetic topology \"%s\"",
-			synthetic);
+		krn_msgf(err, -1, "invalid synthetic topology \"%s\"", synthetic);
 		goto destroy;
 	}
 	/* This machine: PCI from sysfs, not through libpciaccess (slower, and
@@ -70,9 +50,9 @@ static int open_topology(hwloc_topology_t *out, const char *xml_path,
 			HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
 	hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
 	if (hwloc_topology_load(topo) < 0) {
-		shard_set_err(err, errlen, "cannot load topology%s%s: %s",
-			xml_path ? " from " : "", xml_path ? xml_path : "",
-			strerror(errno));
+		krn_msgf(err, -1, "cannot load topology%s%s: %s",
+			 xml_path ? " from " : "", xml_path ? xml_path : "",
+			 strerror(errno));
 		goto destroy;
 	}
 	*out = topo;
@@ -124,11 +104,14 @@ static int drop_cpus(struct shard_topo *t, unsigned i, const char *why)
 	struct shard_numa *n = &t->numa[i];
 	const char *sub = n->obj->subtype;
 
+	char note[KRN_MSGLEN];
+
 	n->has_cpus = 0;
 	hwloc_bitmap_zero(n->cpuset);
-	return add_note(t, "NUMA node %u%s%s%s has no CPUs of its own (%s): "
-			"no shards or shard memory there", n->os,
-			sub ? " (" : "", sub ? sub : "", sub ? ")" : "", why);
+	krn_msgf(note, 0, "NUMA node %u%s%s%s has no CPUs of its own (%s): "
+		 "no shards or shard memory there", n->os,
+		 sub ? " (" : "", sub ? sub : "", sub ? ")" : "", why);
+	return add_note(t, note);
 }
 
 static int classify_numa(struct shard_topo *t)
@@ -161,14 +144,12 @@ static int classify_numa(struct shard_topo *t)
 	return 0;
 }
 
-static int load_numa(struct shard_topo *t, char *err, size_t errlen)
+static int load_numa(struct shard_topo *t, char *err)
 {
 	int n = hwloc_get_nbobjs_by_type(t->topo, HWLOC_OBJ_NUMANODE);
 
-	if (n <= 0) {
-		shard_set_err(err, errlen, "the topology has no NUMA node");
-		return -1;
-	}
+	if (n <= 0)
+		return krn_msgf(err, -1, "the topology has no NUMA node");
 	t->numa = calloc(n, sizeof(*t->numa));
 	if (!t->numa)
 		goto nomem;
@@ -186,15 +167,12 @@ static int load_numa(struct shard_topo *t, char *err, size_t errlen)
 	}
 	if (classify_numa(t) < 0)
 		goto nomem;
-	if (!t->n_cpu_numa) {
-		shard_set_err(err, errlen, "no NUMA node of the topology has CPUs");
-		return -1;
-	}
+	if (!t->n_cpu_numa)
+		return krn_msgf(err, -1, "no NUMA node of the topology has CPUs");
 	return 0;
 
 nomem:
-	shard_set_err(err, errlen, "out of memory");
-	return -1;
+	return krn_msgf(err, -1, "out of memory");
 }
 
 int shard_topo_numa_by_os(const struct shard_topo *t, unsigned os)
@@ -358,16 +336,17 @@ static const char *device_model(hwloc_obj_t dev)
 
 static int note_ignored(struct shard_topo *t, hwloc_obj_t dev)
 {
-	char names[128], busid[32];
+	char names[128], busid[32], note[KRN_MSGLEN];
 	const char *model = device_model(dev);
 
 	device_names(dev, names, sizeof(names));
 	format_busid(dev, busid, sizeof(busid));
 	t->n_ignored++;
-	return add_note(t, "ignored device %s%s%s%s%s%s: not an NVIDIA GPU "
-			"(no CUDA or NVML device)", names,
-			busid[0] ? " at " : "", busid,
-			model ? " (" : "", model ? model : "", model ? ")" : "");
+	krn_msgf(note, 0, "ignored device %s%s%s%s%s%s: not an NVIDIA GPU "
+		 "(no CUDA or NVML device)", names,
+		 busid[0] ? " at " : "", busid,
+		 model ? " (" : "", model ? model : "", model ? ")" : "");
+	return add_note(t, note);
 }
 
 /* Devices seen earlier in the OS-device order than os, for deduping. */
@@ -394,7 +373,7 @@ static int has_gpu_osdev(hwloc_obj_t dev)
  * was missing when the XML was exported. */
 static int note_bare_nvidia(struct shard_topo *t)
 {
-	char busid[32];
+	char busid[32], note[KRN_MSGLEN];
 
 	for (hwloc_obj_t d = NULL; (d = hwloc_get_next_pcidev(t->topo, d));) {
 		if (d->attr->pcidev.vendor_id != 0x10de ||
@@ -402,8 +381,9 @@ static int note_bare_nvidia(struct shard_topo *t)
 			continue;
 		format_busid(d, busid, sizeof(busid));
 		t->n_ignored++;
-		if (add_note(t, "ignored NVIDIA GPU at %s: no CUDA or NVML device "
-			     "(hwloc without those plugins, or no driver)", busid) < 0)
+		krn_msgf(note, 0, "ignored NVIDIA GPU at %s: no CUDA or NVML device "
+			 "(hwloc without those plugins, or no driver)", busid);
+		if (add_note(t, note) < 0)
 			return -1;
 	}
 	return 0;
@@ -470,10 +450,13 @@ static int place_gpu(struct shard_topo *t, struct shard_gpu *g)
 		if (best < 0)
 			continue;
 		g->numa = best;
-		if (pass == 2)
-			return add_note(t, "GPU %s: NUMA locality unknown, "
-					"placed on node %u", g->busid,
-					t->numa[best].os);
+		if (pass == 2) {
+			char note[KRN_MSGLEN];
+
+			krn_msgf(note, 0, "GPU %s: NUMA locality unknown, placed on node %u",
+				 g->busid, t->numa[best].os);
+			return add_note(t, note);
+		}
 		return 0;
 	}
 	return 0;
@@ -506,31 +489,25 @@ void shard_topo_free(struct shard_topo *t)
 }
 
 int shard_topo_load(struct shard_topo **out, const char *xml_path,
-		    const char *synthetic, char *err, size_t errlen)
+		    const char *synthetic, char *err)
 {
 	struct shard_topo *t;
 
-	if (xml_path && synthetic) {
-		shard_set_err(err, errlen, "give an XML topology or a synthetic one, not both");
-		return -1;
-	}
-	if (xml_path && access(xml_path, R_OK) < 0) {
-		shard_set_err(err, errlen, "cannot read XML topology %s: %s",
-			xml_path, strerror(errno));
-		return -1;
-	}
+	if (xml_path && synthetic)
+		return krn_msgf(err, -1, "give an XML topology or a synthetic one, not both");
+	if (xml_path && access(xml_path, R_OK) < 0)
+		return krn_msgf(err, -1, "cannot read XML topology %s: %s",
+				xml_path, strerror(errno));
 	t = calloc(1, sizeof(*t));
-	if (!t) {
-		shard_set_err(err, errlen, "out of memory");
-		return -1;
-	}
-	if (open_topology(&t->topo, xml_path, synthetic, err, errlen) < 0)
+	if (!t)
+		return krn_msgf(err, -1, "out of memory");
+	if (open_topology(&t->topo, xml_path, synthetic, err) < 0)
 		goto free_topo;
 	t->this_system = hwloc_topology_is_thissystem(t->topo);
-	if (load_numa(t, err, errlen) < 0)
+	if (load_numa(t, err) < 0)
 		goto free_topo;
 	if (scan_gpus(t) < 0 || place_gpus(t) < 0) {
-		shard_set_err(err, errlen, "out of memory");
+		krn_msgf(err, -1, "out of memory");
 		goto free_topo;
 	}
 	*out = t;

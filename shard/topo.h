@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <hwloc.h>
 
+#include "msg.h"
+
 struct shard_numa {
 	unsigned logical;       /* hwloc logical index */
 	unsigned os;            /* OS index: the node number libnuma uses */
@@ -62,14 +64,10 @@ struct shard_topo {
  * Returns 0 and sets *out, or -1 with a message in err.
  */
 int shard_topo_load(struct shard_topo **out, const char *xml_path,
-		    const char *synthetic, char *err, size_t errlen);
+		    const char *synthetic, char *err);
 void shard_topo_free(struct shard_topo *t);
 
 /* Index in t->numa of the node with this OS index, or -1. */
 int shard_topo_numa_by_os(const struct shard_topo *t, unsigned os);
-
-/* Write a formatted message to err (errlen bytes) if err is not NULL. */
-void shard_set_err(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
 #endif

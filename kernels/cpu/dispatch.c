@@ -3,7 +3,6 @@
  * must have enabled the vector registers), or from DASHKV_SIMD.
  */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,7 +117,7 @@ const struct krn_ops *krn_get_level(enum krn_level level)
 
 static const struct krn_ops *active;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static char init_err[160];
+static char init_err[KRN_MSGLEN];
 static int init_rc;
 
 static void init_once(void)
@@ -134,18 +133,15 @@ static void init_once(void)
 		else if (!strcmp(env, "avx512"))
 			want = KRN_AVX512;
 		else {
-			snprintf(init_err, sizeof(init_err),
-				 "DASHKV_SIMD=%s: expected scalar, avx2 or avx512", env);
-			init_rc = -1;
+			init_rc = krn_msgf(init_err, -1,
+					   "DASHKV_SIMD=%s: expected scalar, avx2 or avx512", env);
 			active = &krn_ops_scalar;
 			return;
 		}
 		active = krn_get_level(want);
 		if (!active) {
-			snprintf(init_err, sizeof(init_err),
-				 "DASHKV_SIMD=%s: this %s lacks that level", env,
-				 built_level(want) ? "CPU" : "build");
-			init_rc = -1;
+			init_rc = krn_msgf(init_err, -1, "DASHKV_SIMD=%s: this %s lacks that level",
+					   env, built_level(want) ? "CPU" : "build");
 			active = &krn_ops_scalar;
 		}
 		return;
@@ -157,12 +153,10 @@ static void init_once(void)
 	}
 }
 
-int krn_init(char *err, size_t errlen)
+int krn_init(char *err)
 {
 	pthread_once(&once, init_once);
-	if (init_rc && err && errlen)
-		snprintf(err, errlen, "%s", init_err);
-	return init_rc;
+	return init_rc ? krn_msgf(err, init_rc, "%s", init_err) : 0;
 }
 
 const struct krn_ops *krn_get(void)

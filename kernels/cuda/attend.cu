@@ -50,7 +50,7 @@ int cu_fine(const float *q, uint32_t nq, uint32_t dim, const struct krn_gpu_rows
 	    float scale, float *logit, size_t ld, char *err)
 {
 	if (dim == 0 || dim > KRN_GPU_MAXDIM || !cu_dtype_ok(k->dtype) || k->shift > 31)
-		return cu_inval(err, "fine: bad dim, dtype or page size");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: fine: bad dim, dtype or page size");
 	if (nq == 0 || n == 0)
 		return 0;
 	uint64_t warps = (uint64_t)nq * n;
@@ -143,11 +143,12 @@ int cu_attend_list(const float *logit, size_t ld, const uint32_t *pos, size_t ld
 		   const struct krn_gpu_part *st, char *err)
 {
 	if (dim == 0 || dim > KRN_GPU_MAXDIM || !cu_dtype_ok(v->dtype) || v->shift > 31)
-		return cu_inval(err, "attend_list: bad dim, dtype or page size");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: attend_list: bad dim, dtype or page size");
 	if (nq == 0)
 		return 0;
 	if (nq > 65535)
-		return cu_inval(err, "attend_list: at most 65535 queries");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: attend_list: at most 65535 queries");
 	k_attend_list<<<nq, ATT_THREADS, 0, cudaStreamPerThread>>>(logit, ld, pos, ld_pos, cnt, n,
 								   *v, dim, *st);
 	return cu_launched(err, "attend_list");
@@ -269,14 +270,16 @@ int cu_attend_range(const float *q, uint32_t nq, uint32_t dim, float scale,
 		    const struct krn_gpu_part *part, char *err)
 {
 	if (dim == 0 || dim > KRN_GPU_MAXDIM || nq == 0 || nq > KRN_GPU_MAXQ)
-		return cu_inval(err, "attend_range: dim 1..256 and 1..16 queries");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: attend_range: dim 1..256 and 1..16 queries");
 	if (!cu_dtype_ok(k->dtype) || !cu_dtype_ok(v->dtype) || split == 0 || t1 < t0)
-		return cu_inval(err, "attend_range: bad dtype, split or range");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: attend_range: bad dtype, split or range");
 	if (t1 == t0)
 		return 0;
 	uint64_t chunks = (t1 - t0 + split - 1) / split;
 	if (chunks > 0x7fffffffu)
-		return cu_inval(err, "attend_range: too many chunks");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: attend_range: too many chunks");
 	k_attend_range<<<(unsigned)chunks, ATT_THREADS, 0, cudaStreamPerThread>>>(
 		q, nq, dim, scale, *k, *v, t0, t1, split, *part);
 	return cu_launched(err, "attend_range");
@@ -317,11 +320,12 @@ int cu_merge(const struct krn_gpu_part *in, uint32_t nparts, uint32_t nq, uint32
 	     const struct krn_gpu_part *out, char *err)
 {
 	if (dim == 0 || dim > KRN_GPU_MAXDIM || nparts == 0)
-		return cu_inval(err, "merge: dim 1..256 and at least one part");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: merge: dim 1..256 and at least one part");
 	if (nq == 0)
 		return 0;
 	if (nq > 65535)
-		return cu_inval(err, "merge: at most 65535 queries");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: merge: at most 65535 queries");
 	k_merge<<<nq, KRN_GPU_MAXDIM, 0, cudaStreamPerThread>>>(*in, nparts, nq, dim, *out);
 	return cu_launched(err, "merge");
 }

@@ -10,17 +10,12 @@ int cu_probe(int *ndev, char *err)
 	cudaError_t e = cudaGetDeviceCount(&n);
 
 	if (e != cudaSuccess) {
-		if (err)
-			snprintf(err, KRN_GPU_ERRLEN, "no usable CUDA device: %s",
-				 cudaGetErrorString(e));
 		cudaGetLastError();
-		return DKV_E_UNSUPPORTED;
+		return krn_msgf(err, DKV_E_UNSUPPORTED, "no usable CUDA device: %s",
+				cudaGetErrorString(e));
 	}
-	if (n == 0) {
-		if (err)
-			snprintf(err, KRN_GPU_ERRLEN, "no CUDA device");
-		return DKV_E_UNSUPPORTED;
-	}
+	if (n == 0)
+		return krn_msgf(err, DKV_E_UNSUPPORTED, "no CUDA device");
 	*ndev = n;
 	return 0;
 }
@@ -186,7 +181,7 @@ static unsigned grid_for(size_t n, unsigned threads)
 int cu_to_f32(const uint16_t *in, uint32_t dtype, float *out, size_t n, char *err)
 {
 	if (dtype != DKV_F16 && dtype != DKV_BF16)
-		return cu_inval(err, "to_f32 converts f16 or bf16");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: to_f32 converts f16 or bf16");
 	if (n == 0)
 		return 0;
 	k_to_f32<<<grid_for(n, 256), 256, 0, cudaStreamPerThread>>>(in, dtype, out, n);
@@ -196,7 +191,7 @@ int cu_to_f32(const uint16_t *in, uint32_t dtype, float *out, size_t n, char *er
 int cu_from_f32(const float *in, uint32_t dtype, uint16_t *out, size_t n, char *err)
 {
 	if (dtype != DKV_F16 && dtype != DKV_BF16)
-		return cu_inval(err, "from_f32 converts to f16 or bf16");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: from_f32 converts to f16 or bf16");
 	if (n == 0)
 		return 0;
 	k_from_f32<<<grid_for(n, 256), 256, 0, cudaStreamPerThread>>>(in, dtype, out, n);
@@ -251,9 +246,11 @@ int cu_encode(const float *P, uint32_t bits, uint32_t dim, const void *x, uint32
 	      char *err)
 {
 	if (bits != 64 && bits != 128 && bits != 256)
-		return cu_inval(err, "encode: bits must be 64, 128 or 256");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: encode: bits must be 64, 128 or 256");
 	if (dim == 0 || dim > KRN_GPU_MAXDIM || !cu_dtype_ok(dtype) || ld_x < dim)
-		return cu_inval(err, "encode: bad dim, dtype or row stride");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: encode: bad dim, dtype or row stride");
 	if (n == 0)
 		return 0;
 	k_encode<<<n < 65535 ? n : 65535, bits, 0, cudaStreamPerThread>>>(
@@ -277,7 +274,7 @@ int cu_hamming(const uint64_t *q, const uint64_t *codes, uint32_t words, uint32_
 	       uint16_t *dist, char *err)
 {
 	if (words == 0 || words > 4)
-		return cu_inval(err, "hamming: 1 to 4 code words");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: hamming: 1 to 4 code words");
 	if (n == 0)
 		return 0;
 	k_hamming<<<grid_for(n, 256), 256, 0, cudaStreamPerThread>>>(q, codes, words, n, dist);
@@ -325,7 +322,7 @@ int cu_fill(void *p, uint32_t dtype, size_t n, uint64_t seed, char *err)
 	else if (cu_dtype_ok(dtype))
 		k_fill<<<grid_for(n, 256), 256, 0, cudaStreamPerThread>>>(p, dtype, n, seed);
 	else
-		return cu_inval(err, "fill: unknown dtype");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: fill: unknown dtype");
 	return cu_launched(err, "fill");
 }
 

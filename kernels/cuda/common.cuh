@@ -16,20 +16,13 @@
 /* Record a CUDA error in err; out-of-memory maps to DKV_E_NOMEM. */
 static inline int cu_fail(char *err, cudaError_t e, const char *what)
 {
-	if (err)
-		snprintf(err, KRN_GPU_ERRLEN, "CUDA: %s: %s", what, cudaGetErrorString(e));
-	if (e == cudaErrorMemoryAllocation)
-		return DKV_E_NOMEM;
-	if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
-		return DKV_E_UNSUPPORTED;
-	return DKV_E_INTERNAL;
-}
+	int code = DKV_E_INTERNAL;
 
-static inline int cu_inval(char *err, const char *what)
-{
-	if (err)
-		snprintf(err, KRN_GPU_ERRLEN, "GPU kernel: %s", what);
-	return DKV_E_INVAL;
+	if (e == cudaErrorMemoryAllocation)
+		code = DKV_E_NOMEM;
+	if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
+		code = DKV_E_UNSUPPORTED;
+	return krn_msgf(err, code, "CUDA: %s: %s", what, cudaGetErrorString(e));
 }
 
 /* After a launch: a configuration error shows here. */

@@ -265,17 +265,18 @@ k_compact(const uint32_t *bits, const uint32_t *chunk_cnt, struct scan_geom g,
 static int scan_check(const struct krn_gpu_scan *s, char *err)
 {
 	if (s->nq == 0 || s->nq > KRN_GPU_MAXQ)
-		return cu_inval(err, "scan: 1 to 16 queries per call");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: scan: 1 to 16 queries per call");
 	if (s->words != 1 && s->words != 2 && s->words != 4)
-		return cu_inval(err, "scan: codes of 64, 128 or 256 bits");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: scan: codes of 64, 128 or 256 bits");
 	if (s->stride != 1 && (s->stride < 8 || s->stride > 64 || (s->stride & (s->stride - 1))))
-		return cu_inval(err, "scan: tail stride 1, 8, 16, 32 or 64");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: scan: tail stride 1, 8, 16, 32 or 64");
 	if (s->keys.shift < 6 || s->keys.shift > 31)
-		return cu_inval(err, "scan: pages of 2^6 .. 2^31 keys");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: scan: pages of 2^6 .. 2^31 keys");
 	if ((uint64_t)s->first + s->n + 63 > ((uint64_t)1 << 32))
-		return cu_inval(err, "scan: key range beyond 2^32");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: scan: key range beyond 2^32");
 	if (!s->hit || !s->n_hit || !s->ws)
-		return cu_inval(err, "scan: hit, n_hit and ws are needed");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: scan: hit, n_hit and ws are needed");
 	return 0;
 }
 
@@ -434,7 +435,8 @@ int cu_select_ham(const uint16_t *dist, uint32_t n, uint32_t bits, uint32_t k,
 	int rc;
 
 	if (bits != 64 && bits != 128 && bits != 256)
-		return cu_inval(err, "select_ham: bits must be 64, 128 or 256");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: select_ham: bits must be 64, 128 or 256");
 	if (n == 0 || k == 0)
 		return 0;
 	rc = cu_memset0(hist, HBINS * 4, err);

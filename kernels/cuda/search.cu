@@ -101,13 +101,15 @@ __global__ static void k_gather(const uint32_t *hit, const float *logit, uint32_
 static int search_check(const struct krn_gpu_search *a, char *err)
 {
 	if (a->nq == 0 || a->nq > KRN_GPU_MAXQ || a->dim == 0 || a->dim > KRN_GPU_MAXDIM)
-		return cu_inval(err, "search: 1..16 queries of dim 1..256");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: search: 1..16 queries of dim 1..256");
 	if (a->len > 0xffffffc0u)
-		return cu_inval(err, "search: at most 2^32 - 64 tokens per shard");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: search: at most 2^32 - 64 tokens per shard");
 	if (a->cand == 0 || a->top_k == 0 || a->top_k > a->cand)
-		return cu_inval(err, "search: need 0 < top_k <= cand");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: search: need 0 < top_k <= cand");
 	if (a->scan.nq != a->nq)
-		return cu_inval(err, "search: scan.nq differs from nq");
+		return krn_msgf(err, DKV_E_INVAL, "GPU kernel: search: scan.nq differs from nq");
 	return 0;
 }
 

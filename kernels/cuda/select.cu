@@ -100,7 +100,8 @@ int cu_select_top(const float *x, size_t ld, const uint32_t *cnt, uint32_t nrows
 	if (nrows == 0)
 		return 0;
 	if (nrows > 65535 || (nrows > 1 && ld < n))
-		return cu_inval(err, "select_top: at most 65535 rows, ld >= n");
+		return krn_msgf(err, DKV_E_INVAL,
+				"GPU kernel: select_top: at most 65535 rows, ld >= n");
 	k_select<<<nrows, SEL_THREADS, 0, cudaStreamPerThread>>>(x, ld, cnt, n, k, idx, got);
 	return cu_launched(err, "select_top");
 }

@@ -1,10 +1,7 @@
 /* proto.c - the validators of the dashkvd wire format and ring ABI. */
-#include <stdio.h>
 #include <string.h>
 
 #include "proto.h"
-
-#define FAIL(...) (snprintf(err, errlen, __VA_ARGS__), DKV_E_PROTO)
 
 void ipc_hdr_init(struct ipc_hdr *h, uint16_t type, uint32_t length, uint32_t seq)
 {
@@ -42,42 +39,41 @@ uint32_t ipc_payload_size(uint16_t type)
 	return 0;
 }
 
-int ipc_check_hdr(const struct ipc_hdr *h, char *err, size_t errlen)
+int ipc_check_hdr(const struct ipc_hdr *h, char *err)
 {
 	if (h->magic != IPC_MAGIC)
-		return FAIL("bad magic 0x%08x", h->magic);
+		return krn_msgf(err, DKV_E_PROTO, "bad magic 0x%08x", h->magic);
 	if (h->version != IPC_VERSION)
-		return FAIL("protocol version %u, this side speaks %u",
-			    h->version, IPC_VERSION);
+		return krn_msgf(err, DKV_E_PROTO, "protocol version %u, this side speaks %u",
+				h->version, IPC_VERSION);
 	if (h->type == 0 || h->type >= IPC_TYPE_END)
-		return FAIL("unknown message type %u", h->type);
+		return krn_msgf(err, DKV_E_PROTO, "unknown message type %u", h->type);
 	if (h->length != ipc_payload_size(h->type))
-		return FAIL("message type %u with %u payload bytes, expected %u",
-			    h->type, h->length, ipc_payload_size(h->type));
+		return krn_msgf(err, DKV_E_PROTO,
+				"message type %u with %u payload bytes, expected %u",
+				h->type, h->length, ipc_payload_size(h->type));
 	return DKV_OK;
 }
 
-int ipc_check_hello(const struct ipc_hello *m, char *err, size_t errlen)
+int ipc_check_hello(const struct ipc_hello *m, char *err)
 {
 	if (m->reserved)
-		return FAIL("hello: reserved field not zero");
+		return krn_msgf(err, DKV_E_PROTO, "hello: reserved field not zero");
 	if (!(m->features & IPC_FEAT_RING))
-		return FAIL("hello: client lacks the ring feature");
+		return krn_msgf(err, DKV_E_PROTO, "hello: client lacks the ring feature");
 	if (m->arena_size < 4096 || m->arena_size > (1ull << 36))
-		return FAIL("hello: arena size %llu out of range",
-			    (unsigned long long)m->arena_size);
+		return krn_msgf(err, DKV_E_PROTO, "hello: arena size %llu out of range",
+				(unsigned long long)m->arena_size);
 	return DKV_OK;
 }
 
-int ipc_check_open_model(const struct ipc_open_model *m, char *err, size_t errlen)
+int ipc_check_open_model(const struct ipc_open_model *m, char *err)
 {
 	if (!memchr(m->path, '\0', sizeof(m->path)))
-		return FAIL("open: model path not NUL-terminated");
-	if (m->path[0] != '/') {
-		snprintf(err, errlen, "hash_model \"%.150s\": the daemon opens the file "
-			 "itself and needs an absolute path", m->path);
-		return DKV_E_INVAL;
-	}
+		return krn_msgf(err, DKV_E_PROTO, "open: model path not NUL-terminated");
+	if (m->path[0] != '/')
+		return krn_msgf(err, DKV_E_INVAL, "hash_model \"%.150s\": the daemon opens the "
+				"file itself and needs an absolute path", m->path);
 	return DKV_OK;
 }
 
@@ -86,38 +82,38 @@ static int in_region(uint64_t off, uint64_t len, uint64_t size)
 	return off <= size && len <= size - off;
 }
 
-int ipc_check_accept(const struct ipc_accept *m, uint64_t file_size,
-		     char *err, size_t errlen)
+int ipc_check_accept(const struct ipc_accept *m, uint64_t file_size, char *err)
 {
 	const struct ipc_offsets *o = &m->off;
 	uint64_t n = o->entries;
 
 	if (m->reserved || o->reserved)
-		return FAIL("accept: reserved field not zero");
+		return krn_msgf(err, DKV_E_PROTO, "accept: reserved field not zero");
 	if (!(m->features & IPC_FEAT_RING))
-		return FAIL("accept: daemon lacks the ring feature");
+		return krn_msgf(err, DKV_E_PROTO, "accept: daemon lacks the ring feature");
 	if (m->region_size != file_size)
-		return FAIL("accept: region of %llu bytes, shared file has %llu",
-			    (unsigned long long)m->region_size,
-			    (unsigned long long)file_size);
+		return krn_msgf(err, DKV_E_PROTO,
+				"accept: region of %llu bytes, shared file has %llu",
+				(unsigned long long)m->region_size,
+				(unsigned long long)file_size);
 	if (!n || (n & (n - 1)) || n > 65536)
-		return FAIL("accept: ring entries %llu not a power of two",
-			    (unsigned long long)n);
+		return krn_msgf(err, DKV_E_PROTO, "accept: ring entries %llu not a power of two",
+				(unsigned long long)n);
 	if ((o->sq_ctl | o->cq_ctl | o->sqes | o->cqes | o->arena) % IPC_CACHELINE)
-		return FAIL("accept: misaligned ring offsets");
+		return krn_msgf(err, DKV_E_PROTO, "accept: misaligned ring offsets");
 	if (!in_region(o->sq_ctl, sizeof(struct ipc_ring_ctl), file_size) ||
 	    !in_region(o->cq_ctl, sizeof(struct ipc_ring_ctl), file_size) ||
 	    !in_region(o->sqes, n * sizeof(struct ipc_sqe), file_size) ||
 	    !in_region(o->cqes, n * sizeof(struct ipc_cqe), file_size) ||
 	    !in_region(o->arena, o->arena_size, file_size))
-		return FAIL("accept: ring or arena outside the region");
+		return krn_msgf(err, DKV_E_PROTO, "accept: ring or arena outside the region");
 	return DKV_OK;
 }
 
-int ipc_check_ref(const struct ipc_ref *m, char *err, size_t errlen)
+int ipc_check_ref(const struct ipc_ref *m, char *err)
 {
 	if (m->seq_id == 0)
-		return FAIL("sequence id 0");
+		return krn_msgf(err, DKV_E_PROTO, "sequence id 0");
 	return DKV_OK;
 }
 
@@ -126,21 +122,21 @@ static int check_text(const char *msg, size_t len)
 	return memchr(msg, '\0', len) != NULL;
 }
 
-int ipc_check_error(const struct ipc_error *m, char *err, size_t errlen)
+int ipc_check_error(const struct ipc_error *m, char *err)
 {
 	if (m->status >= 0 || m->status < DKV_E_INTERNAL)
-		return FAIL("error reply with status %d", m->status);
+		return krn_msgf(err, DKV_E_PROTO, "error reply with status %d", m->status);
 	if (!check_text(m->msg, sizeof(m->msg)))
-		return FAIL("error reply text not terminated");
+		return krn_msgf(err, DKV_E_PROTO, "error reply text not terminated");
 	return DKV_OK;
 }
 
-int ipc_check_cqe(const struct ipc_cqe *m, char *err, size_t errlen)
+int ipc_check_cqe(const struct ipc_cqe *m, char *err)
 {
 	if (m->status > 0 || m->status < DKV_E_INTERNAL)
-		return FAIL("completion with status %d", m->status);
+		return krn_msgf(err, DKV_E_PROTO, "completion with status %d", m->status);
 	if (!check_text(m->msg, sizeof(m->msg)))
-		return FAIL("completion text not terminated");
+		return krn_msgf(err, DKV_E_PROTO, "completion text not terminated");
 	return DKV_OK;
 }
 
@@ -154,25 +150,24 @@ uint64_t ipc_kv_bytes(const struct ipc_geom *g, uint32_t n_new)
 	return (uint64_t)n_new * g->n_kv_heads * g->head_dim * g->dsize;
 }
 
-#define EINV(...) (snprintf(err, errlen, __VA_ARGS__), DKV_E_INVAL)
-
 int ipc_check_sqe(const struct ipc_sqe *e, const struct ipc_geom *g,
-		  uint64_t arena_size, char *err, size_t errlen)
+		  uint64_t arena_size, char *err)
 {
 	uint64_t qb = ipc_q_bytes(g, e->n_q), kb = ipc_kv_bytes(g, e->n_new);
 
 	if (e->reserved[0] | e->reserved[1] | e->reserved[2] | e->reserved[3])
-		return FAIL("step: reserved field not zero");
+		return krn_msgf(err, DKV_E_PROTO, "step: reserved field not zero");
 	if (e->layer >= g->n_layers)
-		return EINV("layer %u out of range [0, %u)", e->layer, g->n_layers);
+		return krn_msgf(err, DKV_E_INVAL, "layer %u out of range [0, %u)", e->layer,
+				g->n_layers);
 	if (e->n_q && (!in_region(e->q_off, qb, arena_size) ||
 		       !in_region(e->out_off, qb, arena_size)))
-		return EINV("step: q or out outside the arena");
+		return krn_msgf(err, DKV_E_INVAL, "step: q or out outside the arena");
 	if (e->n_new && (!in_region(e->k_off, kb, arena_size) ||
 			 !in_region(e->v_off, kb, arena_size)))
-		return EINV("step: k or v outside the arena");
+		return krn_msgf(err, DKV_E_INVAL, "step: k or v outside the arena");
 	if ((e->q_off | e->k_off | e->v_off | e->out_off) % g->dsize)
-		return EINV("step: misaligned arena offset");
+		return krn_msgf(err, DKV_E_INVAL, "step: misaligned arena offset");
 	return DKV_OK;
 }
 

@@ -3,7 +3,8 @@
  * libdashkv-client.  Everything here is fixed-width and little-endian (the
  * two peers run on one host).  Reserved fields must be zero.  The ipc_check_*
  * functions are pure: they validate bytes received from a peer that is not
- * trusted (the socket, or a descriptor copied out of shared memory).
+ * trusted (the socket, or a descriptor copied out of shared memory), and
+ * say what is wrong in err (msg.h).
  */
 #ifndef DKV_IPC_PROTO_H
 #define DKV_IPC_PROTO_H
@@ -13,10 +14,10 @@
 #include <stdint.h>
 
 #include "dashkv.h"
+#include "msg.h"
 
 #define IPC_MAGIC 0x564b4444u   /* "DDKV" */
 #define IPC_VERSION 1u
-#define IPC_MSGLEN 256u         /* message text in error replies */
 #define IPC_MAX_PAYLOAD 4096u   /* the largest control payload */
 #define IPC_PATHLEN 1024u       /* a path in a message, its NUL included */
 #define IPC_CACHELINE 64
@@ -116,8 +117,10 @@ struct ipc_length_ok {
 struct ipc_error {
 	int32_t status;       /* a DKV_E_* code */
 	uint32_t reserved;
-	char msg[IPC_MSGLEN]; /* NUL-terminated */
+	char msg[KRN_MSGLEN]; /* NUL-terminated */
 };
+/* ABI: the wire carries 256-byte messages, so KRN_MSGLEN cannot drift. */
+_Static_assert(sizeof(((struct ipc_error *)0)->msg) == 256, "ipc_error.msg is 256 bytes");
 
 struct ipc_status {
 	uint32_t sessions, max_sessions;
@@ -211,18 +214,18 @@ struct ipc_geom {
 
 void ipc_hdr_init(struct ipc_hdr *h, uint16_t type, uint32_t length, uint32_t seq);
 /* Header of a message: magic, version, known type, payload size of the type. */
-int ipc_check_hdr(const struct ipc_hdr *h, char *err, size_t errlen);
+int ipc_check_hdr(const struct ipc_hdr *h, char *err);
 /* The payload size a type must have. */
 uint32_t ipc_payload_size(uint16_t type);
-int ipc_check_hello(const struct ipc_hello *m, char *err, size_t errlen);
-int ipc_check_accept(const struct ipc_accept *m, uint64_t file_size, char *err, size_t errlen);
-int ipc_check_ref(const struct ipc_ref *m, char *err, size_t errlen);
+int ipc_check_hello(const struct ipc_hello *m, char *err);
+int ipc_check_accept(const struct ipc_accept *m, uint64_t file_size, char *err);
+int ipc_check_ref(const struct ipc_ref *m, char *err);
 /* DKV_E_PROTO when path is not NUL-terminated, DKV_E_INVAL when relative. */
-int ipc_check_open_model(const struct ipc_open_model *m, char *err, size_t errlen);
-int ipc_check_error(const struct ipc_error *m, char *err, size_t errlen);
-int ipc_check_cqe(const struct ipc_cqe *m, char *err, size_t errlen);
+int ipc_check_open_model(const struct ipc_open_model *m, char *err);
+int ipc_check_error(const struct ipc_error *m, char *err);
+int ipc_check_cqe(const struct ipc_cqe *m, char *err);
 int ipc_check_sqe(const struct ipc_sqe *e, const struct ipc_geom *g,
-		  uint64_t arena_size, char *err, size_t errlen);
+		  uint64_t arena_size, char *err);
 /* Bytes of q (or out) and of k (or v) for a step. */
 uint64_t ipc_q_bytes(const struct ipc_geom *g, uint32_t n_q);
 uint64_t ipc_kv_bytes(const struct ipc_geom *g, uint32_t n_new);
@@ -252,7 +255,7 @@ int ipc_send(int sock, uint16_t type, uint32_t seq, const void *payload,
  * or DKV_E_PROTO for a malformed message (with err).
  */
 int ipc_recv(int sock, struct ipc_hdr *hdr, void *buf, int timeout_ms,
-	     int *fd_out, char *err, size_t errlen);
+	     int *fd_out, char *err);
 /* Futex helpers on a shared (not process-private) word. */
 int ipc_futex_wait(_Atomic uint32_t *word, uint32_t val, int timeout_ms);
 void ipc_futex_wake(_Atomic uint32_t *word);

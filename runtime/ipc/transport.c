@@ -9,7 +9,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -98,9 +97,8 @@ static int daemon_hung(struct ipc_conn *c)
 
 static int hung(char *err, const struct ipc_conn *c)
 {
-	snprintf(err, IPC_MSGLEN, "the daemon stopped answering (no heartbeat "
-		 "for %llu ms)", (unsigned long long)(c->hung_ns / 1000000));
-	return DKV_E_TIMEOUT;
+	return krn_msgf(err, DKV_E_TIMEOUT, "the daemon stopped answering (no heartbeat "
+			"for %llu ms)", (unsigned long long)(c->hung_ns / 1000000));
 }
 
 /* Wait until the socket is readable, the daemon hangs, or IPC_CTL_TIMEOUT_MS. */
@@ -118,12 +116,6 @@ static int wait_socket(struct ipc_conn *c, char *err)
 			return hung(err, c);
 	}
 	return DKV_OK;
-}
-
-static int fail(char *err, int rc, const char *msg)
-{
-	snprintf(err, IPC_MSGLEN, "%s", msg);
-	return rc;
 }
 
 static int unix_connect(const char *path, int *out)
@@ -171,26 +163,25 @@ static int reply(struct ipc_conn *c, uint16_t want, void *buf, int *fd, char *er
 
 	if (rc)
 		return rc;
-	rc = ipc_recv(c->sock, &h, &p, IPC_CTL_TIMEOUT_MS, fd, err, IPC_MSGLEN);
+	rc = ipc_recv(c->sock, &h, &p, IPC_CTL_TIMEOUT_MS, fd, err);
 
 	if (rc == DKV_E_DISCONNECTED) {
 		c->dead = 1;
-		return fail(err, rc, "the daemon closed the connection");
+		return krn_msgf(err, rc, "the daemon closed the connection");
 	}
 	if (rc == DKV_E_TIMEOUT || rc == DKV_E_IO)
-		return fail(err, rc, rc == DKV_E_IO ? "socket read failed" :
-			    "no answer from the daemon");
+		return krn_msgf(err, rc, "%s", rc == DKV_E_IO ? "socket read failed" :
+				"no answer from the daemon");
 	if (rc)
 		return rc;
 	if (h.type == IPC_ERROR) {
-		rc = ipc_check_error(&p.e, err, IPC_MSGLEN);
+		rc = ipc_check_error(&p.e, err);
 		if (rc)
 			return rc;
-		snprintf(err, IPC_MSGLEN, "%s", p.e.msg);
-		return p.e.status;
+		return krn_msgf(err, p.e.status, "%s", p.e.msg);
 	}
 	if (h.type != want || h.seq != c->seq)
-		return fail(err, DKV_E_PROTO, "unexpected reply from the daemon");
+		return krn_msgf(err, DKV_E_PROTO, "unexpected reply from the daemon");
 	if (buf)
 		memcpy(buf, p.raw, h.length);
 	return DKV_OK;
@@ -202,13 +193,13 @@ static int request(struct ipc_conn *c, uint16_t type, const void *payload,
 	int rc;
 
 	if (c->dead)
-		return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+		return krn_msgf(err, DKV_E_DISCONNECTED, "the daemon went away");
 	c->seq++;
 	rc = ipc_send(c->sock, type, c->seq, payload, len, -1);
 	if (rc == DKV_E_DISCONNECTED)
 		c->dead = 1;
 	if (rc)
-		return fail(err, rc, "cannot send to the daemon");
+		return krn_msgf(err, rc, "cannot send to the daemon");
 	ipc_ring_bell(&c->sq);
 	return reply(c, want, buf, NULL, err);
 }
@@ -221,13 +212,13 @@ static int map_region(struct ipc_conn *c, const struct ipc_accept *a, int fd,
 	int rc;
 
 	if (fstat(fd, &st) < 0)
-		return fail(err, DKV_E_IO, "fstat of the shared region failed");
-	rc = ipc_check_accept(a, (uint64_t)st.st_size, err, IPC_MSGLEN);
+		return krn_msgf(err, DKV_E_IO, "fstat of the shared region failed");
+	rc = ipc_check_accept(a, (uint64_t)st.st_size, err);
 	if (rc)
 		return rc;
 	r = mmap(NULL, a->region_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (r == MAP_FAILED)
-		return fail(err, DKV_E_NOMEM, "cannot map the shared region");
+		return krn_msgf(err, DKV_E_NOMEM, "cannot map the shared region");
 	c->region = r;
 	c->region_size = a->region_size;
 	c->off = a->off;
@@ -260,7 +251,7 @@ static int handshake(struct ipc_conn *c, char *err)
 	if (rc)
 		return rc;
 	if (fd < 0)
-		return fail(err, DKV_E_PROTO, "the daemon passed no shared region");
+		return krn_msgf(err, DKV_E_PROTO, "the daemon passed no shared region");
 	rc = map_region(c, &a, fd, err);
 	close(fd);
 	return rc;
@@ -272,14 +263,13 @@ int ipc_connect(const char *path, struct ipc_conn **out, char *err)
 	int rc;
 
 	if (!c)
-		return fail(err, DKV_E_NOMEM, "out of memory");
+		return krn_msgf(err, DKV_E_NOMEM, "out of memory");
 	rc = unix_connect(path, &c->sock);
 	if (rc) {
 		if (rc == DKV_E_INVAL)
-			snprintf(err, IPC_MSGLEN, "socket path too long: %.200s", path);
+			krn_msgf(err, rc, "socket path too long: %.200s", path);
 		else
-			snprintf(err, IPC_MSGLEN, "cannot connect to %.200s: %s", path,
-				 strerror(errno));
+			krn_msgf(err, rc, "cannot connect to %.200s: %s", path, strerror(errno));
 		free(c);
 		return rc;
 	}
@@ -322,17 +312,14 @@ static int open_msg(const struct ipc_conn *c, const dkv_seq_config *cfg,
 	if (!path)
 		return DKV_OK;
 	if (!(c->features & IPC_FEAT_MODEL))
-		return fail(err, DKV_E_UNSUPPORTED, "this daemon does not read hash_model files");
-	if (path[0] != '/') {
-		snprintf(err, IPC_MSGLEN, "hash_model \"%.150s\": the daemon opens the file "
-			 "itself and needs an absolute path", path);
-		return DKV_E_INVAL;
-	}
-	if (strlen(path) >= sizeof(m->path)) {
-		snprintf(err, IPC_MSGLEN, "hash_model path longer than %zu bytes",
-			 sizeof(m->path) - 1);
-		return DKV_E_INVAL;
-	}
+		return krn_msgf(err, DKV_E_UNSUPPORTED,
+				"this daemon does not read hash_model files");
+	if (path[0] != '/')
+		return krn_msgf(err, DKV_E_INVAL, "hash_model \"%.150s\": the daemon opens the "
+				"file itself and needs an absolute path", path);
+	if (strlen(path) >= sizeof(m->path))
+		return krn_msgf(err, DKV_E_INVAL, "hash_model path longer than %zu bytes",
+				sizeof(m->path) - 1);
 	strcpy(m->path, path);
 	return DKV_OK;
 }
@@ -355,7 +342,7 @@ int ipc_open(struct ipc_conn *c, const dkv_seq_config *cfg, uint32_t *id,
 	if (rc)
 		return rc;
 	if (!ok.seq_id)
-		return fail(err, DKV_E_PROTO, "the daemon returned sequence id 0");
+		return krn_msgf(err, DKV_E_PROTO, "the daemon returned sequence id 0");
 	*id = ok.seq_id;
 	*resolved = ok.cfg;
 	resolved->hash_model = NULL; /* the daemon's pointer, if any: not ours */
@@ -466,7 +453,7 @@ static int wait_cqe(struct ipc_conn *c, struct ipc_cqe *out, int spin, char *err
 		if (ipc_ring_pending(&c->cq))
 			continue;
 		if (daemon_gone(c))
-			return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+			return krn_msgf(err, DKV_E_DISCONNECTED, "the daemon went away");
 		if (daemon_hung(c))
 			return hung(err, c);
 	}
@@ -477,7 +464,7 @@ static int submit(struct ipc_conn *c, const struct ipc_sqe *e, char *err)
 {
 	atomic_store_explicit(&c->cq.ctl->cpu, ipc_cpu_hint(), memory_order_relaxed);
 	if (!ipc_ring_push(&c->sq, e))
-		return fail(err, DKV_E_INTERNAL, "submission ring full");
+		return krn_msgf(err, DKV_E_INTERNAL, "submission ring full");
 	ipc_ring_bell(&c->sq);
 	return DKV_OK;
 }
@@ -518,12 +505,10 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 
 	if (end > c->off.arena_size)
 		end = lay_out(e, qb, kb, q, k, v, out, g->dsize, 1);
-	if (end > c->off.arena_size) {
-		snprintf(err, IPC_MSGLEN, "step needs %llu bytes, the shared arena "
-			 "holds %llu (DASHKV_IPC_ARENA_MB)", (unsigned long long)end,
-			 (unsigned long long)c->off.arena_size);
-		return DKV_E_NOSPACE;
-	}
+	if (end > c->off.arena_size)
+		return krn_msgf(err, DKV_E_NOSPACE, "step needs %llu bytes, the shared arena "
+				"holds %llu (DASHKV_IPC_ARENA_MB)", (unsigned long long)end,
+				(unsigned long long)c->off.arena_size);
 	if (qb)
 		memcpy(c->arena + e->q_off, q, qb);
 	if (kb) {
@@ -542,10 +527,10 @@ static int step_locked(struct ipc_conn *c, struct ipc_sqe *e, const struct ipc_g
 	c->last_n_q = e->n_q;
 	c->last_n_new = e->n_new;
 	c->last_ns = now_ns() - t0;
-	if (cqe.user != e->user || ipc_check_cqe(&cqe, err, IPC_MSGLEN))
-		return fail(err, DKV_E_PROTO, "bad completion from the daemon");
+	if (cqe.user != e->user || ipc_check_cqe(&cqe, err))
+		return krn_msgf(err, DKV_E_PROTO, "bad completion from the daemon");
 	if (cqe.status)
-		return fail(err, cqe.status, cqe.msg);
+		return krn_msgf(err, cqe.status, "%s", cqe.msg);
 	if (qb)
 		memcpy(out, c->arena + e->out_off, qb);
 	return DKV_OK;
@@ -559,13 +544,13 @@ int ipc_step(struct ipc_conn *c, uint32_t id, const struct ipc_geom *g,
 	int rc;
 
 	if (n_q && (!q || !out))
-		return fail(err, DKV_E_INVAL, "q or out is NULL");
+		return krn_msgf(err, DKV_E_INVAL, "q or out is NULL");
 	if (n_new && (!k || !v))
-		return fail(err, DKV_E_INVAL, "k or v is NULL");
+		return krn_msgf(err, DKV_E_INVAL, "k or v is NULL");
 	pthread_mutex_lock(&c->lock);
 	if (c->dead) {
 		pthread_mutex_unlock(&c->lock);
-		return fail(err, DKV_E_DISCONNECTED, "the daemon went away");
+		return krn_msgf(err, DKV_E_DISCONNECTED, "the daemon went away");
 	}
 	e.user = ++c->seq;
 	rc = step_locked(c, &e, g, q, k, v, out, err);

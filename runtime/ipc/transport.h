@@ -1,7 +1,7 @@
 /*
  * transport.h - the client side of the dashkvd protocol, used by the
  * "unix:" transport (runtime/client_ipc.c).  Every call returns DKV_OK or a
- * DKV_E_* status with a message in err (IPC_MSGLEN bytes).  A connection
+ * DKV_E_* status with a message in err (msg.h).  A connection
  * serialises its calls with a lock.
  */
 #ifndef DKV_IPC_TRANSPORT_H

@@ -5,7 +5,6 @@
 #include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -121,7 +120,7 @@ static int read_full(int sock, void *buf, size_t len, int timeout_ms,
 }
 
 int ipc_recv(int sock, struct ipc_hdr *hdr, void *buf, int timeout_ms,
-	     int *fd_out, char *err, size_t errlen)
+	     int *fd_out, char *err)
 {
 	int rc;
 
@@ -129,13 +128,13 @@ int ipc_recv(int sock, struct ipc_hdr *hdr, void *buf, int timeout_ms,
 		*fd_out = -1;
 	rc = read_full(sock, hdr, sizeof(*hdr), timeout_ms, fd_out, 0);
 	if (rc == DKV_E_PROTO)
-		snprintf(err, errlen, "message header cut short");
+		krn_msgf(err, rc, "message header cut short");
 	else if (rc == DKV_OK)
-		rc = ipc_check_hdr(hdr, err, errlen);
+		rc = ipc_check_hdr(hdr, err);
 	if (rc == DKV_OK && hdr->length) {
 		rc = read_full(sock, buf, hdr->length, timeout_ms, fd_out, 1);
 		if (rc == DKV_E_PROTO)
-			snprintf(err, errlen, "message of type %u cut short", hdr->type);
+			krn_msgf(err, rc, "message of type %u cut short", hdr->type);
 	}
 	if (rc && fd_out && *fd_out >= 0) {
 		close(*fd_out);

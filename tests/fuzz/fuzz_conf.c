@@ -53,7 +53,7 @@ static void round_trip(const struct dmn_config *c)
 	fd = as_file(buf, len, path, sizeof(path));
 	if (fd < 0)
 		return;
-	if (dmn_config_load(path, 0, &back, err, sizeof(err)) ||
+	if (dmn_config_load(path, 0, &back, err) ||
 	    memcmp(&back, c, sizeof(back)))
 		abort();
 	close(fd);
@@ -76,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (fd < 0)
 		return 0;
 	memset(&c, 0, sizeof(c));
-	if (dmn_config_load(path, 0, &c, err, sizeof(err)) == 0)
+	if (dmn_config_load(path, 0, &c, err) == 0)
 		round_trip(&c);
 	else if (!memchr(err, '\0', sizeof(err)))
 		abort();

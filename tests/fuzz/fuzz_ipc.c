@@ -28,13 +28,13 @@ static void validators(const uint8_t *data, size_t size)
 
 	memset(&u, 0, sizeof(u));
 	memcpy(u.raw, data, size < sizeof(u.raw) ? size : sizeof(u.raw));
-	ipc_check_hdr(&u.h, err, sizeof(err));
-	ipc_check_hello(&u.hello, err, sizeof(err));
-	ipc_check_accept(&u.a, size * 4096, err, sizeof(err));
-	ipc_check_ref(&u.r, err, sizeof(err));
-	ipc_check_sqe(&u.e, &g, 1 << 20, err, sizeof(err));
-	ipc_check_error(&u.er, err, sizeof(err));
-	ipc_check_cqe(&u.c, err, sizeof(err));
+	ipc_check_hdr(&u.h, err);
+	ipc_check_hello(&u.hello, err);
+	ipc_check_accept(&u.a, size * 4096, err);
+	ipc_check_ref(&u.r, err);
+	ipc_check_sqe(&u.e, &g, 1 << 20, err);
+	ipc_check_error(&u.er, err);
+	ipc_check_cqe(&u.c, err);
 }
 
 static void framing(const uint8_t *data, size_t size)
@@ -48,7 +48,7 @@ static void framing(const uint8_t *data, size_t size)
 	if (write(sv[0], data, size) < 0)
 		size = 0;
 	close(sv[0]);
-	while (ipc_recv(sv[1], &h, buf, 0, NULL, err, sizeof(err)) == DKV_OK)
+	while (ipc_recv(sv[1], &h, buf, 0, NULL, err) == DKV_OK)
 		;
 	close(sv[1]);
 }

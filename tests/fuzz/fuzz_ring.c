@@ -58,11 +58,11 @@ static void check_accepted(const struct ipc_sqe *e, const struct ipc_geom *g,
 static void completion(const uint8_t *data, size_t size)
 {
 	struct ipc_cqe c;
-	char err[128];
+	char err[KRN_MSGLEN];
 
 	memset(&c, 0, sizeof(c));
 	memcpy(&c, data, size < sizeof(c) ? size : sizeof(c));
-	if (ipc_check_cqe(&c, err, sizeof(err)) == DKV_OK &&
+	if (ipc_check_cqe(&c, err) == DKV_OK &&
 	    (c.status > 0 || !memchr(c.msg, '\0', sizeof(c.msg))))
 		abort();
 }
@@ -70,11 +70,11 @@ static void completion(const uint8_t *data, size_t size)
 static void accept_offsets(const uint8_t *data, size_t size, uint64_t file_size)
 {
 	struct ipc_accept a;
-	char err[128];
+	char err[KRN_MSGLEN];
 
 	memset(&a, 0, sizeof(a));
 	memcpy(&a, data, size < sizeof(a) ? size : sizeof(a));
-	if (ipc_check_accept(&a, file_size, err, sizeof(err)) != DKV_OK)
+	if (ipc_check_accept(&a, file_size, err) != DKV_OK)
 		return;
 	if (!inside(a.off.sqes, (uint64_t)a.off.entries * sizeof(struct ipc_sqe), file_size) ||
 	    !inside(a.off.arena, a.off.arena_size, file_size) ||
@@ -87,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const size_t head = 5 * sizeof(uint32_t) + sizeof(uint64_t);
 	struct ipc_geom g;
 	uint64_t arena;
-	char err[128];
+	char err[KRN_MSGLEN];
 
 	if (size < head)
 		return 0;
@@ -99,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct ipc_sqe e;
 
 		memcpy(&e, data + at, sizeof(e));
-		if (ipc_check_sqe(&e, &g, arena, err, sizeof(err)) == DKV_OK)
+		if (ipc_check_sqe(&e, &g, arena, err) == DKV_OK)
 			check_accepted(&e, &g, arena);
 		else if (!memchr(err, '\0', sizeof(err)))
 			abort();

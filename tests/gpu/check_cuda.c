@@ -44,7 +44,7 @@
 #endif
 
 static const struct krn_gpu_ops *g;
-static char err[KRN_GPU_ERRLEN];
+static char err[KRN_MSGLEN];
 
 #define expect(cond, ...) \
 	do { \

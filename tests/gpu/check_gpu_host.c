@@ -43,7 +43,7 @@ static void close_module(void)
 START_TEST(test_loader_missing)
 {
 	const struct krn_gpu_ops *g = NULL;
-	char err[KRN_GPU_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	ck_assert_int_eq(krn_gpu_load("/nonexistent/dashkv-cuda.so", &g, err), DKV_E_UNSUPPORTED);
 	ck_assert_ptr_null(g);
@@ -55,7 +55,7 @@ END_TEST
 START_TEST(test_loader_module)
 {
 	const struct krn_gpu_ops *g = NULL, *again = NULL;
-	char err[KRN_GPU_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc = krn_gpu_load(DKV_BUILD_MODULE, &g, err);
 
 	if (rc == DKV_OK) {
@@ -103,7 +103,7 @@ END_TEST
 
 START_TEST(test_refusals)
 {
-	char err[KRN_GPU_ERRLEN];
+	char err[KRN_MSGLEN];
 	struct krn_gpu_rows rows = { NULL, 11, DKV_F32, 8 };
 	struct krn_gpu_part part = { NULL, NULL, NULL };
 	struct krn_gpu_scan s;
@@ -206,7 +206,7 @@ END_TEST
 START_TEST(test_nccl_refusals)
 {
 	struct shard_coll *c = NULL;
-	char err[KRN_GPU_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int bad = 4095, rc;
 
 	open_module();

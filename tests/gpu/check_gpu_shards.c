@@ -78,7 +78,7 @@ static struct rt_seq *open_seq(struct rt_engine *e, const struct shape *sh, int 
 {
 	dkv_seq_config cfg;
 	struct rt_seq *s;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	rt_config_defaults(&cfg);
 	cfg.n_layers = 2;
@@ -108,7 +108,7 @@ static size_t run(const struct shape *sh, const char *spec, uint8_t *out, int ha
 	struct kvgen *gen;
 	struct rt_engine *e;
 	struct rt_seq *s;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	size_t qn = (size_t)sh->q_heads * sh->dim, kn = (size_t)sh->kv_heads * sh->dim;
 	size_t elt = sh->dtype == DKV_F32 ? 4 : 2, at = 0;
 	float *k = malloc(CHUNK * kn * sizeof(float)), *v = malloc(CHUNK * kn * sizeof(float));
@@ -181,9 +181,9 @@ static void assert_ran(const struct shape *sh, const char *spec, struct rt_engin
 		       const struct dkv_gpu_emu_stats *before)
 {
 	const struct dkv_gpu_emu_stats *st = emu_stats();
-	char last[RT_ERRLEN];
+	char last[KRN_MSGLEN];
 
-	ck_assert_msg(rt_engine_gpu_fallbacks(e, last, sizeof(last)) == 0, "%s %s: %s",
+	ck_assert_msg(rt_engine_gpu_fallbacks(e, last) == 0, "%s %s: %s",
 		      sh->name, spec, last);
 	if (sh->exact) {
 		ck_assert_uint_gt(st->attend_range, before->attend_range);
@@ -246,7 +246,7 @@ START_TEST(gpu_shards_shared_memory_gather)
 	size_t bytes = out_bytes(sh), n;
 	uint8_t *ref = calloc(1, bytes), *got = calloc(1, bytes);
 	struct rt_engine *e;
-	char what[RT_ERRLEN];
+	char what[KRN_MSGLEN];
 
 	ck_assert(ref && got);
 	use_emulation();
@@ -270,14 +270,14 @@ START_TEST(gpu_failures_fall_back)
 	size_t bytes = out_bytes(sh), n;
 	uint8_t *ref = calloc(1, bytes), *got = calloc(1, bytes);
 	struct rt_engine *e;
-	char last[RT_ERRLEN];
+	char last[KRN_MSGLEN];
 
 	ck_assert(ref && got);
 	use_emulation();
 	n = run(sh, "cpu:1", ref, DKV_HASH_SIMHASH, 0, NULL);
 	ck_assert_int_eq(setenv("DASHKV_GPU_EMU_FAIL", "scan,fine,attend_range", 1), 0);
 	ck_assert_uint_eq(run(sh, "gpu:0,1", got, DKV_HASH_SIMHASH, 0, &e), n);
-	ck_assert_uint_gt(rt_engine_gpu_fallbacks(e, last, sizeof(last)), 0);
+	ck_assert_uint_gt(rt_engine_gpu_fallbacks(e, last), 0);
 	ck_assert_msg(strstr(last, "injected failure"), "%s", last);
 	rt_engine_free(e);
 	assert_same(sh, "gpu:0,1 failing", ref, got, n);
@@ -292,7 +292,7 @@ START_TEST(gpu_pages_all_or_nothing)
 	const struct shape *sh = &shapes[0];
 	struct rt_engine *e;
 	struct rt_seq *s;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	size_t kn = (size_t)sh->kv_heads * sh->dim;
 	float *k = calloc(5000 * kn, 4), *v = calloc(5000 * kn, 4);
 	uint64_t len = 1;
@@ -327,7 +327,7 @@ START_TEST(gpu_gather_failure_reported)
 	float *o = calloc(qn, 4);
 	struct rt_engine *e;
 	struct rt_seq *s;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	ck_assert(k && v && q && o);
 	for (size_t i = 0; i < 9000 * kn; i++) {
@@ -357,7 +357,7 @@ END_TEST
 static void refused(const char *spec, int code, const char *says)
 {
 	struct rt_engine *e = NULL;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	ck_assert_int_eq(setenv("DASHKV_SHARDS", spec, 1), 0);
 	ck_assert_int_eq(rt_engine_new(&e, err), code);
@@ -369,7 +369,7 @@ static void refused(const char *spec, int code, const char *says)
 START_TEST(gpu_refused_without_module)
 {
 	struct rt_engine *e;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	ck_assert_int_eq(setenv("DASHKV_CUDA_MODULE", "/nonexistent/dashkv-cuda.so", 1), 0);
 	refused("gpu:0", DKV_E_UNSUPPORTED, "GPU module");
@@ -392,7 +392,7 @@ END_TEST
 START_TEST(gpu_bad_lists_refused)
 {
 	struct rt_engine *e;
-	char err[RT_ERRLEN] = "", what[RT_ERRLEN];
+	char err[KRN_MSGLEN] = "", what[KRN_MSGLEN];
 
 	use_emulation();
 	refused("gpu:2", DKV_E_INVAL, "CUDA reports 2 devices");
@@ -422,7 +422,7 @@ static struct shard_topo *topology(const char *name)
 	else
 		snprintf(path, sizeof(path), "%s/../shared/data/topologies/%s", top ? top : ".",
 			 name);
-	if (shard_topo_load(&t, path, NULL, err, sizeof(err))) {
+	if (shard_topo_load(&t, path, NULL, err)) {
 		fprintf(stderr, "check_gpu_shards: %s: %s; not checked\n", name, err);
 		return NULL;
 	}
@@ -435,7 +435,7 @@ START_TEST(gpu_plan_maps_cuda_devices)
 	struct shard_topo *t = topology("mpibind-g4dnmetal.xml"); /* cudaI + nvmlI */
 	struct shard_plan *plan = NULL;
 	struct shard_gpus *g;
-	char err[SHARD_ERRLEN] = "", what[SHARD_ERRLEN];
+	char err[KRN_MSGLEN] = "", what[KRN_MSGLEN];
 
 	if (!t)
 		return;

@@ -30,7 +30,7 @@
 #endif
 
 static const struct krn_gpu_ops *g;
-static char err[KRN_GPU_ERRLEN];
+static char err[KRN_MSGLEN];
 
 static void check(int rc, const char *what)
 {

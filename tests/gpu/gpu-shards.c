@@ -78,7 +78,7 @@ static float from_dtype(int dtype, const void *x, size_t i)
 static struct rt_engine *engine(const char *spec)
 {
 	struct rt_engine *e;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	int rc;
 
 	setenv("DASHKV_SHARDS", spec, 1);
@@ -100,7 +100,7 @@ static struct rt_seq *seq(struct rt_engine *e, const struct shape *sh, uint64_t 
 {
 	dkv_seq_config cfg;
 	struct rt_seq *s;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	rt_config_defaults(&cfg);
 	cfg.n_layers = 1;
@@ -139,7 +139,7 @@ static void gen_step(struct kvgen *gen, const struct shape *sh, uint64_t pos, ui
 static void step(struct rt_seq *s, const char *what, const void *q, uint32_t n_q,
 		 const void *k, const void *v, uint32_t n, void *out)
 {
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	if (rt_seq_step(s, 0, q, n_q, k, v, n, out, err)) {
 		fprintf(stderr, "gpu-shards: %s: step: %s\n", what, err);
@@ -349,8 +349,8 @@ int main(int argc, char **argv)
 			decode_size(eg, ec, N, steps ? steps : 1);
 		p = *end == ',' ? end + 1 : NULL;
 	}
-	char last[RT_ERRLEN];
-	uint64_t fb = rt_engine_gpu_fallbacks(eg, last, sizeof(last));
+	char last[KRN_MSGLEN];
+	uint64_t fb = rt_engine_gpu_fallbacks(eg, last);
 	printf("engine_gpu_fallbacks %llu%s%s\n", (unsigned long long)fb, fb ? ": " : "", last);
 	ok &= fb == 0;
 	printf("engine_parity: %s\n", ok ? "PASS" : "FAIL");

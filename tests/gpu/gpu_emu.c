@@ -76,7 +76,7 @@ static void cur_dev_set(int dev)
 static int emu_err(char *err, int code, const char *fmt, const char *what)
 {
 	if (err)
-		snprintf(err, KRN_GPU_ERRLEN, fmt, what);
+		snprintf(err, KRN_MSGLEN, fmt, what);
 	return code;
 }
 
@@ -570,7 +570,7 @@ static int emu_allgather(struct shard_coll *c, int rank, const void *send, void 
 			 size_t bytes)
 {
 	struct emu_coll *st = c->impl;
-	char err[KRN_GPU_ERRLEN];
+	char err[KRN_MSGLEN];
 	int bad = cur_dev_get() != st->devices[rank] || reg_check(send, bytes, 0, "send", err) ||
 		  reg_check(recv, bytes * (size_t)c->nranks, 0, "recv", err);
 

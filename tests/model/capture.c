@@ -49,17 +49,17 @@ void capture_add(struct capture *c, uint32_t l, uint32_t t, const float *q, cons
 		c->n_tokens = t + 1;
 }
 
-int capture_write(const struct capture *c, const char *path, char *err, size_t errlen)
+int capture_write(const struct capture *c, const char *path, char *err)
 {
 	size_t kr = (size_t)c->n_kv_heads * c->head_dim, qr = (size_t)c->n_heads * c->head_dim;
 	struct rt_capture_writer w;
 
 	if (rt_capture_begin(&w, path, c->head_dim, c->n_heads, c->n_kv_heads, c->n_layers,
-			     c->n_tokens, err, errlen))
+			     c->n_tokens, err))
 		return -1;
 	for (uint32_t l = 0; l < c->n_layers; l++) {
 		rt_capture_put(&w, c->k + (size_t)l * c->cap * kr, c->n_tokens * kr);
 		rt_capture_put(&w, c->q + (size_t)l * c->cap * qr, c->n_tokens * qr);
 	}
-	return rt_capture_end(&w, err, errlen) ? -1 : 0;
+	return rt_capture_end(&w, err) ? -1 : 0;
 }

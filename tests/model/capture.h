@@ -25,6 +25,6 @@ void capture_free(struct capture *c);
 /* Records layer l of token t (t < cap); n_tokens becomes the highest t + 1. */
 void capture_add(struct capture *c, uint32_t l, uint32_t t, const float *q, const float *k);
 /* Writes the file (runtime/capture.h's writer); -1 with a message in err on failure. */
-int capture_write(const struct capture *c, const char *path, char *err, size_t errlen);
+int capture_write(const struct capture *c, const char *path, char *err);
 
 #endif /* DKV_CAPTURE_H */

@@ -273,7 +273,7 @@ static int write_capture(const struct opts *o, const struct capture *cap)
 {
 	char err[512];
 
-	if (capture_write(cap, o->capture, err, sizeof(err))) {
+	if (capture_write(cap, o->capture, err)) {
 		fprintf(stderr, "stories: %s\n", err);
 		return -1;
 	}

@@ -19,21 +19,21 @@ START_TEST(hdr_checks)
 	struct ipc_hdr h;
 
 	ipc_hdr_init(&h, IPC_HELLO, sizeof(struct ipc_hello), 1);
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_OK);
 	h.magic ^= 1;
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_E_PROTO);
 	ipc_hdr_init(&h, IPC_HELLO, sizeof(struct ipc_hello), 1);
 	h.version = 2;
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_E_PROTO);
 	ck_assert_ptr_nonnull(strstr(err, "version"));
 	ipc_hdr_init(&h, IPC_TYPE_END, 0, 1);
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_E_PROTO);
 	ipc_hdr_init(&h, 0, 0, 1);
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_E_PROTO);
 	ipc_hdr_init(&h, IPC_OPEN, 0xffffffffu, 1);
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_E_PROTO);
 	ipc_hdr_init(&h, IPC_OK, 0, 1);
-	ck_assert_int_eq(ipc_check_hdr(&h, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_hdr(&h, err), DKV_OK);
 	for (uint16_t t = 1; t < IPC_TYPE_END; t++)
 		ck_assert_uint_le(ipc_payload_size(t), IPC_MAX_PAYLOAD);
 }
@@ -46,16 +46,16 @@ START_TEST(open_model_checks)
 	ck_assert_uint_le(sizeof(m), IPC_MAX_PAYLOAD);
 	ck_assert_uint_eq(ipc_payload_size(IPC_OPEN_MODEL), sizeof(m));
 	strcpy(m.path, "/var/lib/dashkv/llama.model");
-	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_open_model(&m, err), DKV_OK);
 	/* relative: an argument the daemon cannot resolve */
 	strcpy(m.path, "llama.model");
-	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_open_model(&m, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "absolute"));
 	m.path[0] = '\0';
-	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_open_model(&m, err), DKV_E_INVAL);
 	/* no NUL anywhere: the peer is broken */
 	memset(m.path, '/', sizeof(m.path));
-	ck_assert_int_eq(ipc_check_open_model(&m, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_open_model(&m, err), DKV_E_PROTO);
 }
 END_TEST
 
@@ -65,29 +65,29 @@ START_TEST(hello_accept)
 	struct ipc_accept a = { .features = IPC_FEAT_RING };
 	uint64_t size;
 
-	ck_assert_int_eq(ipc_check_hello(&h, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_hello(&h, err), DKV_OK);
 	h.reserved = 1;
-	ck_assert_int_eq(ipc_check_hello(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hello(&h, err), DKV_E_PROTO);
 	h.reserved = 0;
 	h.arena_size = 1;
-	ck_assert_int_eq(ipc_check_hello(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hello(&h, err), DKV_E_PROTO);
 	h.arena_size = 1 << 20;
 	h.features = 0;
-	ck_assert_int_eq(ipc_check_hello(&h, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_hello(&h, err), DKV_E_PROTO);
 
 	ck_assert_int_eq(ipc_layout(64, 1 << 20, &a.off, &size), DKV_OK);
 	a.region_size = size;
-	ck_assert_int_eq(ipc_check_accept(&a, size, err, sizeof(err)), DKV_OK);
-	ck_assert_int_eq(ipc_check_accept(&a, size - 1, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_accept(&a, size, err), DKV_OK);
+	ck_assert_int_eq(ipc_check_accept(&a, size - 1, err), DKV_E_PROTO);
 	a.off.arena_size += 4096;
-	ck_assert_int_eq(ipc_check_accept(&a, size, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_accept(&a, size, err), DKV_E_PROTO);
 	a.off.arena_size -= 4096;
 	a.off.entries = 48;
-	ck_assert_int_eq(ipc_check_accept(&a, size, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_accept(&a, size, err), DKV_E_PROTO);
 	ck_assert_int_eq(ipc_layout(48, 1 << 20, &a.off, &size), DKV_E_INVAL);
 	ck_assert_int_eq(ipc_layout(64, 1 << 20, &a.off, &size), DKV_OK);
 	a.off.sq_ctl = UINT64_MAX - 8;
-	ck_assert_int_eq(ipc_check_accept(&a, size, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_accept(&a, size, err), DKV_E_PROTO);
 }
 END_TEST
 
@@ -115,26 +115,26 @@ START_TEST(sqe_checks)
 	uint64_t arena = 1 << 16;
 
 	e.k_off = 4096, e.v_off = 8192, e.out_off = 12288;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_OK);
 	e.layer = 4;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "layer 4"));
 	e.layer = 0;
 	e.out_off = arena - 1;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_E_INVAL);
 	e.out_off = UINT64_MAX - 100;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_E_INVAL);
 	e.out_off = 12288;
 	e.n_new = 0xffffffffu;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_E_INVAL);
 	e.n_new = 0;
 	e.k_off = 0;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_OK);
 	e.q_off = 1;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_E_INVAL);
 	e.q_off = 0;
 	e.reserved[2] = 9;
-	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_sqe(&e, &g, arena, err), DKV_E_PROTO);
 }
 END_TEST
 
@@ -144,17 +144,17 @@ START_TEST(reply_checks)
 	struct ipc_cqe c = { .status = 0 };
 
 	strcpy(e.msg, "no");
-	ck_assert_int_eq(ipc_check_error(&e, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_error(&e, err), DKV_OK);
 	e.status = 0;
-	ck_assert_int_eq(ipc_check_error(&e, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_error(&e, err), DKV_E_PROTO);
 	e.status = -100;
-	ck_assert_int_eq(ipc_check_error(&e, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_error(&e, err), DKV_E_PROTO);
 	e.status = DKV_E_IO;
 	memset(e.msg, 'x', sizeof(e.msg));
-	ck_assert_int_eq(ipc_check_error(&e, err, sizeof(err)), DKV_E_PROTO);
-	ck_assert_int_eq(ipc_check_cqe(&c, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(ipc_check_error(&e, err), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_cqe(&c, err), DKV_OK);
 	c.status = 5;
-	ck_assert_int_eq(ipc_check_cqe(&c, err, sizeof(err)), DKV_E_PROTO);
+	ck_assert_int_eq(ipc_check_cqe(&c, err), DKV_E_PROTO);
 }
 END_TEST
 
@@ -178,12 +178,12 @@ START_TEST(validators_fuzz)
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 			u.raw[j] = (unsigned char)x;
 		}
-		ipc_check_hdr(&u.h, err, sizeof(err));
-		ipc_check_hello(&u.hello, err, sizeof(err));
-		ipc_check_accept(&u.a, x, err, sizeof(err));
-		ipc_check_sqe(&u.e, &g, 1 << 20, err, sizeof(err));
-		ipc_check_error(&u.er, err, sizeof(err));
-		ipc_check_cqe(&u.c, err, sizeof(err));
+		ipc_check_hdr(&u.h, err);
+		ipc_check_hello(&u.hello, err);
+		ipc_check_accept(&u.a, x, err);
+		ipc_check_sqe(&u.e, &g, 1 << 20, err);
+		ipc_check_error(&u.er, err);
+		ipc_check_cqe(&u.c, err);
 	}
 }
 END_TEST
@@ -209,7 +209,7 @@ START_TEST(conf_good)
 	char text[4096];
 	FILE *f;
 
-	ck_assert_int_eq(dmn_config_load(p, 0, &c, err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_load(p, 0, &c, err), 0);
 	ck_assert_str_eq(c.socket, "/tmp/x.sock");
 	ck_assert_uint_eq(c.socket_mode, 0600);
 	ck_assert_uint_eq(c.memory_limit, 2ull << 30);
@@ -238,7 +238,7 @@ START_TEST(conf_print_round_trip)
 	char text[8192];
 	FILE *f;
 
-	ck_assert_int_eq(dmn_config_load(p, 0, &c, err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_load(p, 0, &c, err), 0);
 	ck_assert_str_eq(c.user, "=x");
 	ck_assert_str_eq(c.shards, "=cpu:2");
 	unlink(p);
@@ -247,7 +247,7 @@ START_TEST(conf_print_round_trip)
 	dmn_config_print(&c, f);
 	fclose(f);
 	p = write_conf(text);
-	ck_assert_int_eq(dmn_config_load(p, 0, &back, err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_load(p, 0, &back, err), 0);
 	ck_assert_str_eq(back.user, "=x");
 	ck_assert(!memcmp(&back, &c, sizeof(c)));
 	unlink(p);
@@ -273,17 +273,15 @@ START_TEST(conf_bad)
 
 		snprintf(text, sizeof(text), "log_level info\n\n%s", bad[i]);
 		p = write_conf(text);
-		ck_assert_msg(dmn_config_load(p, 0, &c, err, sizeof(err)) == -1,
+		ck_assert_msg(dmn_config_load(p, 0, &c, err) == -1,
 			      "accepted %s", bad[i]);
 		snprintf(where, sizeof(where), "%s:3: ", p);
 		ck_assert_msg(!strncmp(err, where, strlen(where)), "error: %s", err);
 		unlink(p);
 		free(p);
 	}
-	ck_assert_int_eq(dmn_config_load("/nonexistent/dashkv.conf", 0, &c, err,
-					 sizeof(err)), -1);
-	ck_assert_int_eq(dmn_config_load("/nonexistent/dashkv.conf", 1, &c, err,
-					 sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_load("/nonexistent/dashkv.conf", 0, &c, err), -1);
+	ck_assert_int_eq(dmn_config_load("/nonexistent/dashkv.conf", 1, &c, err), 0);
 	ck_assert_str_eq(c.socket, DMN_DEF_SOCKET);
 }
 END_TEST
@@ -310,16 +308,16 @@ START_TEST(conf_strings)
 
 	dmn_config_defaults(&a);
 	dmn_config_defaults(&b);
-	ck_assert_int_eq(dmn_config_line(&a, "allow_users 1000,alice", err, sizeof(err)), 0);
-	ck_assert_int_eq(dmn_config_line(&a, "allow_users 7", err, sizeof(err)), 0);
-	ck_assert_int_eq(dmn_config_line(&b, "allow_users 7", err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_line(&a, "allow_users 1000,alice", err), 0);
+	ck_assert_int_eq(dmn_config_line(&a, "allow_users 7", err), 0);
+	ck_assert_int_eq(dmn_config_line(&b, "allow_users 7", err), 0);
 	ck_assert_mem_eq(&a, &b, sizeof(a));
-	ck_assert_int_eq(dmn_config_line(&a, "user nobody", err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_line(&a, "user nobody", err), 0);
 	ck_assert_str_eq(a.user, "nobody");
-	ck_assert_int_eq(dmn_config_line(&a, "step_timeout 5", err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_line(&a, "step_timeout 5", err), 0);
 	ck_assert_uint_eq(a.step_timeout, 5);
 	ck_assert_uint_eq(b.step_timeout, 300);
-	ck_assert_int_eq(dmn_config_line(&a, "idle_poll_us 2000", err, sizeof(err)), 0);
+	ck_assert_int_eq(dmn_config_line(&a, "idle_poll_us 2000", err), 0);
 	ck_assert_uint_eq(a.idle_poll_us, 2000);
 	ck_assert_uint_eq(b.idle_poll_us, 50);
 }

@@ -1306,7 +1306,7 @@ END_TEST
 struct init_result {
 	int rc;
 	int level;
-	char err[200];
+	char err[KRN_MSGLEN];
 };
 
 static struct init_result init_in_child(const char *val)
@@ -1324,7 +1324,7 @@ static struct init_result init_in_child(const char *val)
 			setenv("DASHKV_SIMD", val, 1);
 		else
 			unsetenv("DASHKV_SIMD");
-		r.rc = krn_init(r.err, sizeof(r.err));
+		r.rc = krn_init(r.err);
 		r.level = krn_get()->level;
 		_exit(write(fd[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
 	}

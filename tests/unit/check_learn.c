@@ -157,9 +157,9 @@ START_TEST(model_file_round_trip)
 	rt_lhead_free(&m.heads[3]);
 	train(&d, 40, &m.heads[3], &st);
 	m.trained[3] = 1;
-	ck_assert_int_eq(rt_model_write(&m, path, err, sizeof(err)), DKV_OK);
-	ck_assert_int_eq(rt_model_read(path, &r, err, sizeof(err)), DKV_OK);
-	ck_assert_int_eq(rt_model_check(&r, BITS, DIM, 2, 2, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, path, err), DKV_OK);
+	ck_assert_int_eq(rt_model_read(path, &r, err), DKV_OK);
+	ck_assert_int_eq(rt_model_check(&r, BITS, DIM, 2, 2, err), DKV_OK);
 	ck_assert_uint_eq(r.hidden, RT_MODEL_HIDDEN);
 	ck_assert_mem_eq(r.trained, m.trained, 4);
 	ck_assert_mem_eq(r.heads[3].buf, m.heads[3].buf,
@@ -176,7 +176,7 @@ START_TEST(model_file_round_trip)
 		ck_assert_mem_eq(qa, qb, sizeof(qa));
 	}
 	/* a model for another geometry is refused with what differs */
-	ck_assert_int_eq(rt_model_check(&r, 64, DIM, 2, 2, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_model_check(&r, 64, DIM, 2, 2, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "64"));
 	free(ka);
 	free(kb);
@@ -222,27 +222,27 @@ START_TEST(corrupt_model_rejected)
 	for (size_t i = 0; i < nf; i++)
 		m.heads[0].buf[i] = (float)i / 7.0f;
 	m.trained[0] = 1;
-	ck_assert_int_eq(rt_model_write(&m, path, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, path, err), DKV_OK);
 	/* one flipped bit in the parameters: the crc says so */
 	damaged_copy(path, bad, RT_MODEL_HEADER + 4 + 100, 0x10);
-	ck_assert_int_eq(rt_model_read(bad, &r, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_model_read(bad, &r, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "crc"));
 	/* truncated */
 	damaged_copy(path, bad, -9, 0);
-	ck_assert_int_eq(rt_model_read(bad, &r, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_model_read(bad, &r, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "truncated"));
 	/* bad magic, bad version */
 	damaged_copy(path, bad, 0, 0x20);
-	ck_assert_int_eq(rt_model_read(bad, &r, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_model_read(bad, &r, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "magic"));
 	damaged_copy(path, bad, 8, 0x02);
-	ck_assert_int_eq(rt_model_read(bad, &r, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_model_read(bad, &r, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "version"));
 	/* missing file */
-	ck_assert_int_eq(rt_model_read("/nonexistent/dkv.model", &r, err, sizeof(err)),
+	ck_assert_int_eq(rt_model_read("/nonexistent/dkv.model", &r, err),
 			 DKV_E_NOTFOUND);
 	/* the intact file still reads */
-	ck_assert_int_eq(rt_model_read(path, &r, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_read(path, &r, err), DKV_OK);
 	rt_model_free(&r);
 	rt_model_free(&m);
 	unlink(path);
@@ -262,13 +262,13 @@ START_TEST(capture_round_trip_and_corrupt)
 
 	for (size_t i = 0; i < (nk + nq) * L; i++)
 		x[i] = (float)i * 0.25f - 3.0f;
-	ck_assert_int_eq(rt_capture_begin(&w, path, D, H, KV, L, T, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_capture_begin(&w, path, D, H, KV, L, T, err), DKV_OK);
 	for (uint32_t l = 0; l < L; l++) {
 		rt_capture_put(&w, x + l * (nk + nq), nk);
 		rt_capture_put(&w, x + l * (nk + nq) + nk, nq);
 	}
-	ck_assert_int_eq(rt_capture_end(&w, err, sizeof(err)), DKV_OK);
-	ck_assert_int_eq(rt_capture_read(path, &c, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_capture_end(&w, err), DKV_OK);
+	ck_assert_int_eq(rt_capture_read(path, &c, err), DKV_OK);
 	ck_assert_uint_eq(c.head_dim, D);
 	ck_assert_uint_eq(c.n_heads, H);
 	ck_assert_uint_eq(c.n_kv_heads, KV);
@@ -278,16 +278,16 @@ START_TEST(capture_round_trip_and_corrupt)
 	ck_assert_mem_eq(rt_capture_queries(&c, 1), x + (nk + nq) + nk, nq * sizeof(float));
 	rt_capture_free(&c);
 	damaged_copy(path, bad, 60, 0x01);
-	ck_assert_int_eq(rt_capture_read(bad, &c, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_capture_read(bad, &c, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "crc"));
 	damaged_copy(path, bad, -1, 0);
-	ck_assert_int_eq(rt_capture_read(bad, &c, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_capture_read(bad, &c, err), DKV_E_INVAL);
 	damaged_copy(path, bad, 3, 0x40);
-	ck_assert_int_eq(rt_capture_read(bad, &c, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_capture_read(bad, &c, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "magic"));
 	/* dtype 1 is not defined */
 	damaged_copy(path, bad, 32, 0x01);
-	ck_assert_int_eq(rt_capture_read(bad, &c, err, sizeof(err)), DKV_E_INVAL);
+	ck_assert_int_eq(rt_capture_read(bad, &c, err), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(err, "dtype"));
 	/* the crc is the IEEE one: crc32("123456789") = cbf43926 */
 	ck_assert_uint_eq(rt_crc32(0, "123456789", 9), 0xcbf43926u);
@@ -389,7 +389,7 @@ START_TEST(reencode_equals_fresh)
 	ck_assert_int_eq(dkv_seq_train(a), DKV_OK);
 	ck_assert_int_eq(rt_seq_save_model(a, path), DKV_OK);
 	seq_decode(a, g, oa, ta, &na);
-	ck_assert_int_eq(rt_model_read(path, &m, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_read(path, &m, err), DKV_OK);
 	ck_assert_int_eq(m.trained[0] + m.trained[1], 2);
 	rt_model_free(&m);
 	/* b: the model loaded early, most keys encoded by it on append */
@@ -486,19 +486,19 @@ START_TEST(hash_model_at_open)
 	unlink(bad);
 	/* mismatched geometry: bits, layers, kv heads, head_dim */
 	ck_assert_int_eq(rt_model_alloc(&m, 64, DIM, RT_MODEL_HIDDEN, 1, 2), 0);
-	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, bad, err), DKV_OK);
 	rt_model_free(&m);
 	open_refused(c, bad, DKV_E_INVAL, "model is for 64 bits");
 	ck_assert_int_eq(rt_model_alloc(&m, BITS, DIM, RT_MODEL_HIDDEN, 2, 2), 0);
-	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, bad, err), DKV_OK);
 	rt_model_free(&m);
 	open_refused(c, bad, DKV_E_INVAL, "2 layers");
 	ck_assert_int_eq(rt_model_alloc(&m, BITS, DIM, RT_MODEL_HIDDEN, 1, 1), 0);
-	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, bad, err), DKV_OK);
 	rt_model_free(&m);
 	open_refused(c, bad, DKV_E_INVAL, "1 kv heads");
 	ck_assert_int_eq(rt_model_alloc(&m, BITS, 32, RT_MODEL_HIDDEN, 1, 2), 0);
-	ck_assert_int_eq(rt_model_write(&m, bad, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, bad, err), DKV_OK);
 	rt_model_free(&m);
 	open_refused(c, bad, DKV_E_INVAL, "head_dim 32");
 	/* a model file needs the learned family; an empty path is refused */
@@ -535,7 +535,7 @@ static int trained_heads(dkv_seq *s, const char *path)
 	int n;
 
 	ck_assert_int_eq(rt_seq_save_model(s, path), DKV_OK);
-	ck_assert_int_eq(rt_model_read(path, &m, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_read(path, &m, err), DKV_OK);
 	n = m.trained[0] + m.trained[1];
 	rt_model_free(&m);
 	return n;
@@ -597,7 +597,7 @@ START_TEST(auto_training_and_bad_model)
 	dkv_seq_close(s2);
 	dkv_disconnect(c2);
 	ck_assert_int_eq(rt_model_alloc(&m, 64, DIM, RT_MODEL_HIDDEN, 1, 2), 0);
-	ck_assert_int_eq(rt_model_write(&m, other, err, sizeof(err)), DKV_OK);
+	ck_assert_int_eq(rt_model_write(&m, other, err), DKV_OK);
 	rt_model_free(&m);
 	ck_assert_int_eq(rt_seq_load_model(s, other, 0), DKV_E_INVAL);
 	ck_assert_ptr_nonnull(strstr(dkv_errmsg(c), "64 bits"));

@@ -56,7 +56,7 @@ static size_t run(const struct shape *sh, const char *spec, uint8_t *out)
 	struct rt_engine *e;
 	struct rt_seq *s;
 	dkv_seq_config cfg;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	size_t qn = (size_t)sh->q_heads * sh->dim, kn = (size_t)sh->kv_heads * sh->dim;
 	size_t elt = sh->dtype == DKV_F32 ? 4 : 2, at = 0;
 	float *k = malloc(CHUNK * kn * sizeof(float)), *v = malloc(CHUNK * kn * sizeof(float));
@@ -169,7 +169,7 @@ START_TEST(sharded_append_all_or_nothing)
 	struct rt_engine *e[2];
 	struct rt_seq *s[2];
 	dkv_seq_config cfg;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 	uint64_t len;
 
 	ck_assert(k && v && q && o1 && o2);
@@ -217,7 +217,7 @@ END_TEST
 START_TEST(bad_spec_refused)
 {
 	struct rt_engine *e = NULL;
-	char err[RT_ERRLEN] = "";
+	char err[KRN_MSGLEN] = "";
 
 	ck_assert_int_eq(setenv("DASHKV_SHARDS", "cpu:0", 1), 0);
 	ck_assert_int_eq(rt_engine_new(&e, err), DKV_E_INVAL);

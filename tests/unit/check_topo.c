@@ -43,7 +43,7 @@ static struct shard_topo *load_xml(const char *name)
 	char path[8192], err[256] = "";
 
 	snprintf(path, sizeof(path), "%s/%s", data_dir, name);
-	ck_assert_msg(shard_topo_load(&t, path, NULL, err, sizeof(err)) == 0,
+	ck_assert_msg(shard_topo_load(&t, path, NULL, err) == 0,
 		      "%s: %s", name, err);
 	return t;
 }
@@ -53,7 +53,7 @@ static struct shard_topo *load_synth(const char *desc)
 	struct shard_topo *t = NULL;
 	char err[256] = "";
 
-	ck_assert_msg(shard_topo_load(&t, NULL, desc, err, sizeof(err)) == 0,
+	ck_assert_msg(shard_topo_load(&t, NULL, desc, err) == 0,
 		      "%s: %s", desc, err);
 	return t;
 }
@@ -64,7 +64,7 @@ static struct shard_plan *make(const struct shard_topo *t, const char *spec,
 	struct shard_plan *p = NULL;
 	char err[256] = "";
 
-	ck_assert_msg(shard_plan_make_flags(t, spec, flags, &p, err, sizeof(err)) == 0,
+	ck_assert_msg(shard_plan_make_flags(t, spec, flags, &p, err) == 0,
 		      "%s: %s", spec ? spec : "auto", err);
 	ck_assert_ptr_nonnull(p);
 	return p;
@@ -355,7 +355,7 @@ START_TEST(this_machine)
 	struct shard_topo *t = NULL;
 	char err[256] = "";
 
-	ck_assert_msg(shard_topo_load(&t, NULL, NULL, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(shard_topo_load(&t, NULL, NULL, err) == 0, "%s", err);
 	ck_assert(t->this_system);
 	check_gpus(t, "this machine");
 	check_all_plans(t, "this machine");
@@ -537,7 +537,7 @@ START_TEST(synthetic_cases)
 
 	snprintf(what, sizeof(what), "%s %s", c->desc, c->spec ? c->spec : "auto");
 	if (!c->ok) {
-		ck_assert_msg(shard_plan_make(t, c->spec, &p, err, sizeof(err)) < 0,
+		ck_assert_msg(shard_plan_make(t, c->spec, &p, err) < 0,
 			      "%s: accepted", what);
 		ck_assert_msg(strstr(err, c->spec) != NULL, "%s: %s", what, err);
 		shard_topo_free(t);
@@ -593,7 +593,7 @@ START_TEST(bad_specs_refused)
 	struct shard_plan *p = (struct shard_plan *)&p;
 	char err[256] = "";
 
-	ck_assert_int_lt(shard_plan_make(t, b->spec, &p, err, sizeof(err)), 0);
+	ck_assert_int_lt(shard_plan_make(t, b->spec, &p, err), 0);
 	ck_assert_ptr_eq(p, (struct shard_plan *)&p);   /* not written */
 	ck_assert_msg(strstr(err, b->want) && strstr(err, b->spec),
 		      "%s: \"%s\"", b->spec, err);
@@ -619,7 +619,7 @@ START_TEST(bad_gpu_specs_refused)
 	if (!have_xml("hwloc-nvidiaDGX2.xml"))
 		return;
 	t = load_xml("hwloc-nvidiaDGX2.xml");
-	ck_assert_int_lt(shard_plan_make(t, b->spec, &p, err, sizeof(err)), 0);
+	ck_assert_int_lt(shard_plan_make(t, b->spec, &p, err), 0);
 	ck_assert_msg(strstr(err, b->want), "%s: \"%s\"", b->spec, err);
 	shard_topo_free(t);
 }
@@ -630,14 +630,12 @@ START_TEST(bad_topologies_refused)
 	struct shard_topo *t = NULL;
 	char err[256] = "";
 
-	ck_assert_int_lt(shard_topo_load(&t, "/nonexistent/x.xml", NULL, err,
-					 sizeof(err)), 0);
+	ck_assert_int_lt(shard_topo_load(&t, "/nonexistent/x.xml", NULL, err), 0);
 	ck_assert_ptr_null(t);
 	ck_assert_msg(strstr(err, "/nonexistent/x.xml"), "%s", err);
-	ck_assert_int_lt(shard_topo_load(&t, NULL, "pack:x numa:y", err,
-					 sizeof(err)), 0);
+	ck_assert_int_lt(shard_topo_load(&t, NULL, "pack:x numa:y", err), 0);
 	ck_assert_msg(strstr(err, "synthetic"), "%s", err);
-	ck_assert_int_lt(shard_topo_load(&t, "a.xml", "pu:2", err, sizeof(err)), 0);
+	ck_assert_int_lt(shard_topo_load(&t, "a.xml", "pu:2", err), 0);
 	ck_assert_ptr_null(t);
 }
 END_TEST
@@ -651,12 +649,12 @@ START_TEST(bind_this_machine)
 	hwloc_bitmap_t now = hwloc_bitmap_alloc();
 	char err[256] = "";
 
-	ck_assert_int_eq(shard_topo_load(&t, NULL, NULL, err, sizeof(err)), 0);
+	ck_assert_int_eq(shard_topo_load(&t, NULL, NULL, err), 0);
 	p = make(t, NULL, 0);
-	ck_assert_int_eq(shard_plan_bind_thread(p, 0), 0);
+	ck_assert_int_eq(shard_plan_bind_thread(p, 0, NULL), 0);
 	ck_assert_int_eq(hwloc_get_cpubind(t->topo, now, HWLOC_CPUBIND_THREAD), 0);
 	ck_assert(hwloc_bitmap_isequal(now, p->shards[0].cpuset));
-	ck_assert_int_lt(shard_plan_bind_thread(p, p->n), 0);
+	ck_assert_int_lt(shard_plan_bind_thread(p, p->n, NULL), 0);
 	hwloc_bitmap_free(now);
 	shard_plan_free(p);
 	shard_topo_free(t);
@@ -676,13 +674,13 @@ START_TEST(bind_foreign_plan_warns)
 	ck_assert_int_eq(hwloc_topology_init(&here), 0);
 	ck_assert_int_eq(hwloc_topology_load(here), 0);
 	if (hwloc_bitmap_isset(hwloc_topology_get_allowed_cpuset(here), 0)) {
-		ck_assert_int_eq(shard_plan_bind_thread(p, 0), 0);
+		ck_assert_int_eq(shard_plan_bind_thread(p, 0, NULL), 0);
 		ck_assert_int_eq(hwloc_get_cpubind(here, now, HWLOC_CPUBIND_THREAD), 0);
 		ck_assert(hwloc_bitmap_isincluded(now, p->shards[0].cpuset));
 	}
 	if (!hwloc_bitmap_intersects(hwloc_topology_get_allowed_cpuset(here),
 				     p->shards[7].cpuset))
-		ck_assert_int_lt(shard_plan_bind_thread(p, 7), 0);
+		ck_assert_int_lt(shard_plan_bind_thread(p, 7, NULL), 0);
 	hwloc_topology_destroy(here);
 	hwloc_bitmap_free(now);
 	shard_plan_free(p);

@@ -13,8 +13,8 @@
 /* --capture: read the file, take its geometry; 0 or exits. */
 void load_capture(struct opts *v, struct rt_capture *c)
 {
-	char err[512];
-	int rc = rt_capture_read(v->capture, c, err, sizeof(err));
+	char err[KRN_MSGLEN];
+	int rc = rt_capture_read(v->capture, c, err);
 
 	if (rc) {
 		fprintf(stderr, "dashkv-bench: %s\n", err);
@@ -42,10 +42,9 @@ int cmd_capture(const struct opts *o)
 	uint32_t n = (uint32_t)o->tokens[0];
 	size_t tok = (size_t)o->kv_heads * o->dim, all = (size_t)o->heads * o->dim;
 	float *k = xmalloc(CHUNK * tok * sizeof(float)), *q = xmalloc(CHUNK * all * sizeof(float));
-	char err[512];
+	char err[KRN_MSGLEN];
 
-	if (rt_capture_begin(&w, o->out, o->dim, o->heads, o->kv_heads, o->layers, n, err,
-			     sizeof(err))) {
+	if (rt_capture_begin(&w, o->out, o->dim, o->heads, o->kv_heads, o->layers, n, err)) {
 		fprintf(stderr, "dashkv-bench: %s\n", err);
 		return 1;
 	}
@@ -68,7 +67,7 @@ int cmd_capture(const struct opts *o)
 	}
 	free(k);
 	free(q);
-	if (rt_capture_end(&w, err, sizeof(err))) {
+	if (rt_capture_end(&w, err)) {
 		fprintf(stderr, "dashkv-bench: %s\n", err);
 		return 1;
 	}
