@@ -1,4 +1,4 @@
-/* config.c - the table-driven dashkv.conf parser. */
+/* conf.c - the table-driven dashkv.conf parser. */
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>

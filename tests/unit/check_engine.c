@@ -8,6 +8,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "dashkv.h"
 #include "krn.h"
@@ -409,6 +411,47 @@ START_TEST(connect_addresses)
 }
 END_TEST
 
+/*
+ * A failed dkv_connect prints nothing: its message is dkv_errmsg(NULL),
+ * and the next connect that succeeds clears it.
+ */
+START_TEST(connect_errors_are_silent)
+{
+	static const struct { const char *addr, *shards, *want; } bad[] = {
+		{ "bogus:addr", NULL, "bogus:addr" },
+		{ "unix:/nonexistent/dashkvd.sock", NULL, "/nonexistent/dashkvd.sock" },
+		{ "embedded", "cpu:0", "DASHKV_SHARDS=cpu:0" },
+	};
+	char path[] = "/tmp/check_engine.stderr.XXXXXX";
+	int fd = mkstemp(path), saved = dup(2);
+	dkv_client *cl = NULL;
+	struct stat st;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_ge(saved, 0);
+	ck_assert_int_ge(dup2(fd, 2), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (bad[i].shards)
+			setenv("DASHKV_SHARDS", bad[i].shards, 1);
+		ck_assert_int_ne(dkv_connect(bad[i].addr, &cl), DKV_OK);
+		unsetenv("DASHKV_SHARDS");
+		ck_assert_ptr_null(cl);
+		ck_assert_msg(strstr(dkv_errmsg(NULL), bad[i].want), "%s: \"%s\"",
+			      bad[i].addr, dkv_errmsg(NULL));
+	}
+	ck_assert_int_eq(dkv_connect("embedded", &cl), DKV_OK);
+	ck_assert_str_eq(dkv_errmsg(NULL), "");
+	dkv_disconnect(cl);
+	ck_assert_int_ge(dup2(saved, 2), 0);
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	ck_assert_msg(st.st_size == 0, "dkv_connect wrote %lld bytes to stderr",
+		      (long long)st.st_size);
+	close(fd);
+	close(saved);
+	unlink(path);
+}
+END_TEST
+
 START_TEST(strerror_covers_codes)
 {
 	for (int code = DKV_OK; code >= DKV_E_INTERNAL; code--) {
@@ -719,6 +762,7 @@ static Suite *engine_suite(void)
 	tcase_add_loop_test(t, config_rejects_bad_values, 0,
 			    sizeof(bad_cfgs) / sizeof(bad_cfgs[0]));
 	tcase_add_test(t, connect_addresses);
+	tcase_add_test(t, connect_errors_are_silent);
 	tcase_add_test(t, strerror_covers_codes);
 	tcase_add_test(t, step_argument_errors);
 	tcase_add_loop_test(t, bad_values_store_nothing, 0, 4);
