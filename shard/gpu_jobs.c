@@ -34,34 +34,31 @@ static size_t round_up(size_t want)
 	return cap;
 }
 
-static int gbuf_dev(const struct krn_gpu_ops *ops, struct gbuf *b, size_t bytes, char *err)
+/* Grow b to at least bytes with alloc and release: device or pinned host memory. */
+static int gbuf_grow(struct gbuf *b, size_t bytes, int (*alloc)(void **p, size_t bytes, char *err),
+		     void (*release)(void *p), char *err)
 {
 	size_t cap = round_up(bytes);
 
 	if (b->cap >= bytes)
 		return 0;
-	ops->dfree(b->p);
+	release(b->p);
 	b->p = NULL;
 	b->cap = 0;
-	if (ops->dalloc(&b->p, cap, err))
+	if (alloc(&b->p, cap, err))
 		return DKV_E_NOMEM;
 	b->cap = cap;
 	return 0;
 }
 
+static int gbuf_dev(const struct krn_gpu_ops *ops, struct gbuf *b, size_t bytes, char *err)
+{
+	return gbuf_grow(b, bytes, ops->dalloc, ops->dfree, err);
+}
+
 static int gbuf_host(const struct krn_gpu_ops *ops, struct gbuf *b, size_t bytes, char *err)
 {
-	size_t cap = round_up(bytes);
-
-	if (b->cap >= bytes)
-		return 0;
-	ops->hfree(b->p);
-	b->p = NULL;
-	b->cap = 0;
-	if (ops->halloc(&b->p, cap, err))
-		return DKV_E_NOMEM;
-	b->cap = cap;
-	return 0;
+	return gbuf_grow(b, bytes, ops->halloc, ops->hfree, err);
 }
 
 static size_t align16(size_t n)
