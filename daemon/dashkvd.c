@@ -17,11 +17,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "conf.h"
+#include "listen.h"
 #include "log.h"
 #include "plan_cli.h"
 #include "session.h"
@@ -126,36 +126,6 @@ static void set_signals(void)
 	sigaction(SIGPIPE, &sa, NULL);
 }
 
-static int listen_on(const struct dmn_config *cfg)
-{
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	int fd, probe;
-
-	if (strlen(cfg->socket) >= sizeof(a.sun_path)) {
-		dmn_log(DMN_ERROR, "socket path too long: %s", cfg->socket);
-		return -1;
-	}
-	strcpy(a.sun_path, cfg->socket);
-	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof(a)) == 0) {
-		dmn_log(DMN_ERROR, "%s: another daemon listens there", cfg->socket);
-		close(probe);
-		return -1;
-	}
-	if (probe >= 0)
-		close(probe);
-	unlink(cfg->socket); /* a stale socket of a daemon that died */
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-	    chmod(cfg->socket, (mode_t)cfg->socket_mode) < 0 || listen(fd, 64) < 0) {
-		dmn_log(DMN_ERROR, "%s: %m", cfg->socket);
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /*
  * Become cfg->user once the socket is bound: the socket is handed to that
  * user (so that the daemon can remove it at exit), then setgroups, setgid,
@@ -179,7 +149,7 @@ static int drop_privileges(struct dmn_server *srv)
 		dmn_log(DMN_ERROR, "user %s: only root can change its user", name);
 		return -1;
 	}
-	if (chown(srv->cfg.socket, pw->pw_uid, pw->pw_gid) < 0 ||
+	if (lchown(srv->cfg.socket, pw->pw_uid, pw->pw_gid) < 0 ||
 	    initgroups(name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
 	    setuid(pw->pw_uid) < 0) {
 		dmn_log(DMN_ERROR, "user %s: dropping privileges: %m", name);
@@ -294,7 +264,7 @@ static int run(struct dmn_server *srv, const char *path)
 {
 	char err[KRN_MSGLEN] = "";
 	char what[2 * KRN_MSGLEN]; /* the shards, quoting up to two messages */
-	int lfd;
+	int lfd, lock;
 
 	if (rt_engine_new_shards(&srv->eng, shard_spec(&srv->cfg), err)) {
 		dmn_log(DMN_ERROR, "engine: %s", err);
@@ -303,7 +273,7 @@ static int run(struct dmn_server *srv, const char *path)
 	rt_engine_describe(srv->eng, what, sizeof(what));
 	dmn_log(DMN_INFO, "%u shard(s): %s", rt_engine_shards(srv->eng), what);
 	rt_engine_set_limit(srv->eng, srv->cfg.memory_limit);
-	lfd = listen_on(&srv->cfg);
+	lfd = dmn_listen(srv->cfg.socket, (mode_t)srv->cfg.socket_mode, &lock);
 	if (lfd < 0) {
 		rt_engine_free(srv->eng);
 		return 1;
@@ -311,6 +281,7 @@ static int run(struct dmn_server *srv, const char *path)
 	if (drop_privileges(srv)) {
 		close(lfd);
 		unlink(srv->cfg.socket);
+		close(lock);
 		rt_engine_free(srv->eng);
 		return 1;
 	}
@@ -320,6 +291,7 @@ static int run(struct dmn_server *srv, const char *path)
 	close(lfd);
 	if (unlink(srv->cfg.socket) < 0)
 		dmn_log(DMN_WARN, "%s: %m", srv->cfg.socket);
+	close(lock); /* after the unlink: the next daemon finds the path free */
 	rt_engine_free(srv->eng);
 	dmn_log(DMN_INFO, "stopped");
 	return 0;

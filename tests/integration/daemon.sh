@@ -29,8 +29,8 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 fail() { echo "FAIL: $*"; [ -f "$dir/log" ] && cat "$dir/log"; exit 1; }
 
-start() { # config
-	rm -f "$sock" # a daemon killed before left it behind
+start() { # config [keep: leave a stale socket for the daemon to replace]
+	[ "${2:-}" = keep ] || rm -f "$sock" # a daemon killed before left it behind
 	n0=$(grep -c "listening on" "$dir/log" 2>/dev/null)
 	"$dmn" -c "$1" -s "$sock" 2>>"$dir/log" &
 	pid=$!
@@ -120,6 +120,49 @@ printf 'allow_users %s\nshards cpu:2\n' "$uid" >"$dir/shards.conf"
 "$dmn" -t -c "$dir/shards.conf" || fail "-t on shards cpu:2"
 printf 'shards bogus\n' >"$dir/badshards.conf"
 "$dmn" -t -c "$dir/badshards.conf" 2>/dev/null && fail "-t accepted shards bogus"
+
+# the socket path: anything there but a stale socket is refused and left
+# as it is (a regular file, a symbolic link)
+echo precious >"$sock"
+"$dmn" -c "$dir/ok.conf" -s "$sock" 2>"$dir/err" && fail "started over a regular file"
+grep -q "a regular file is there, not a socket" "$dir/err" || fail "regular file: $(cat "$dir/err")"
+[ "$(cat "$sock")" = precious ] || fail "the regular file at the socket path changed"
+rm -f "$sock"
+ln -s "$dir/ok.conf" "$sock"
+"$dmn" -c "$dir/ok.conf" -s "$sock" 2>"$dir/err" && fail "started over a symbolic link"
+grep -q "a symbolic link is there, not a socket" "$dir/err" || fail "symlink: $(cat "$dir/err")"
+[ "$(readlink "$sock")" = "$dir/ok.conf" ] || fail "the symbolic link at the socket path changed"
+[ -s "$dir/ok.conf" ] || fail "the symbolic link's target changed"
+rm -f "$sock"
+
+# two daemons started at once on one path: one serves, the other stops
+# and says that another daemon holds the path
+"$dmn" -c "$dir/ok.conf" -s "$sock" 2>"$dir/race1" &
+r1=$!
+"$dmn" -c "$dir/ok.conf" -s "$sock" 2>"$dir/race2" &
+r2=$!
+i=0
+while kill -0 "$r1" 2>/dev/null && kill -0 "$r2" 2>/dev/null; do
+	i=$((i + 1))
+	[ $i -gt 200 ] && { kill -9 "$r1" "$r2"; fail "two daemons serve one path"; }
+	sleep 0.05
+done
+if kill -0 "$r1" 2>/dev/null; then pid=$r1 lost=$r2 log2=$dir/race2; else pid=$r2 lost=$r1 log2=$dir/race1; fi
+wait "$lost" && fail "the second daemon on one path exited 0"
+grep -q "another daemon holds it\|another daemon listens there" "$log2" ||
+	fail "second daemon: $(cat "$log2")"
+i=0
+until "$ctl" -s "$sock" status >/dev/null 2>&1; do
+	i=$((i + 1))
+	[ $i -gt 200 ] && fail "the daemon that won the path does not answer"
+	sleep 0.05
+done
+[ "$(stat -c %a "$sock")" = 660 ] || fail "socket mode $(stat -c %a "$sock"), want 660 (socket_mode)"
+kill -TERM "$pid"
+wait "$pid" || fail "dashkvd exit status $?"
+pid=
+[ -e "$sock" ] && fail "socket left behind"
+echo "socket path: regular file and symbolic link refused, one daemon of two"
 
 # a user that is not allowed
 printf 'allow_users %s\n' $((uid + 12345)) >"$dir/perm.conf"
@@ -456,7 +499,8 @@ start "$dir/ok.conf"
 "$cli" killwait "unix:$sock" "$pid" || fail "client of a daemon killed mid-step"
 wait "$pid" 2>/dev/null
 pid=
-start "$dir/ok.conf"
+[ -S "$sock" ] || fail "a killed daemon left no socket to replace"
+start "$dir/ok.conf" keep # its stale socket is replaced
 "$cli" dead "unix:$sock" "$pid" || fail "client of a dead daemon"
 wait "$pid" 2>/dev/null
 pid=
