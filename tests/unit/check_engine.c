@@ -536,6 +536,50 @@ static void reference_output(float *out)
 	dkv_disconnect(f.cl);
 }
 
+/*
+ * NaN and Inf in 16-bit inputs (f16 and bf16 bit patterns) give
+ * DKV_E_BADINPUT and store nothing; the same step without them is stored,
+ * and so is the largest finite value.  _i: dtype (f16, bf16) x (NaN in k, Inf in v, NaN in q, -Inf in k).
+ */
+START_TEST(bad_half_values_store_nothing)
+{
+	static const uint16_t nan16[2] = { 0x7e00, 0x7fc0 }, inf16[2] = { 0x7c00, 0x7f80 };
+	int bf = _i >= 4, kind = _i % 4, dtype = bf ? DKV_BF16 : DKV_F16;
+	dkv_seq_config c = geom(4, 2, 16, dtype);
+	size_t nkv = 16 * 2 * 16, nq = 4 * 16;
+	float *kf = rnd_array(nkv, 1), *vf = rnd_array(nkv, 1), *qf = rnd_array(nq, 1);
+	uint16_t *k = to_dtype(dtype, kf, nkv), *v = to_dtype(dtype, vf, nkv);
+	uint16_t *q = to_dtype(dtype, qf, nq), out[4 * 16];
+	uint16_t *at[4] = { &k[100], &v[nkv - 1], &q[3], &k[0] };
+	uint16_t bad[4] = { nan16[bf], inf16[bf], nan16[bf], (uint16_t)(inf16[bf] | 0x8000) };
+	uint16_t good = *at[kind];
+	dkv_client *cl;
+	dkv_seq *s;
+	uint64_t len = 99;
+
+	ck_assert_int_eq(dkv_connect("embedded", &cl), DKV_OK);
+	ck_assert_int_eq(dkv_seq_open(cl, &c, &s), DKV_OK);
+	v[5] = bf ? 0x7f7f : 0x7bff; /* the largest finite value is taken */
+	ck_assert_int_eq(dkv_step(s, 0, NULL, 0, k, v, 16, NULL), DKV_OK);
+	v[5] = 0;
+	*at[kind] = bad[kind];
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, k, v, 16, out), DKV_E_BADINPUT);
+	ck_assert_int_eq(dkv_seq_length(s, 0, &len), DKV_OK);
+	ck_assert_uint_eq(len, 16);
+	*at[kind] = good;
+	ck_assert_int_eq(dkv_step(s, 0, q, 1, k, v, 16, out), DKV_OK);
+	ck_assert_int_eq(dkv_seq_length(s, 0, &len), DKV_OK);
+	ck_assert_uint_eq(len, 32);
+	dkv_disconnect(cl);
+	free(kf);
+	free(vf);
+	free(qf);
+	free(k);
+	free(v);
+	free(q);
+}
+END_TEST
+
 START_TEST(bad_values_store_nothing)
 {
 	/* _i: 0 NaN in k, 1 Inf in v, 2 NaN in q, 3 -Inf in k (f16 too) */
@@ -766,6 +810,7 @@ static Suite *engine_suite(void)
 	tcase_add_test(t, strerror_covers_codes);
 	tcase_add_test(t, step_argument_errors);
 	tcase_add_loop_test(t, bad_values_store_nothing, 0, 4);
+	tcase_add_loop_test(t, bad_half_values_store_nothing, 0, 8);
 	tcase_add_test(t, max_tokens_is_all_or_nothing);
 	tcase_add_test(t, memory_limit_is_all_or_nothing);
 	tcase_add_test(t, stats_and_lengths);
