@@ -1,6 +1,11 @@
 #!/bin/sh
 # bench.sh - dashkv-bench quality and speed end to end at small sizes:
-# exit status, the expected rows and fields, loose bounds, valid JSON.
+# exit status, the expected rows and fields, valid JSON, and the quality
+# figures within a small margin of what they measure (the generator is
+# seeded and every kernel level gives the same figures; measured at 4096
+# tokens: 8 queries mass recall 0.8185, output error 0.0199, every needle,
+# top-1% mass 49.2%; 4 queries (JSON) 0.8535 and 0.0166; speed's output
+# error 0.0430).
 set -u
 : "${top_builddir:=.}"
 bench="$top_builddir/dashkv-bench"
@@ -46,20 +51,20 @@ for l in "mass recall" "recall@" "output error" "tokens taken exactly" \
 	 "oracle mass" "oracle output error"; do
 	test -n "$(field "$l" 3)" || fail "no '$l' row"
 done
-grep -q "^needle hit rate: " "$out" || fail "no needle hit rate"
+grep -q "^needle hit rate: 1.000 (16 of 16 " "$out" || fail "a needle was missed"
 mass=$(field "mass recall" 3)
 err=$(field "output error" 3)
 conc=$(sed -n 's/^generator: the top 1% of tokens hold \([0-9.]*\)%.*/\1/p' "$out")
 awk -v m="$mass" -v e="$err" -v c="$conc" \
-	'BEGIN { exit !(m > 0.2 && m <= 1.0001 && e >= 0 && e < 0.5 && c > 10 && c < 95) }' ||
+	'BEGIN { exit !(m > 0.78 && m <= 1.0001 && e >= 0 && e < 0.025 && c > 45 && c < 53) }' ||
 	fail "quality out of bounds: mass recall $mass, output error $err, top-1% mass $conc%"
 
 "$bench" quality --tokens 4096 --queries 4 --json >"$out" 2>/dev/null || fail "quality --json exited $?"
 json_check "$out" 'd["command"] == "quality" and d["tokens"] == 4096 and
-	0 < d["engine"]["mass_recall"]["median"] <= 1.0001 and
-	d["engine"]["output_error"]["median"] < 0.5 and
-	"needle_hit_rate" in d["engine"] and "output_error" in d["oracle"] and
-	0 < d["concentration_top1pct"] < 1'
+	0.82 < d["engine"]["mass_recall"]["median"] <= 1.0001 and
+	d["engine"]["output_error"]["median"] < 0.021 and
+	d["engine"]["needle_hit_rate"] == 1 and "output_error" in d["oracle"] and
+	0.45 < d["concentration_top1pct"] < 0.53'
 
 # ---- speed ----
 sp="--bw-mib 64 --scan-tokens 65536"
@@ -77,7 +82,7 @@ grep -q "1 query per pass: [0-9.]* GB/s of key data" "$out" || fail "no coarse s
 json_check "$out" 'd["command"] == "speed" and len(d["rows"]) == 1 and
 	d["rows"][0]["ok"] and d["rows"][0]["tokens"] == 4096 and
 	d["rows"][0]["dash_ms"] > 0 and d["rows"][0]["exact_ms"] > 0 and
-	d["rows"][0]["output_error"] < 0.5 and d["bandwidth"]["gbps"] > 0 and
+	d["rows"][0]["output_error"] < 0.055 and d["bandwidth"]["gbps"] > 0 and
 	d["scan"]["one_query"]["gbps"] > 0 and d["scan"]["group"]["gbps"] > 0 and
 	d["scan"]["bytes_per_key"] == 21 and
 	d["scan"]["keys"] == d["scan"]["tokens"] * d["scan"]["kv_heads"] and
