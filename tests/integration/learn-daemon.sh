@@ -4,7 +4,8 @@
 # outputs bit for bit (and those of the model loaded after open); corrupt,
 # truncated, mismatched, relative, missing, FIFO and directory paths are
 # refused with their status and message, embedded and through the daemon,
-# and the daemon keeps serving.
+# and the daemon keeps serving; a newline in a refused path is logged
+# escaped.
 set -u
 b=${top_builddir:-.}
 src=${top_srcdir:-.}
@@ -45,6 +46,14 @@ for a in "unix:$sock" embedded; do
 	refuse "$a" "$dir" -1 "not a regular file"
 	refuse "$a" "$dir/missing.model" -9 "No such file"
 done
+# a client's path is escaped in the daemon's log: a newline in it cannot
+# forge a log line
+nl='
+'
+refuse "unix:$sock" "$dir/missing${nl}dashkvd[1]: error: forged" -9 "No such file"
+grep -q '^dashkvd\[1\]: error: forged' "$dir/dlog" && fail "a client's path forged a log line"
+grep -q 'missing\\ndashkvd\[1\]: error: forged' "$dir/dlog" ||
+	fail "the refused path is not logged escaped"
 # the daemon has its own working directory: a relative path is refused
 (cd "$dir" && "$cli" refuse "unix:$sock" g.model -1 "absolute path") ||
 	fail "a relative path through the daemon"
