@@ -5,7 +5,9 @@
  * a dead daemon by the socket's EOF within IPC_POLL_MS, and a hung one by
  * its heartbeat (IPC_FEAT_HEARTBEAT) standing still for hung_ms.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -204,6 +206,28 @@ static int request(struct ipc_conn *c, uint16_t type, const void *payload,
 	return reply(c, want, buf, NULL, err);
 }
 
+/*
+ * The region must be a regular file sealed as dashkvd seals it: a file
+ * that can still shrink under the mapping would turn our next access into
+ * SIGBUS, and the size is what the daemon announced.
+ */
+static int check_region_fd(int fd, struct stat *st, char *err)
+{
+	int need = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+	int seals;
+
+	if (fstat(fd, st) < 0)
+		return krn_msgf(err, DKV_E_IO, "fstat of the shared region failed");
+	if (!S_ISREG(st->st_mode))
+		return krn_msgf(err, DKV_E_PROTO, "the shared region is not a regular file");
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & need) != need)
+		return krn_msgf(err, DKV_E_PROTO,
+				"the shared region is not sealed against resizing (seals %#x)",
+				seals < 0 ? 0 : (unsigned)seals);
+	return DKV_OK;
+}
+
 static int map_region(struct ipc_conn *c, const struct ipc_accept *a, int fd,
 		      char *err)
 {
@@ -211,8 +235,9 @@ static int map_region(struct ipc_conn *c, const struct ipc_accept *a, int fd,
 	char *r;
 	int rc;
 
-	if (fstat(fd, &st) < 0)
-		return krn_msgf(err, DKV_E_IO, "fstat of the shared region failed");
+	rc = check_region_fd(fd, &st, err);
+	if (rc)
+		return rc;
 	rc = ipc_check_accept(a, (uint64_t)st.st_size, err);
 	if (rc)
 		return rc;

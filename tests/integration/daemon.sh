@@ -317,6 +317,27 @@ if [ $py != : ] && python3 -c 'import socket; socket.recv_fds' 2>/dev/null; then
 else
 	echo "python3 without socket.recv_fds: forged descriptors not tested"
 fi
+
+# an impostor's shared region (tests/integration/fake_daemon.py): the
+# client maps a memfd sealed as dashkvd seals it, and refuses one that
+# could still shrink under its mapping, or a pipe (python3.9+)
+if [ $py != : ] && python3 -c 'import os, socket; socket.send_fds; os.memfd_create' 2>/dev/null; then
+	for k in sealed:0: unsealed:-7:"not sealed against resizing" pipe:-7:"not a regular file"; do
+		kind=${k%%:*} rest=${k#*:}
+		code=${rest%%:*} text=${rest#*:}
+		: >"$dir/fake.out"
+		python3 "$src/tests/integration/fake_daemon.py" "$dir/fake-$kind.sock" "$kind" \
+			>"$dir/fake.out" &
+		fk=$!
+		wait_for "$dir/fake.out" ready
+		"$cli" connect "unix:$dir/fake-$kind.sock" "$code" "$text" ||
+			{ kill "$fk"; fail "an impostor's $kind region"; }
+		wait "$fk" || fail "fake_daemon.py $kind exited $?"
+	done
+	echo "impostor's region: sealed memfd mapped, unsealed memfd and pipe refused"
+else
+	echo "python3 without socket.send_fds or os.memfd_create: the region's seals not tested"
+fi
 wait_sessions 1
 
 # a client killed with SIGKILL mid-step: memory back to its level

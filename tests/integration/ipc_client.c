@@ -5,6 +5,8 @@
  *   ipc_client hold ADDR     open and step, print "ready", then wait
  *   ipc_client dead ADDR PID SIGKILL the daemon, then expect DISCONNECTED
  *   ipc_client perm ADDR     expect DKV_E_PERM at connect
+ *   ipc_client connect ADDR CODE TEXT  connect gives status CODE and
+ *                            a message holding TEXT (dkv_errmsg(NULL))
  *   ipc_client limit ADDR    a step over session_memory_limit (1M) is refused
  *   ipc_client lat ADDR      round trip of a tiny step, daemon and embedded
  *   ipc_client many ADDR N   N client processes at once, each bit for bit
@@ -280,6 +282,20 @@ static int do_perm(const char *addr)
 	int rc = dkv_connect(addr, &c);
 
 	CHECK(rc == DKV_E_PERM, "connect as a refused user gave %d", rc);
+	return failed;
+}
+
+/* connect gives code, its message (dkv_errmsg(NULL)) holding text */
+static int connect_gives(const char *addr, int code, const char *text)
+{
+	dkv_client *c = NULL;
+	int rc = dkv_connect(addr, &c);
+
+	CHECK(rc == code, "connect gave %d (%s), want %d", rc, dkv_errmsg(NULL), code);
+	CHECK(strstr(dkv_errmsg(NULL), text), "message \"%s\" lacks \"%s\"",
+	      dkv_errmsg(NULL), text);
+	if (c)
+		dkv_disconnect(c);
 	return failed;
 }
 
@@ -572,6 +588,8 @@ int main(int argc, char **argv)
 		return do_hold(argv[2]);
 	if (!strcmp(argv[1], "dead") && argc > 3)
 		return do_dead(argv[2], (pid_t)atoi(argv[3]));
+	if (!strcmp(argv[1], "connect") && argc > 4)
+		return connect_gives(argv[2], atoi(argv[3]), argv[4]);
 	if (!strcmp(argv[1], "perm"))
 		return do_perm(argv[2]);
 	if (!strcmp(argv[1], "limit"))
