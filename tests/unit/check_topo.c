@@ -14,8 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "dashkv.h"
 #include "plan.h"
+#include "pool.h"
 #include "topo.h"
 
 #define MAX_XML 64
@@ -679,10 +683,52 @@ START_TEST(bind_foreign_plan_warns)
 		ck_assert(hwloc_bitmap_isincluded(now, p->shards[0].cpuset));
 	}
 	if (!hwloc_bitmap_intersects(hwloc_topology_get_allowed_cpuset(here),
-				     p->shards[7].cpuset))
-		ck_assert_int_lt(shard_plan_bind_thread(p, 7, NULL), 0);
+				     p->shards[7].cpuset)) {
+		char err[KRN_MSGLEN] = "";
+
+		ck_assert_int_lt(shard_plan_bind_thread(p, 7, err), 0);
+		ck_assert_msg(strstr(err, "shard 7: cpus ") &&
+			      strstr(err, "none of them here"), "%s", err);
+	}
 	hwloc_topology_destroy(here);
 	hwloc_bitmap_free(now);
+	shard_plan_free(p);
+	shard_topo_free(t);
+}
+END_TEST
+
+/*
+ * A pool on another machine's plan counts its workers not bound as
+ * planned, keeps the lowest one's reason, and prints nothing.
+ */
+START_TEST(pool_reports_unbound)
+{
+	struct shard_topo *t = load_synth("pack:4 numa:2 core:6 pu:2");
+	struct shard_plan *p = make(t, "cpu:8", 0);
+	struct shard_pool *pool = NULL;
+	char err[KRN_MSGLEN] = "", why[KRN_MSGLEN] = "";
+	char path[] = "/tmp/check_topo.stderr.XXXXXX";
+	int fd = mkstemp(path), saved = dup(2);
+	struct stat st;
+	uint32_t n;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_ge(dup2(fd, 2), 0);
+	ck_assert_int_eq(shard_pool_new(&pool, 8, p, err), DKV_OK);
+	n = shard_pool_unbound(pool, why);
+	shard_pool_free(pool);
+	ck_assert_int_ge(dup2(saved, 2), 0);
+	/* the workers are shards 1..7, PUs 12-95: none exist on a small machine */
+	if (sysconf(_SC_NPROCESSORS_CONF) <= 12) {
+		ck_assert_uint_eq(n, 7);
+		ck_assert_msg(strstr(why, "shard 1: cpus 12-23: none of them here"), "%s", why);
+	}
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	ck_assert_msg(st.st_size == 0, "the pool wrote %lld bytes to stderr",
+		      (long long)st.st_size);
+	close(fd);
+	close(saved);
+	unlink(path);
 	shard_plan_free(p);
 	shard_topo_free(t);
 }
@@ -770,6 +816,7 @@ static Suite *topo_suite(void)
 	tcase_add_test(t, bad_topologies_refused);
 	tcase_add_test(t, bind_this_machine);
 	tcase_add_test(t, bind_foreign_plan_warns);
+	tcase_add_test(t, pool_reports_unbound);
 	tcase_add_test(t, numa_memory);
 	suite_add_tcase(s, t);
 	return s;
