@@ -62,6 +62,8 @@ enum {
  * fields by name.  Numeric knobs: 0 means "default".  On/off knobs
  * (tail_estimate, exact): 0 = off, 1 = on, -1 = default.
  */
+#define DKV_RERANK_OFF 0xffffffffu
+
 typedef struct dkv_seq_config {
 	uint32_t struct_size;   /* set by dkv_seq_config_init() */
 	/* geometry */
@@ -89,7 +91,15 @@ typedef struct dkv_seq_config {
 	 * path, which the daemon opens.
 	 */
 	const char *hash_model;
-	uint32_t reserved[12];  /* must be zero */
+	/*
+	 * The coarse filter's pool, in tokens per 1,000 of the middle, that
+	 * the 4-bit key sketches re-rank down to `candidates` before the fine
+	 * ranking (see dashkv(7)): 0 = default, at most 1000;
+	 * DKV_RERANK_OFF: no pool and no sketches, the coarse filter passes
+	 * `candidates` on.
+	 */
+	uint32_t rerank;
+	uint32_t reserved[11];  /* must be zero */
 } dkv_seq_config;
 
 /* Sequence statistics (dkv_seq_stats). */

@@ -115,6 +115,8 @@ enum krn_elt { KRN_F32 = 0, KRN_F16 = 1, KRN_BF16 = 2 };
 
 /* Rows gdot asks for ahead of use, past the ones it scores. */
 #define KRN_GDOT_AHEAD 16u
+/* Most queries one sketch call scores. */
+#define KRN_SKETCH_MAXQ 64u
 /* Largest dim gdot takes (the largest head_dim). */
 #define KRN_MAX_DIM 256u
 
@@ -184,6 +186,19 @@ struct krn_ops {
 		     float *out, size_t ld_out);
 
 	/*
+	 * sketch: out[j * ld_out + i] = sum over d < dim of q8[j * dim + d]
+	 * * (x_d - 8) for the n key sketches at rows[i], nq int8 queries
+	 * q8 [nq][dim].  A sketch is dim / 2 bytes: byte b holds x_b in its
+	 * low nibble and x_(b + dim / 2) in its high nibble (krn_sketch_put),
+	 * 4-bit values offset by 8.  Integer arithmetic: every variant gives
+	 * the reference's sums exactly.  rows[n .. n_more) are only asked for
+	 * ahead of use (prefetch), KRN_GDOT_AHEAD at most.  dim is a multiple
+	 * of 8, at most KRN_MAX_DIM; nq <= KRN_SKETCH_MAXQ.
+	 */
+	void (*sketch)(const int8_t *q8, uint32_t nq, const uint8_t *const *rows, uint32_t n,
+		       uint32_t n_more, uint32_t dim, int32_t *out, size_t ld_out);
+
+	/*
 	 * attend: fold n rows (k, v: rows ld apart, f32) into the online-softmax
 	 * states st[0..nq) of nq queries q [nq][dim] with logit = scale * q.k.
 	 * n <= KRN_BLOCK.  An empty state has m = -INFINITY, s = 0, acc = 0.
@@ -218,6 +233,14 @@ struct krn_ops {
 	/* all_finite: 1 if no NaN or Inf among n floats, else 0. */
 	int (*all_finite)(const float *x, size_t n);
 };
+
+/*
+ * A key sketch (krn_ops.sketch): x [dim] as 4-bit values round(x_d /
+ * step) in [-7, 7], step = max |x_d| / 7, written to out (dim / 2
+ * bytes); returns step (0 for a zero or non-finite row, whose sketch is
+ * all zeros: it scores 0).
+ */
+float krn_sketch_put(const float *x, uint32_t dim, uint8_t *out);
 
 /* Largest n that attend / attend_logits take in one call. */
 #define KRN_BLOCK 256

@@ -312,6 +312,34 @@ uint32_t rt_tail_span(uint64_t n_mid)
 }
 
 /*
+ * The pool: the coarse filter passes rerank per 1,000 tokens of the
+ * middle (at least candidates + 1/4), and the key sketches pick the
+ * candidates from it.  Kept hits are bounded by RT_HIT_CAP_MAX per query
+ * head (twice the pool of 2M tokens at the default), past which the pool
+ * is a smaller share.
+ */
+#define RT_HIT_CAP_MAX (1u << 17)
+
+uint32_t rt_hit_cap(const dkv_seq_config *c)
+{
+	uint64_t hc = (uint64_t)c->candidates * 4;
+	uint64_t pool = 2 * rt_pool_target(c, c->max_tokens, UINT32_MAX);
+
+	if (pool > hc)
+		hc = pool < RT_HIT_CAP_MAX ? pool : RT_HIT_CAP_MAX > hc ? RT_HIT_CAP_MAX : hc;
+	return (uint32_t)hc;
+}
+
+uint64_t rt_pool_target(const dkv_seq_config *c, uint64_t n_mid, uint32_t hit_cap)
+{
+	uint64_t t = (uint64_t)c->candidates + c->candidates / 4;
+
+	if (c->rerank != DKV_RERANK_OFF && (uint64_t)c->rerank * n_mid / 1000 > t)
+		t = (uint64_t)c->rerank * n_mid / 1000;
+	return t < hit_cap / 2 ? t : hit_cap / 2;
+}
+
+/*
  * Coarse filter for the group over the middle [m0, m1): thresholds from a
  * sample, then one pass; a pass whose hits overflow or fall short of
  * top_k is repeated with a moved threshold (rare).
@@ -323,9 +351,9 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	const dkv_seq_config *c = &s->cfg;
 	struct shard_layer *st = &L->store;
 	uint32_t g = s->group, n_mid = (uint32_t)(m1 - m0), tl = c->hash_bits + 1;
-	uint64_t target = (uint64_t)c->candidates + c->candidates / 4;
-	/* enough samples that about 32 of them pass the threshold */
-	uint64_t want = 32 * (uint64_t)n_mid / target;
+	uint64_t target = rt_pool_target(c, n_mid, sc->hit_cap);
+	/* enough samples that about 32 of the candidates' share pass */
+	uint64_t want = 32 * (uint64_t)n_mid / (c->candidates + c->candidates / 4);
 	want = want > 1024 ? want : 1024;
 	uint32_t ns = sample_middle(s, m0, n_mid,
 				    want < sc->samp_max ? (uint32_t)want : sc->samp_max);
@@ -362,6 +390,86 @@ static void coarse_filter(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 		rank = v == PASS_TOO_MANY ? rank / 4 : rank * 4 + 1;
 	}
 	keep_hits(s);
+}
+
+/*
+ * Query head j's pool in position order, the shards' kept hits page by
+ * page (their sketch scores into px, positions into ppos); returns the
+ * count.  The order is the same for any number of shards.
+ */
+static uint32_t pool_gather(struct rt_seq *s, uint32_t j)
+{
+	struct rt_scratch *sc = &s->sc;
+	struct shard_task *t = &sc->task;
+	uint32_t S = t->n_shards, hc = sc->hit_cap, n = 0;
+	uint64_t p0, np = shard_pages_of(t->m0, t->m1, &p0);
+
+	memset(sc->pcur, 0, S * sizeof(uint32_t));
+	for (uint64_t p = p0; p < p0 + np; p++) {
+		uint32_t r = shard_page_owner(p, S);
+		const struct shard_rank *rk = &sc->rank[r];
+		const uint32_t *hit = rk->hit + (size_t)j * hc;
+		while (sc->pcur[r] < rk->n_keep[j] && hit[sc->pcur[r]] < (p + 1) * SHARD_PAGE) {
+			sc->ppos[n] = hit[sc->pcur[r]];
+			sc->px[n++] = rk->logit[(size_t)j * hc + sc->pcur[r]++];
+		}
+	}
+	return n;
+}
+
+/*
+ * Query head j's sketch cut: the candidates best sketch scores of its
+ * pool (ties to the lower position) pass, as a (score, position) bound
+ * that every shard applies to its own hits.
+ */
+static void pool_cut(struct rt_seq *s, uint32_t j)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t n = pool_gather(s, j), C = s->cfg.candidates;
+
+	sc->pcut[j] = -INFINITY;
+	sc->pcut_pos[j] = UINT32_MAX;
+	sc->n_fine[j] = n < C ? n : C;
+	if (n <= C)
+		return;
+	uint32_t k = krn_select_top(sc->px, n, C, sc->pidx, sc->psel);
+	float cut = INFINITY;
+	for (uint32_t i = 0; i < k; i++)
+		cut = sc->px[sc->pidx[i]] < cut ? sc->px[sc->pidx[i]] : cut;
+	uint32_t cp = 0;
+	for (uint32_t i = 0; i < k; i++)
+		if (sc->px[sc->pidx[i]] == cut && sc->ppos[sc->pidx[i]] > cp)
+			cp = sc->ppos[sc->pidx[i]];
+	sc->pcut[j] = cut;
+	sc->pcut_pos[j] = cp;
+}
+
+/*
+ * Re-rank the group's pool by the key sketches when it holds more than
+ * candidates hits for some head: the sketch job scores every kept hit,
+ * the cut keeps the best candidates of each head for the fine ranking
+ * (the rank job applies it).
+ */
+static void rerank_pool(struct rt_seq *s, struct rt_layer *L, uint32_t h)
+{
+	struct rt_scratch *sc = &s->sc;
+	uint32_t g = s->group, dim = s->cfg.head_dim, big = 0;
+
+	sc->task.pool = 0;
+	for (uint32_t j = 0; j < g; j++) {
+		uint32_t kept = sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
+		sc->n_fine[j] = kept;
+		big |= kept > s->cfg.candidates;
+	}
+	if (!s->geom.sketch || !big)
+		return;
+	for (uint32_t j = 0; j < g; j++)
+		sc->skmul[j] = rt_hash_query_sketch(&L->hash[h], sc->qg + (size_t)j * dim,
+						    s->cfg.scale, sc->q8 + (size_t)j * dim);
+	run_job(s, shard_job_sketch, sc->task.m0, sc->task.m1);
+	for (uint32_t j = 0; j < g; j++)
+		pool_cut(s, j);
+	sc->task.pool = 1;
 }
 
 /*
@@ -500,7 +608,7 @@ static void attend_middle(struct rt_seq *s, struct shard_layer *st, uint32_t h,
 
 	shard_attend_list(st, h, sc->top_pos + at, sc->top_logit + at, n_top, &sc->part[j],
 			  &sc->bufs);
-	cnt->cand += sc->n_hit[j] < sc->hit_cap ? sc->n_hit[j] : sc->hit_cap;
+	cnt->cand += sc->n_fine[j];
 	cnt->exact += n_top;
 	if (c->tail_estimate)
 		cnt->est += (double)(m1 - m0) - n_top;
@@ -634,6 +742,7 @@ static void attend_group(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 	sc->task.m0 = sink_end;
 	sc->task.m1 = w0;
 	coarse_filter(s, L, h, sink_end, w0);
+	rerank_pool(s, L, h);
 	uint64_t t1 = rt_now_ns();
 	run_job(s, shard_job_rank, sink_end, w0);
 	if (c->mass_target > 0.0f) {

@@ -19,6 +19,7 @@ void rt_config_defaults(dkv_seq_config *cfg)
 	cfg->train_tokens = RT_DEF_TRAIN_TOKENS;
 	cfg->top_k = RT_DEF_TOP_K;
 	cfg->candidates = RT_DEF_CANDIDATES;
+	cfg->rerank = RT_DEF_RERANK;
 	cfg->sink_tokens = RT_DEF_SINKS;
 	cfg->recent_window = RT_DEF_WINDOW;
 	cfg->mass_target = 0.0f;
@@ -80,6 +81,11 @@ static int resolve_knobs(dkv_seq_config *c, char *err)
 	if (c->candidates < c->top_k || c->candidates > (1u << 20))
 		return krn_msgf(err, DKV_E_INVAL, "candidates %u must lie in [top_k %u, %u]",
 				c->candidates, c->top_k, 1u << 20);
+	if (!c->rerank)
+		c->rerank = RT_DEF_RERANK;
+	if (c->rerank > 1000 && c->rerank != DKV_RERANK_OFF)
+		return krn_msgf(err, DKV_E_INVAL, "rerank %u is not in [1, 1000] or DKV_RERANK_OFF",
+				c->rerank);
 	if (!c->sink_tokens)
 		c->sink_tokens = RT_DEF_SINKS;
 	if (!c->recent_window)

@@ -8,6 +8,7 @@
  * calls lives beside it: input.c, scratch.c, attend.c, fit.c
  * (engine_int.h).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -279,6 +280,10 @@ int rt_seq_open(struct rt_engine *e, const dkv_seq_config *cfg,
 	s->geom.dtype = (uint32_t)s->cfg.dtype;
 	s->geom.elt_size = s->cfg.dtype == DKV_F32 ? 4 : 2;
 	s->geom.words = s->cfg.hash_bits / 64;
+	/* dense attention reads no codes (GPU shards re-rank on the host) */
+	if (s->cfg.exact)
+		s->cfg.rerank = DKV_RERANK_OFF;
+	s->geom.sketch = s->cfg.rerank == DKV_RERANK_OFF ? 0 : s->cfg.head_dim / 2;
 	s->geom.n_shards = e->n_shards;
 	s->geom.node = e->node;
 	s->trace_cap = s->cfg.sink_tokens + s->cfg.recent_window + s->cfg.top_k;
@@ -349,12 +354,32 @@ void rt_encode_range(struct rt_seq *s, struct rt_layer *L, uint32_t h,
 				L->hash[h].max_norm = sc->enc_norms[i];
 		for (uint32_t i = 0; i < n; i++)
 			shard_cls(st, h, t)[i] = rt_hash_class(&L->hash[h], sc->enc_norms[i]);
+		if (s->geom.sketch)
+			rt_hash_sketch(&L->hash[h], sc->enc_keys, n, shard_sketch(st, h, t),
+				       shard_sketch_step(st, h, t), sc->enc_tmp);
 		t += n;
 	}
 	shard_gpu_dirty(L->gpu, h, t0);
 }
 
-/* Fix head h's mean key from the stored keys after the sinks. */
+/*
+ * The sketches' channel scales from the centred keys' sums of squares
+ * over n keys: each channel's RMS, kept above 1/64 of the mean RMS (a
+ * channel that never moved would blow up whatever later moves it).
+ */
+static void fix_channel_scale(struct rt_hash *hm, const double *ss, double n)
+{
+	double mean = 0;
+
+	for (uint32_t d = 0; d < hm->dim; d++)
+		mean += sqrt(ss[d] / n) / hm->dim;
+	for (uint32_t d = 0; d < hm->dim; d++) {
+		double r = sqrt(ss[d] / n);
+		hm->chs[d] = (float)(r > mean / 64 ? r : mean / 64 > 0 ? mean / 64 : 1.0);
+	}
+}
+
+/* Fix head h's mean key and channel scales from the stored keys after the sinks. */
 static void fix_mean(struct rt_seq *s, struct rt_layer *L, uint32_t h)
 {
 	struct shard_layer *st = &L->store;
@@ -370,6 +395,15 @@ static void fix_mean(struct rt_seq *s, struct rt_layer *L, uint32_t h)
 	}
 	for (uint32_t d = 0; d < dim; d++)
 		hm->mu[d] = (float)(acc[d] / (double)(st->len - t0));
+	memset(acc, 0, sizeof(acc));
+	for (uint64_t t = t0; t < st->len; t++) {
+		shard_rows_f32(&s->geom, shard_key(st, h, t), 1, s->sc.enc_keys);
+		for (uint32_t d = 0; d < dim; d++) {
+			double x = s->sc.enc_keys[d] - hm->mu[d];
+			acc[d] += x * x;
+		}
+	}
+	fix_channel_scale(hm, acc, (double)(st->len - t0));
 	hm->mu_set = 1;
 }
 

@@ -20,6 +20,8 @@
 #define RT_DEF_TRAIN_TOKENS 4096u
 #define RT_DEF_TOP_K 256u
 #define RT_DEF_CANDIDATES 2048u
+/* coarse-filter pool per 1,000 tokens of the middle (dkv_seq_config.rerank) */
+#define RT_DEF_RERANK 30u
 #define RT_DEF_SINKS 4u
 #define RT_DEF_WINDOW 64u
 #define RT_DEF_TAIL 1

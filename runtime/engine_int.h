@@ -93,6 +93,14 @@ struct rt_scratch {
 	float *pms;        /* [page][group][2] each page's exact (m, s) */
 	uint32_t hit_cap;  /* hits kept per query head */
 	uint32_t *n_hit;   /* [group] hits of all shards */
+	/* the pool's sketch cut (rerank_pool, attend.c) */
+	int8_t *q8;        /* [group][dim] queries for the sketches */
+	float *skmul, *pcut;   /* [group] */
+	uint32_t *pcut_pos;    /* [group] */
+	uint32_t *n_fine;      /* [group] hits fine-ranked */
+	float *px;             /* [hit_cap] a head's pool scores, in position order */
+	uint32_t *ppos, *pidx, *psel; /* [hit_cap] their positions, select scratch */
+	uint32_t *pcur;        /* [n_shards] cursors over the shards' hits */
 	struct shard_rank *rank; /* [n_shards] each shard's scratch */
 	struct shard_task task;  /* the group's search, as the shards see it */
 	uint32_t *sel;     /* select scratch: samp_max */
@@ -212,5 +220,12 @@ void rt_fit_wait_free(struct rt_fit *f);
 /* model_file.c */
 /* hash_model at open: a model file for exactly this geometry. */
 int rt_seq_model_open(struct rt_seq *s, const char *path, char *err);
+
+/*
+ * The coarse filter's pool (attend.c): the hits kept per query head for
+ * a sequence's knobs, and the pool a middle of n_mid tokens aims at.
+ */
+uint32_t rt_hit_cap(const dkv_seq_config *c);
+uint64_t rt_pool_target(const dkv_seq_config *c, uint64_t n_mid, uint32_t hit_cap);
 
 #endif

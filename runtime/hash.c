@@ -12,22 +12,27 @@ int rt_hash_init(struct rt_hash *hm, const float *P, uint32_t bits, uint32_t dim
 	hm->dim = dim;
 	hm->P = P;
 	hm->mu = calloc(dim, sizeof(float));
+	hm->chs = malloc(dim * sizeof(float));
 	hm->cosine = malloc((bits + 1) * sizeof(float));
 	hm->mu_set = 0;
-	if (!hm->mu || !hm->cosine) {
+	if (!hm->mu || !hm->chs || !hm->cosine) {
 		rt_hash_free(hm);
 		return -1;
 	}
 	for (uint32_t h = 0; h <= bits; h++)
 		hm->cosine[h] = (float)cos(M_PI * h / bits);
+	for (uint32_t d = 0; d < dim; d++)
+		hm->chs[d] = 1.0f;
 	return 0;
 }
 
 void rt_hash_free(struct rt_hash *hm)
 {
 	free(hm->mu);
+	free(hm->chs);
 	free(hm->cosine);
 	hm->mu = NULL;
+	hm->chs = NULL;
 	hm->cosine = NULL;
 }
 
@@ -45,6 +50,39 @@ void rt_hash_keys(const struct rt_hash *hm, const float *k, uint32_t n,
 		norms[i] = sqrtf(norms[i]);
 	}
 	ops->encode(hm->lm ? hm->lm->Wk : hm->P, hm->bits, dim, tmp, dim, n, codes);
+}
+
+void rt_hash_sketch(const struct rt_hash *hm, const float *k, uint32_t n, uint8_t *sk,
+		    float *step, float *tmp)
+{
+	uint32_t dim = hm->dim;
+
+	for (uint32_t i = 0; i < n; i++) {
+		const float *x = k + (size_t)i * dim;
+		for (uint32_t d = 0; d < dim; d++)
+			tmp[d] = (x[d] - hm->mu[d]) / hm->chs[d];
+		step[i] = krn_sketch_put(tmp, dim, sk + (size_t)i * (dim / 2));
+	}
+}
+
+float rt_hash_query_sketch(const struct rt_hash *hm, const float *q, float scale, int8_t *q8)
+{
+	float amax = 0.0f;
+
+	for (uint32_t d = 0; d < hm->dim; d++) {
+		float x = fabsf(q[d] * hm->chs[d]);
+		amax = x > amax ? x : amax;
+	}
+	if (!(amax > 0.0f)) {
+		memset(q8, 0, hm->dim);
+		return 0.0f;
+	}
+	float inv = 127.0f / amax;
+	for (uint32_t d = 0; d < hm->dim; d++) {
+		long v = lrintf(q[d] * hm->chs[d] * inv);
+		q8[d] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+	}
+	return scale * amax / 127.0f;
 }
 
 void rt_hash_query(const struct rt_hash *hm, const float *q, float scale,

@@ -31,6 +31,7 @@ struct rt_hash {
 	uint32_t bits, dim;
 	const float *P;   /* [bits][dim], shared by the sequence */
 	float *mu;        /* [dim] mean key (zeros until mu_set) */
+	float *chs;       /* [dim] channel scale of the sketches (ones until mu_set) */
 	float *cosine;    /* [bits + 1]: cos(pi * h / bits) */
 	int mu_set;
 	float max_norm;   /* largest |k - mu| encoded so far */
@@ -59,6 +60,21 @@ void rt_hash_class_bounds(const struct rt_hash *hm, uint32_t c, float *lo, float
  * of class c can still reach thr (-1: none can).
  */
 void rt_hash_probe_limits(const struct rt_hash *hm, const float *tab, float thr, int32_t *lim);
+
+/*
+ * Key sketches (krn_sketch_put): of (k - mu) / chs, the centred key with
+ * each channel divided by its spread, so that a few outlier channels do
+ * not take the 4-bit range from the rest.  n keys (f32 rows, dim apart)
+ * to sk [n][dim / 2] and steps [n]; tmp holds dim floats.
+ */
+void rt_hash_sketch(const struct rt_hash *hm, const float *k, uint32_t n, uint8_t *sk,
+		    float *step, float *tmp);
+/*
+ * A query's side of the sketch score: q8 [dim] = round(q * chs / qs),
+ * qs = max |q * chs| / 127; returns scale * qs (0 for a zero query), so
+ * that the logit estimate of a key is that * step * sketch sum + shift.
+ */
+float rt_hash_query_sketch(const struct rt_hash *hm, const float *q, float scale, int8_t *q8);
 
 int rt_hash_init(struct rt_hash *hm, const float *P, uint32_t bits, uint32_t dim);
 void rt_hash_free(struct rt_hash *hm);

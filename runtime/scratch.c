@@ -60,6 +60,16 @@ static void scratch_layout(struct rt_seq *s, struct carver *cv)
 		if (rk) /* not in the sizing pass */
 			shard_rank_place(&sc->rank[r], rk, &rd);
 	}
+	sc->q8 = carve(cv, g * dim);
+	sc->skmul = carve(cv, g * f);
+	sc->pcut = carve(cv, g * f);
+	sc->pcut_pos = carve(cv, g * u);
+	sc->n_fine = carve(cv, g * u);
+	sc->px = carve(cv, sc->hit_cap * f);
+	sc->ppos = carve(cv, sc->hit_cap * u);
+	sc->pidx = carve(cv, sc->hit_cap * u);
+	sc->psel = carve(cv, sc->hit_cap * u);
+	sc->pcur = carve(cv, s->eng->n_shards * u);
 	sc->sel = carve(cv, sc->samp_max * u);
 	sc->samp_pos = carve(cv, sc->samp_max * u);
 	sc->samp_e = carve(cv, g * sc->samp_max * f);
@@ -120,6 +130,11 @@ static void task_init(struct rt_seq *s)
 	t->coll = shard_pool_coll(s->eng->pool);
 	t->qc = sc->qc;
 	t->tab = sc->tab;
+	t->q8 = sc->q8;
+	t->skmul = sc->skmul;
+	t->skadd = sc->shift;
+	t->pcut = sc->pcut;
+	t->pcut_pos = sc->pcut_pos;
 	t->se = sc->samp_e;
 	t->sld = sc->samp_max;
 }
@@ -129,7 +144,7 @@ int rt_scratch_fixed(struct rt_seq *s)
 	struct rt_scratch *sc = &s->sc;
 	struct carver cv = { NULL, 0 };
 
-	sc->hit_cap = s->cfg.candidates * 4;
+	sc->hit_cap = rt_hit_cap(&s->cfg);
 	sc->samp_max = samp_max_of(s->group);
 	sc->rank = calloc(s->eng->n_shards, sizeof(*sc->rank));
 	if (!sc->rank)

@@ -319,7 +319,36 @@ static int gpu_scan(struct shard_task *t, uint32_t r)
 	return 0;
 }
 
-/* The kept hits' exact logits (the scan left the hits on the device). */
+/* A layer position of shard r as the device's local position. */
+static uint64_t to_local(uint64_t x, uint32_t S)
+{
+	return (((x >> SHARD_PAGE_SHIFT) / S) << SHARD_PAGE_SHIFT) | (x & (SHARD_PAGE - 1));
+}
+
+/*
+ * The hits that passed the pool's sketch cut (compacted on the host) up,
+ * as local positions through the staging buffer.
+ */
+static int put_pool(struct jctx *c)
+{
+	struct shard_task *t = c->t;
+	struct shard_rank *rk = &t->rank[c->r];
+	uint32_t *st = c->w->stage.p;
+	size_t hc = t->hit_cap;
+
+	for (uint32_t j = 0; t->pool && j < t->g; j++) {
+		for (uint32_t i = 0; i < rk->n_keep[j]; i++)
+			st[i] = (uint32_t)to_local(rk->hit[j * hc + i], c->S);
+		if (rk->n_keep[j] && c->ops->put(d_hit(c) + j * hc, st, rk->n_keep[j] * 4, c->err))
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * The kept hits' exact logits (the scan left the hits on the device; a
+ * pool's cut sends those that passed it).
+ */
 static int fine_run(struct jctx *c)
 {
 	struct shard_task *t = c->t;
@@ -334,6 +363,7 @@ static int fine_run(struct jctx *c)
 		return 0;
 	if (gbuf_dev(c->ops, &c->w->q, qb, c->err) ||
 	    gbuf_host(c->ops, &c->w->stage, t->g * hc * 4 > qb ? t->g * hc * 4 : qb, c->err) ||
+	    put_pool(c) ||
 	    c->ops->put(c->w->q.p, t->qg, qb, c->err) ||
 	    c->ops->put(d_cnt(c), rk->n_keep, t->g * 4, c->err) ||
 	    c->ops->fine(c->w->q.p, t->g, t->dim, &k, d_hit(c), hc, d_cnt(c), nmax, t->scale,

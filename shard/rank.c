@@ -19,6 +19,7 @@ static size_t layout(struct shard_rank *rk, uint8_t *mem, const struct shard_ran
 	rk->hit = take(mem, &off, g * hc * u);
 	rk->n_hit = take(mem, &off, g * u);
 	rk->n_keep = take(mem, &off, g * u);
+	rk->n_pool = take(mem, &off, g * u);
 	rk->logit = take(mem, &off, g * hc * f);
 	if (g <= SHARD_UNION_MAX) {
 		rk->u_pos = take(mem, &off, g * hc * u);
@@ -26,6 +27,7 @@ static size_t layout(struct shard_rank *rk, uint8_t *mem, const struct shard_ran
 		rk->u_logit = take(mem, &off, g * g * hc * f);
 	}
 	rk->sel = take(mem, &off, hc * u);
+	rk->spare = take(mem, &off, hc * f);
 	rk->top = take(mem, &off, g * d->top_k * u);
 	rk->rec = take(mem, &off, shard_rec_bytes(d->g, d->top_k));
 	rk->recv = take(mem, &off, shard_recv_bytes(d->n_shards, d->g, d->top_k));

@@ -132,6 +132,30 @@ void shard_fine_multi(const struct shard_layer *l, uint32_t h, const float *q,
 	}
 }
 
+void shard_sketch_scores(const struct shard_layer *l, uint32_t h, const int8_t *q8,
+			 const float *mul, const float *add, uint32_t nq, const uint32_t *pos,
+			 uint32_t n, float *est, size_t ld, struct shard_bufs *b)
+{
+	/* the sums of a run, [nq][run], in kbuf (KRN_BLOCK * head_dim floats) */
+	uint32_t run = KRN_BLOCK * l->g->head_dim / (nq > 8 ? nq : 8);
+	int32_t *sum = (int32_t *)b->kbuf;
+
+	run = run < KRN_BLOCK ? run : KRN_BLOCK;
+	for (uint32_t i = 0; i < n; i += run) {
+		uint32_t m = n - i < run ? n - i : run;
+		uint32_t more = n - i < m + KRN_GDOT_AHEAD ? n - i : m + KRN_GDOT_AHEAD;
+		for (uint32_t r = 0; r < more; r++)
+			b->ptrs[r] = shard_sketch(l, h, pos[i + r]);
+		krn_get()->sketch(q8, nq, (const uint8_t *const *)b->ptrs, m, more, l->g->head_dim,
+				  sum, m);
+		for (uint32_t j = 0; j < nq; j++)
+			for (uint32_t r = 0; r < m; r++)
+				est[j * ld + i + r] = mul[j] * *shard_sketch_step(l, h, pos[i + r]) *
+							      (float)sum[(size_t)j * m + r] +
+						      add[j];
+	}
+}
+
 void shard_fine(const struct shard_layer *l, uint32_t h, const float *q,
 		const uint32_t *pos, uint32_t n, float scale, float *logit,
 		struct shard_bufs *b)

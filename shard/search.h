@@ -66,6 +66,16 @@ void shard_fine_multi(const struct shard_layer *l, uint32_t h, const float *q,
 		      float *logit, size_t ld, struct shard_bufs *b);
 
 /*
+ * Sketch scores for nq queries (int8 [nq][dim], rt_hash_query_sketch) of
+ * the keys at pos[0..n): est[j * ld + i] = mul[j] * step(pos[i]) *
+ * sketch sum + add[j], the key's logit as its 4-bit sketch sees it.
+ * Each sketch is read once, in place.
+ */
+void shard_sketch_scores(const struct shard_layer *l, uint32_t h, const int8_t *q8,
+			 const float *mul, const float *add, uint32_t nq, const uint32_t *pos,
+			 uint32_t n, float *est, size_t ld, struct shard_bufs *b);
+
+/*
  * Exact attention over the tokens at pos[0..n) whose logits are given,
  * folded into st.
  */

@@ -120,6 +120,17 @@ static uint32_t hit_union(const struct shard_task *t, struct shard_rank *rk)
 	}
 }
 
+/* Scores of the union (u_logit, ld apart) back to each head's hits. */
+static void union_to_heads(const struct shard_task *t, struct shard_rank *rk, size_t ld)
+{
+	uint32_t hc = t->hit_cap;
+
+	for (uint32_t j = 0; j < t->g; j++)
+		for (uint32_t i = 0; i < rk->n_keep[j]; i++)
+			rk->logit[(size_t)j * hc + i] =
+				rk->u_logit[j * ld + rk->u_map[(size_t)j * hc + i]];
+}
+
 /*
  * Exact logits of the shard's hits.  Small groups gather the union of
  * their hits once and score it against all their queries.
@@ -138,10 +149,54 @@ static void fine(const struct shard_task *t, struct shard_rank *rk)
 	size_t ld = (size_t)g * hc;
 	shard_fine_multi(t->l, t->h, t->qg, g, rk->u_pos, nu, t->scale, rk->u_logit, ld,
 			 &rk->bufs);
-	for (uint32_t j = 0; j < g; j++)
-		for (uint32_t i = 0; i < rk->n_keep[j]; i++)
-			rk->logit[(size_t)j * hc + i] =
-				rk->u_logit[j * ld + rk->u_map[(size_t)j * hc + i]];
+	union_to_heads(t, rk, ld);
+}
+
+/* ---- the pool: sketch scores and the cut ---- */
+
+void shard_job_sketch(void *arg, uint32_t r)
+{
+	struct shard_task *t = arg;
+	struct shard_rank *rk = &t->rank[r];
+	uint32_t g = t->g, hc = t->hit_cap;
+
+	if (g > SHARD_UNION_MAX) {
+		for (uint32_t j = 0; j < g; j++)
+			shard_sketch_scores(t->l, t->h, t->q8 + (size_t)j * t->dim, t->skmul + j,
+					    t->skadd + j, 1, rk->hit + (size_t)j * hc, rk->n_keep[j],
+					    rk->logit + (size_t)j * hc, hc, &rk->bufs);
+		return;
+	}
+	uint32_t nu = hit_union(t, rk);
+	size_t ld = (size_t)g * hc;
+	shard_sketch_scores(t->l, t->h, t->q8, t->skmul, t->skadd, g, rk->u_pos, nu, rk->u_logit,
+			    ld, &rk->bufs);
+	union_to_heads(t, rk, ld);
+}
+
+/*
+ * Head j's cut: the hits that pass stay in front, in position order
+ * (the fine ranking's input); those let go follow them with their sketch
+ * scores, for the tail.
+ */
+static void pool_cut(const struct shard_task *t, struct shard_rank *rk, uint32_t j)
+{
+	uint32_t *hit = rk->hit + (size_t)j * t->hit_cap, n = rk->n_keep[j], w = 0, f = 0;
+	float *lg = rk->logit + (size_t)j * t->hit_cap, c = t->pcut[j];
+	uint32_t cp = t->pcut_pos[j];
+
+	for (uint32_t i = 0; i < n; i++) {
+		if (lg[i] > c || (lg[i] == c && hit[i] <= cp)) {
+			hit[w] = hit[i];
+			lg[w++] = lg[i];
+		} else {
+			rk->sel[f] = hit[i];
+			rk->spare[f++] = lg[i];
+		}
+	}
+	memcpy(hit + w, rk->sel, f * sizeof(*hit));
+	memcpy(lg + w, rk->spare, f * sizeof(*lg));
+	rk->n_keep[j] = w;
 }
 
 /* Query head j's local top-K into the record. */
@@ -164,6 +219,8 @@ static void local_top(const struct shard_task *t, struct shard_rank *rk, uint32_
 			rest = logit[i];
 		}
 	}
+	for (uint32_t i = n; i < rk->n_pool[j]; i++)
+		rest = logit[i] > rest ? logit[i] : rest;
 	hd->n = k;
 	hd->rest_max = rest;
 }
@@ -251,7 +308,7 @@ static void hits_to_tail(const struct shard_task *t, struct shard_rank *rk, uint
 				blk[x - b0] *= f;
 		*mref = rest;
 	}
-	for (uint32_t i = 0; i < rk->n_keep[j]; i++)
+	for (uint32_t i = 0; i < rk->n_pool[j]; i++)
 		if (logit[i] > -INFINITY)
 			blk[hit[i] / SHARD_BLOCK - b0] += expf(logit[i] - *mref);
 }
@@ -290,6 +347,9 @@ void shard_job_rank(void *arg, uint32_t r)
 	struct shard_rec_ent *ent = (struct shard_rec_ent *)((char *)rk->recv + t->n_shards * rb);
 
 	memcpy(mref, t->mref, t->g * sizeof(float)); /* before rank 0 writes it */
+	memcpy(rk->n_pool, rk->n_keep, t->g * sizeof(uint32_t));
+	for (uint32_t j = 0; t->pool && j < t->g; j++)
+		pool_cut(t, rk, j);
 	if (!t->dev || t->dev->fine(t, r))
 		fine(t, rk);
 	for (uint32_t j = 0; j < t->g; j++)

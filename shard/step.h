@@ -10,7 +10,11 @@
  *                    lie in the shard's pages
  *   shard_job_scan   local coarse filter over the shard's pages of the
  *                    middle: hits, and the tail mass of its 64-token blocks
- *   shard_job_rank   local fine ranking and local top-K; the shards'
+ *   shard_job_sketch the sketch scores of the hits the scan kept (the
+ *                    pool), from which the engine places a cut that
+ *                    passes `candidates` of them over all shards
+ *   shard_job_rank   the cut (the rest of the pool joins the tail with
+ *                    its sketch scores), local fine ranking and local top-K; the shards'
  *                    top-K lists meet in an all-gather (coll.h) and every
  *                    shard picks the same global top-K from them; the hits
  *                    outside it join the shard's block masses; each page's
@@ -40,6 +44,7 @@
 
 void shard_job_sample(void *task, uint32_t shard);
 void shard_job_scan(void *task, uint32_t shard);
+void shard_job_sketch(void *task, uint32_t shard);
 void shard_job_rank(void *task, uint32_t shard);
 void shard_job_tail(void *task, uint32_t shard);
 void shard_job_exact(void *task, uint32_t shard);

@@ -26,13 +26,21 @@ static size_t vsum_bytes(const struct shard_geom *g, size_t rows)
 	return (size_t)g->n_kv_heads * rows * g->head_dim * sizeof(float);
 }
 
+/* Bytes of one page's key sketches and their steps (0 without sketches). */
+static size_t sketch_bytes(const struct shard_geom *g)
+{
+	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
+
+	return g->sketch ? align64(rows * g->sketch) + align64(rows * sizeof(float)) : 0;
+}
+
 void shard_page_bytes(const struct shard_geom *g, struct shard_page_bytes *b)
 {
 	size_t rows = (size_t)g->n_kv_heads * SHARD_PAGE;
 
 	b->full = 2 * align64(rows * g->head_dim * g->elt_size);
 	b->codes = align64(rows * g->words * sizeof(uint64_t)) +
-		   align64(rows * sizeof(float)) + align64(rows);
+		   align64(rows * sizeof(float)) + align64(rows) + sketch_bytes(g);
 	b->summaries = align64(vsum_bytes(g, SHARD_PAGE_BLOCKS)) +
 		       align64(vsum_bytes(g, SHARD_PAGE_SPANS));
 	b->total = b->full + b->codes + b->summaries;
@@ -86,6 +94,8 @@ static struct shard_page *page_new(const struct shard_geom *g, uint32_t index)
 	p->cls = mem + 2 * kv + codes + norms;
 	p->vsum = (float *)(mem + 2 * kv + codes + norms + cls);
 	p->vspan = (float *)((uint8_t *)p->vsum + align64(vsum_bytes(g, SHARD_PAGE_BLOCKS)));
+	p->sk = (uint8_t *)p->vspan + align64(vsum_bytes(g, SHARD_PAGE_SPANS));
+	p->sks = (float *)(p->sk + align64(rows * g->sketch));
 	memset(p->vsum, 0, b.summaries);
 	return p;
 }

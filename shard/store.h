@@ -49,6 +49,7 @@ struct shard_geom {
 	uint32_t dtype;     /* DKV_F32, DKV_F16 or DKV_BF16 */
 	uint32_t elt_size;  /* bytes per key/value element: 4 or 2 */
 	uint32_t words;     /* code words (hash_bits / 64) */
+	uint32_t sketch;    /* bytes of a key sketch (head_dim / 2), 0: none */
 	/* placement: page p prefers NUMA node node[p % n_shards] (NULL: any) */
 	uint32_t n_shards;
 	const int *node;
@@ -70,6 +71,8 @@ struct shard_page {
 	uint8_t *cls;     /* [head][SHARD_PAGE]: norm class of each key (0..7) */
 	float *vsum;      /* [head][SHARD_PAGE_BLOCKS][dim]: sums of f32 values */
 	float *vspan;     /* [head][SHARD_PAGE_SPANS][dim]: the same per span */
+	uint8_t *sk;      /* [head][SHARD_PAGE][sketch]: 4-bit key sketches (krn.h) */
+	float *sks;       /* [head][SHARD_PAGE]: each sketch's step */
 };
 
 struct shard_layer {
@@ -142,6 +145,22 @@ static inline float *shard_norm(const struct shard_layer *l, uint32_t h, uint64_
 static inline uint8_t *shard_cls(const struct shard_layer *l, uint32_t h, uint64_t t)
 {
 	return shard_page_of(l, t)->cls + (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+}
+
+/*
+ * The 4-bit sketch of key t (krn_sketch_put of the key centred and
+ * scaled per channel by the hash model) and its step: the coarse
+ * filter's pool is re-ranked by them (shard_sketch_scores).
+ */
+static inline uint8_t *shard_sketch(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	size_t row = (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
+	return shard_page_of(l, t)->sk + row * l->g->sketch;
+}
+
+static inline float *shard_sketch_step(const struct shard_layer *l, uint32_t h, uint64_t t)
+{
+	return shard_page_of(l, t)->sks + (size_t)h * SHARD_PAGE + t % SHARD_PAGE;
 }
 
 /* Value sum of the block holding token t (blocks are SHARD_BLOCK aligned). */

@@ -26,12 +26,16 @@ struct shard_task;
 struct shard_rank {
 	uint32_t *hit;      /* [g][hit_cap] hit positions, ascending */
 	uint32_t *n_hit;    /* [g] hits counted (may exceed hit_cap) */
-	uint32_t *n_keep;   /* [g] hits kept (set by the engine after the scan) */
+	uint32_t *n_keep;   /* [g] hits kept (set by the engine after the scan), then
+			       those that passed the sketch cut (the rank job) */
+	uint32_t *n_pool;   /* [g] hits kept after the scan: past n_keep, those the
+			       sketch cut let go, with their sketch scores */
 	float *logit;       /* [g][hit_cap] exact logits of the hits */
 	uint32_t *u_pos;    /* [g * hit_cap] union of the group's hits */
 	uint32_t *u_map;    /* [g][hit_cap] union index of each hit */
 	float *u_logit;     /* [g][g * hit_cap] */
 	uint32_t *sel;      /* [hit_cap] select scratch */
+	float *spare;       /* [hit_cap] the sketch cut's scratch */
 	uint32_t *top;      /* [g][top_k] local top-K: indices into hit */
 	void *rec;          /* this shard's all-gather record */
 	void *recv;         /* shard_recv_bytes: [n_shards] records, merge room */
@@ -76,6 +80,18 @@ struct shard_task {
 	float *top_logit;          /* [g][top_k] */
 	struct shard_rank *rank;   /* [n_shards] */
 	struct shard_coll *coll;
+	/*
+	 * The pool's re-ranking (sketch job, then the rank job's cut): int8
+	 * queries [g][dim] and their score factors (shard_sketch_scores);
+	 * pool set when the cut applies: hit i of head j goes on to the fine
+	 * ranking when its score s > pcut[j], or s == pcut[j] and its
+	 * position <= pcut_pos[j].
+	 */
+	int pool;
+	const int8_t *q8;
+	const float *skmul, *skadd;
+	const float *pcut;
+	const uint32_t *pcut_pos;
 	/* the threshold sample (sample job): positions ascending */
 	const uint32_t *spos;
 	uint32_t sn;

@@ -744,6 +744,7 @@ const struct krn_ops krn_ops_avx2 = {
 	.wsum = krn_avx2_wsum,   /* search.c */
 	.dot = avx2_dot,
 	.gdot = avx2_gdot,
+	.sketch = krn_avx2_sketch, /* sketch.c */
 	.attend = avx2_attend,
 	.attend_logits = avx2_attend_logits,
 	.merge = avx2_merge,

@@ -664,6 +664,7 @@ const struct krn_ops krn_ops_avx512 = {
 	.wsum = krn_avx512_wsum,         /* search.c */
 	.dot = avx512_dot,
 	.gdot = avx512_gdot,
+	.sketch = krn_avx512_sketch, /* sketch.c */
 	.attend = avx512_attend,
 	.attend_logits = avx512_attend_logits,
 	.merge = avx512_merge,

@@ -94,6 +94,7 @@ static void merge_tables(void)
 		FILL(t, wsum);
 		FILL(t, dot);
 		FILL(t, gdot);
+		FILL(t, sketch);
 		FILL(t, attend);
 		FILL(t, attend_logits);
 		FILL(t, merge);

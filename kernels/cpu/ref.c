@@ -150,6 +150,51 @@ static void ref_gdot(const float *q, uint32_t nq, const void *const *rows, uint3
 	krn_gdot_by_dot(&krn_ops_scalar, q, nq, rows, n, elt, dim, scale, out, ld_out);
 }
 
+float krn_sketch_put(const float *x, uint32_t dim, uint8_t *out)
+{
+	uint32_t half = dim / 2;
+	float amax = 0.0f;
+	int bad = 0;
+
+	for (uint32_t d = 0; d < dim; d++) {
+		float a = fabsf(x[d]);
+		amax = a > amax ? a : amax;
+		bad |= !(a <= 3.0e38f);
+	}
+	if (bad || !(amax > 0.0f)) {
+		for (uint32_t b = 0; b < half; b++)
+			out[b] = 0x88;
+		return 0.0f;
+	}
+	float inv = 7.0f / amax;
+	for (uint32_t b = 0; b < half; b++) {
+		int lo = (int)lrintf(x[b] * inv), hi = (int)lrintf(x[b + half] * inv);
+		lo = lo < -7 ? -7 : lo > 7 ? 7 : lo;
+		hi = hi < -7 ? -7 : hi > 7 ? 7 : hi;
+		out[b] = (uint8_t)((lo + 8) | ((hi + 8) << 4));
+	}
+	return amax / 7.0f;
+}
+
+static void ref_sketch(const int8_t *q8, uint32_t nq, const uint8_t *const *rows, uint32_t n,
+		       uint32_t n_more, uint32_t dim, int32_t *out, size_t ld_out)
+{
+	uint32_t half = dim / 2;
+
+	(void)n_more;
+	for (uint32_t j = 0; j < nq; j++) {
+		const int8_t *q = q8 + (size_t)j * dim;
+		for (uint32_t i = 0; i < n; i++) {
+			int32_t acc = 0;
+			for (uint32_t b = 0; b < half; b++) {
+				acc += q[b] * ((rows[i][b] & 15) - 8);
+				acc += q[b + half] * ((rows[i][b] >> 4) - 8);
+			}
+			out[j * ld_out + i] = acc;
+		}
+	}
+}
+
 static void ref_attend_logits(const float *logit, const float *v, size_t ld,
 			      uint32_t n, uint32_t dim, struct krn_part *st)
 {
@@ -256,6 +301,7 @@ const struct krn_ops krn_ops_scalar = {
 	.wsum = ref_wsum,
 	.dot = ref_dot,
 	.gdot = ref_gdot,
+	.sketch = ref_sketch,
 	.attend = ref_attend,
 	.attend_logits = ref_attend_logits,
 	.merge = ref_merge,

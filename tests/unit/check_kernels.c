@@ -494,6 +494,105 @@ START_TEST(test_encode)
 }
 END_TEST
 
+/* ---- sketch (integer: exact against an independent oracle) ------------- */
+
+static const uint32_t sk_dims[] = { 8, 16, 24, 40, 64, 96, 128, 136, 200, 256 };
+
+/* The oracle: element d of a sketch row, as krn.h lays it out. */
+static int sk_elem(const uint8_t *row, uint32_t dim, uint32_t d)
+{
+	uint32_t half = dim / 2;
+	return d < half ? (row[d] & 15) - 8 : (row[d - half] >> 4) - 8;
+}
+
+static void sketch_case(const struct krn_ops *o, uint32_t dim, uint32_t nq, uint32_t n)
+{
+	uint32_t half = dim / 2, nm = n ? n + 5 : 0;
+	int8_t *q = malloc((size_t)nq * dim + 1);
+	uint8_t *pool = malloc((size_t)(nm + 1) * (half + 67));
+	const uint8_t **rows = malloc((nm + 1) * sizeof(*rows));
+	size_t ld = n + 3;
+	int32_t *out = malloc((size_t)nq * ld * sizeof(int32_t));
+
+	for (uint32_t i = 0; i < nq * dim; i++) /* the extremes too */
+		q[i] = (int8_t)(i % 17 == 3 ? 127 : i % 17 == 5 ? -127 : (int)(rnd() % 255) - 127);
+	for (uint32_t i = 0; i < nm; i++) { /* rows at odd, scattered addresses */
+		uint8_t *r = pool + (size_t)(nm - 1 - i) * (half + 67) + i % 61;
+		for (uint32_t b = 0; b < half; b++)
+			r[b] = (uint8_t)(i % 7 == 2 ? 0xff : i % 7 == 4 ? 0x00 : rnd());
+		rows[i] = r;
+	}
+	for (size_t i = 0; i < (size_t)nq * ld; i++)
+		out[i] = 0x5a5a5a5a;
+	o->sketch(q, nq, rows, n, nm, dim, out, ld);
+	for (uint32_t j = 0; j < nq; j++) {
+		for (uint32_t i = 0; i < n; i++) {
+			int64_t want = 0;
+			for (uint32_t d = 0; d < dim; d++)
+				want += (int64_t)q[j * dim + d] * sk_elem(rows[i], dim, d);
+			expect(out[j * ld + i] == want,
+			       "%s sketch dim=%u nq=%u n=%u (%u,%u): %d, want %lld", o->name, dim,
+			       nq, n, j, i, out[j * ld + i], (long long)want);
+		}
+		for (size_t i = n; i < ld; i++)
+			expect(out[j * ld + i] == 0x5a5a5a5a, "%s sketch dim=%u: wrote past n at %zu",
+			       o->name, dim, i);
+	}
+	free(q);
+	free(pool);
+	free(rows);
+	free(out);
+}
+
+START_TEST(test_sketch)
+{
+	static const uint32_t nqs[] = { 1, 3, 4, 8, 9 }, ns[] = { 0, 1, 17, 300 };
+	const struct krn_ops *o = variant(_i, "sketch");
+
+	if (!o)
+		return;
+	seed(7);
+	for (size_t a = 0; a < sizeof(sk_dims) / sizeof(sk_dims[0]); a++)
+		for (size_t b = 0; b < sizeof(nqs) / sizeof(nqs[0]); b++)
+			for (size_t c = 0; c < sizeof(ns) / sizeof(ns[0]); c++)
+				sketch_case(o, sk_dims[a], nqs[b], ns[c]);
+}
+END_TEST
+
+/* krn_sketch_put: every element within half a step, the extremes at +-7. */
+START_TEST(test_sketch_put)
+{
+	float x[256];
+	uint8_t sk[128];
+
+	seed(8);
+	for (size_t a = 0; a < sizeof(sk_dims) / sizeof(sk_dims[0]); a++) {
+		uint32_t dim = sk_dims[a];
+		frand_fill(x, dim, -3.0f, 3.0f);
+		x[dim / 3] = -40.0f; /* an outlier channel sets the step */
+		float step = krn_sketch_put(x, dim, sk);
+		expect(fabsf(step - 40.0f / 7.0f) < 1e-5f, "dim %u: step %g", dim, (double)step);
+		expect(sk_elem(sk, dim, dim / 3) == -7, "dim %u: the outlier is %d", dim,
+		       sk_elem(sk, dim, dim / 3));
+		for (uint32_t d = 0; d < dim; d++) {
+			int e = sk_elem(sk, dim, d);
+			expect(e >= -7 && e <= 7 && fabsf(e * step - x[d]) <= 0.5f * step * 1.0001f,
+			       "dim %u d %u: %g as %d x %g", dim, d, (double)x[d], e, (double)step);
+		}
+	}
+	memset(x, 0, sizeof(x));
+	expect(krn_sketch_put(x, 128, sk) == 0.0f && sk[0] == 0x88 && sk[63] == 0x88,
+	       "a zero row: step 0, every element 0");
+	x[7] = 1.0f;
+	x[5] = NAN;
+	expect(krn_sketch_put(x, 128, sk) == 0.0f && sk[7] == 0x88 && sk[5] == 0x88,
+	       "a row with a NaN: step 0, every element 0");
+	x[5] = INFINITY;
+	expect(krn_sketch_put(x, 128, sk) == 0.0f && sk[7] == 0x88,
+	       "a row with an Inf: step 0, every element 0");
+}
+END_TEST
+
 /* ---- attention (double softmax oracle) -------------------------------- */
 
 /* Exact softmax over a list of logits and rows of v, in double. */
@@ -1392,12 +1491,14 @@ static Suite *kernels_suite(void)
 	tcase_add_test(tc, test_ref_f32_to_f16);
 	tcase_add_test(tc, test_ref_bf16);
 	tcase_add_test(tc, test_ref_select);
+	tcase_add_test(tc, test_sketch_put);
 	tcase_add_test(tc, test_simd_env);
 	suite_add_tcase(s, tc);
 
 	/* against double-precision oracles: the reference too */
 	suite_add_tcase(s, variant_case("dot", test_dot, KRN_SCALAR, 120));
 	suite_add_tcase(s, variant_case("gdot", test_gdot, KRN_SCALAR, 60));
+	suite_add_tcase(s, variant_case("sketch", test_sketch, KRN_SCALAR, 60));
 	suite_add_tcase(s, variant_case("encode", test_encode, KRN_SCALAR, 120));
 	suite_add_tcase(s, variant_case("attend", test_attend, KRN_SCALAR, 300));
 	suite_add_tcase(s, variant_case("attend_logits", test_attend_logits, KRN_SCALAR, 120));

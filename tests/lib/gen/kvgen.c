@@ -655,20 +655,40 @@ static void sink_part(const struct kvgen *g, uint32_t h, float *q)
 		q[j] += (float)(g->sink_pull - c) * d[j];
 }
 
-/* a query; extra (or NULL) is added in the rotated frame */
-static void query(const struct kvgen *g, uint32_t qh, uint64_t pos,
-		  uint64_t draw, const float *extra, float *q)
+/*
+ * a query; extra (or NULL) is added in the rotated frame; aims: bit a
+ * set for every aim a the query takes (all: ~0u)
+ */
+static void query_aims(const struct kvgen *g, uint32_t qh, uint64_t pos,
+		       uint64_t draw, const float *extra, uint32_t aims, float *q)
 {
 	uint32_t h = qh / g->group;
 
 	query_rel(g, qh, pos, draw, q);
 	g_rope(g, q, pos);
 	for (uint32_t a = 0; a < g->p.n_aims; a++)
-		add_aim(g, h, pos, draw, a,
-			g->aim * aim_weight(g, qh, pos, draw, a), q);
+		if (aims >> (a < 31 ? a : 31) & 1)
+			add_aim(g, h, pos, draw, a,
+				g->aim * aim_weight(g, qh, pos, draw, a), q);
 	for (uint32_t j = 0; extra && j < g->d; j++)
 		q[j] += extra[j];
 	sink_part(g, h, q);
+}
+
+static void query(const struct kvgen *g, uint32_t qh, uint64_t pos,
+		  uint64_t draw, const float *extra, float *q)
+{
+	query_aims(g, qh, pos, draw, extra, ~0u, q);
+}
+
+void kvgen_kind_queries(const struct kvgen *g, enum kvgen_kind kind, uint64_t pos,
+			uint64_t draw, float *q)
+{
+	/* aim 0 is the current segment; aim 1 an earlier one (when any) */
+	uint32_t aims = kind == KVGEN_CURRENT ? 1u : kind == KVGEN_EARLIER ? 2u : ~0u;
+
+	for (uint32_t qh = 0; qh < g->p.n_q_heads; qh++)
+		query_aims(g, qh, pos, draw, NULL, aims, q + (size_t)qh * g->d);
 }
 
 void kvgen_query_draw(const struct kvgen *g, uint32_t qh, uint64_t pos,

@@ -151,6 +151,17 @@ void kvgen_query_draw(const struct kvgen *g, uint32_t qh, uint64_t pos,
 void kvgen_queries(const struct kvgen *g, uint64_t pos, uint64_t draw, float *q);
 
 /*
+ * Queries of one kind, all heads (q [n_q_heads][head_dim]), draw `draw`:
+ * KVGEN_CURRENT aims at the current topic segment only, KVGEN_EARLIER at
+ * one earlier segment only (drawn over the whole context: the current
+ * one while there is none), KVGEN_MIXED at both and n_aims - 2 more
+ * earlier ones (kvgen_queries).  Sinks, recency and noise as always.
+ */
+enum kvgen_kind { KVGEN_MIXED, KVGEN_CURRENT, KVGEN_EARLIER };
+void kvgen_kind_queries(const struct kvgen *g, enum kvgen_kind kind, uint64_t pos,
+			uint64_t draw, float *q);
+
+/*
  * Needles: needle n sits at one hashed position inside
  * [n * needle_stride, (n + 1) * needle_stride), never on a sink.
  * kvgen_needle_count: how many needles lie at positions < pos.

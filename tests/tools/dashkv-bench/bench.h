@@ -27,6 +27,7 @@ struct opts {
 	uint32_t bits_list[3], n_bits, cand_list[8], n_cand;
 	int both;
 	float mass_target;
+	uint32_t rerank;        /* 0: the engine's default */
 	const char *model;
 	/* capture files: written by the capture command, read by quality */
 	const char *capture, *out;
@@ -51,7 +52,10 @@ void from_dtype(const void *in, size_t n, int32_t dt, float *x);
 
 struct summary {
 	double median, p10, p90, mean;
+	size_t n;
 };
+
+/* Summary of x[0..n) (sorted in place). */
 
 struct summary summarize(double *x, size_t n);
 double median_of(double *x, size_t n);

@@ -102,7 +102,7 @@ static int cmp_double(const void *a, const void *b)
 /* summary of x[0..n) (sorts x) */
 struct summary summarize(double *x, size_t n)
 {
-	struct summary s = { NAN, NAN, NAN, NAN };
+	struct summary s = { NAN, NAN, NAN, NAN, n };
 	double sum = 0;
 
 	if (!n)
@@ -167,6 +167,8 @@ void seq_config(const struct opts *o, uint64_t max_tokens, int exact,
 	if (cfg->hash == DKV_HASH_LEARNED)
 		cfg->train_tokens = UINT32_MAX;
 	cfg->mass_target = o->mass_target;
+	if (o->rerank)
+		cfg->rerank = o->rerank;
 	if (o->tail >= 0)
 		cfg->tail_estimate = o->tail;
 	cfg->exact = exact;

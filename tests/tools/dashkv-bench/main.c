@@ -69,6 +69,8 @@ static void usage(FILE *f)
 "                      dkv_seq_train after the fill\n"
 "  --model FILE        learned: load the models of a dashkv-train file instead\n"
 "  --mass-target F     adaptive K: exact tokens until this share of the mass (0 = off)\n"
+"  --rerank N|off      coarse-filter pool per 1000 tokens that the key sketches\n"
+"                      re-rank to --candidates (1..1000), or off (no pool)\n"
 "  --tail on|off       estimate the rest from codes and summaries\n"
 "  --seed S            generator seed (1)\n"
 "  --bw-mib M          buffer of the bandwidth measurement (1024)\n"
@@ -209,6 +211,12 @@ static int parse_opt(int c, const char *a, struct opts *o)
 		o->both = !strcmp(a, "both");
 		return o->both ? 0 : parse_word(a, hs, hsv, &o->hash);
 	case 'M': return parse_float(a, &o->mass_target);
+	case 'R':
+		if (!strcmp(a, "off")) {
+			o->rerank = DKV_RERANK_OFF;
+			return 0;
+		}
+		return parse_u32(a, &o->rerank) || !o->rerank || o->rerank > 1000;
 	case 'C':
 		o->capture = a;
 		return 0;
@@ -323,6 +331,7 @@ static const struct option longopts[] = {
 	{ "scan-tokens", required_argument, NULL, 'N' },
 	{ "shards", required_argument, NULL, 'P' },
 	{ "mass-target", required_argument, NULL, 'M' },
+	{ "rerank", required_argument, NULL, 'R' },
 	{ "capture", required_argument, NULL, 'C' },
 	{ "layer", required_argument, NULL, 'L' },
 	{ "out", required_argument, NULL, 'o' },

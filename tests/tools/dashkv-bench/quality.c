@@ -33,6 +33,7 @@ struct quality {
 	/* samples per (query, head) */
 	double *mass, *rec, *err, *omass, *oerr, *nex, *conc;
 	size_t n_s, n_conc;
+	uint8_t *kind;       /* [sample] enum query_kind */
 	uint32_t needle_hits, needle_trials, needle_queries;
 	double *step_ms;
 	uint32_t budget;
@@ -68,6 +69,15 @@ static const float *capture_query(const struct quality *b, uint32_t pos)
 	const struct rt_capture *c = b->o->cap;
 	return rt_capture_queries(c, b->o->layer) + (size_t)pos * c->n_heads * c->head_dim;
 }
+
+/*
+ * The kinds of decode query, by draw r: every 4th (r % 4 == 3) aims at a
+ * needle, r % 4 == 1 at an earlier topic segment alone, the others at the
+ * current segment alone (kvgen_kind_queries).
+ */
+enum query_kind { Q_CURRENT, Q_EARLIER, Q_NEEDLE, Q_KINDS };
+static const char *const kind_name[Q_KINDS] = { "current topic", "earlier topic", "needle" };
+static const char *const kind_key[Q_KINDS] = { "current", "earlier", "needle" };
 
 /* Queries per prefill chunk that a learned sequence trains from. */
 #define PREFILL_Q 64u
@@ -167,6 +177,7 @@ static void quality_alloc(struct quality *b)
 	b->err = xmalloc(ns * sizeof(double));
 	b->omass = xmalloc(ns * sizeof(double));
 	b->oerr = xmalloc(ns * sizeof(double));
+	b->kind = xmalloc(ns);
 	b->nex = xmalloc(ns * sizeof(double));
 	b->conc = xmalloc(ns * sizeof(double));
 	b->step_ms = xmalloc(o->queries * sizeof(double));
@@ -188,6 +199,7 @@ static void quality_free(struct quality *b)
 	free(b->err);
 	free(b->omass);
 	free(b->oerr);
+	free(b->kind);
 	free(b->nex);
 	free(b->conc);
 	free(b->step_ms);
@@ -365,7 +377,7 @@ static void quality_query(struct quality *b, uint32_t r, float *q, void *qd,
 		if (needle)
 			kvgen_needle_queries(b->g, ni, pos, q);
 		else
-			kvgen_queries(b->g, pos, r, q);
+			kvgen_kind_queries(b->g, r % 4 == 1 ? KVGEN_EARLIER : KVGEN_CURRENT, pos, r, q);
 		to_dtype(q, all, o->dtype, qd);
 		t0 = now_ns();
 		rc = dkv_step(b->s, 0, qd, 1, NULL, NULL, 0, od);
@@ -381,6 +393,7 @@ static void quality_query(struct quality *b, uint32_t r, float *q, void *qd,
 		engine_head(b, qh, &b->mass[s], &b->rec[s], &b->nex[s]);
 		b->err[s] = ref_rel_error(out + (size_t)qh * o->dim, b->oex, o->dim);
 		oracle_head(b, qh, &b->omass[s], &b->oerr[s]);
+		b->kind[s] = needle ? Q_NEEDLE : r % 4 == 1 && !o->cap ? Q_EARLIER : Q_CURRENT;
 		if (needle) {
 			b->needle_trials++;
 			b->needle_hits += in_trace(b, qh, kvgen_needle_pos(b->g, ni));
@@ -408,8 +421,39 @@ static void quality_queries(struct quality *b)
 
 struct quality_result {
 	struct summary mass, rec, err, nex, omass, oerr, step, conc;
+	struct summary kerr[Q_KINDS], koerr[Q_KINDS];
 	double cand, est;
 };
+
+/* The samples of one kind of x into tmp; returns their summary. */
+static struct summary kind_summary(const struct quality *b, const double *x, int kind,
+				   double *tmp)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < b->n_s; i++)
+		if (b->kind[i] == kind)
+			tmp[n++] = x[i];
+	return summarize(tmp, n);
+}
+
+/* Output error against the oracle's, per kind of query. */
+static void quality_print_kinds(const struct quality *b, const struct quality_result *r)
+{
+	printf("\n  %-16s %6s %13s %13s %9s %12s\n", "per query kind", "heads", "output error",
+	       "oracle error", "ratio", "needle hits");
+	for (int k = 0; k < Q_KINDS; k++) {
+		if (!r->kerr[k].n)
+			continue;
+		printf("  %-16s %6zu %13.4f %13.4f %9.3f", kind_name[k], r->kerr[k].n,
+		       r->kerr[k].median, r->koerr[k].median,
+		       r->koerr[k].median > 0 ? r->kerr[k].median / r->koerr[k].median : NAN);
+		if (k == Q_NEEDLE)
+			printf(" %5u of %-4u", b->needle_hits, b->needle_trials);
+		printf("\n");
+	}
+	printf("  (medians over query heads; ratio: engine / oracle)\n");
+}
 
 static void quality_print_text(const struct quality *b, const struct quality_result *r)
 {
@@ -441,6 +485,7 @@ static void quality_print_text(const struct quality *b, const struct quality_res
 	text_summary("tokens taken exactly", &r->nex);
 	text_summary("oracle mass", &r->omass);
 	text_summary("oracle output error", &r->oerr);
+	quality_print_kinds(b, r);
 	printf("\nneedle hit rate: %.3f (%u of %u needle query heads took the needle exactly)\n",
 	       b->needle_trials ? (double)b->needle_hits / b->needle_trials : NAN,
 	       b->needle_hits, b->needle_trials);
@@ -474,7 +519,16 @@ static void quality_print_json(const struct quality *b, const struct quality_res
 	printf("  \"oracle\": {\n");
 	json_summary("mass_recall", &r->omass, 1);
 	json_summary("output_error", &r->oerr, 0);
-	printf("  }\n}\n");
+	printf("  },\n  \"kinds\": {\n");
+	for (int k = 0, first = 1; k < Q_KINDS; k++) {
+		if (!r->kerr[k].n)
+			continue;
+		printf("%s    \"%s\": { \"heads\": %zu, \"output_error\": %.6g, "
+		       "\"oracle_output_error\": %.6g }", first ? "" : ",\n", kind_key[k],
+		       r->kerr[k].n, r->kerr[k].median, r->koerr[k].median);
+		first = 0;
+	}
+	printf("\n  }\n}\n");
 }
 
 /* One engine configuration through the whole quality run; b is left open. */
@@ -496,6 +550,13 @@ static void quality_run(struct quality *b, struct quality_result *r)
 		r->cand = st.last_candidates;
 		r->est = st.last_estimated_tokens;
 	}
+	/* by kind first: summarize sorts its samples in place */
+	double *tmp = xmalloc((b->n_s + 1) * sizeof(double));
+	for (int k = 0; k < Q_KINDS; k++) {
+		r->kerr[k] = kind_summary(b, b->err, k, tmp);
+		r->koerr[k] = kind_summary(b, b->oerr, k, tmp);
+	}
+	free(tmp);
 	r->mass = summarize(b->mass, b->n_s);
 	r->rec = summarize(b->rec, b->n_s);
 	r->err = summarize(b->err, b->n_s);
